@@ -1,0 +1,180 @@
+"""Settings: environment ``GPUBROKER_*`` > ``$GPUBROKER_HOME/config.toml`` > defaults.
+
+Every setting is declared once in ``_FIELDS`` with its parser; a bad value raises
+``ConfigError`` naming the variable or the file key and what is allowed. Secrets never
+live here: cloud credentials come from each SDK's own chain.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from broker.errors import ConfigError
+
+
+def _number(raw: Any, kind: type[int] | type[float]) -> Any:
+    if isinstance(raw, bool):
+        raise ValueError(f"must be {'an integer' if kind is int else 'a number'}")
+    try:
+        return kind(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"must be {'an integer' if kind is int else 'a number'}") from None
+
+
+def _positive_float(raw: Any) -> float:
+    value = _number(raw, float)
+    if not value > 0:
+        raise ValueError("must be > 0")
+    return value
+
+
+def _positive_int(raw: Any) -> int:
+    value = _number(raw, int)
+    if value <= 0:
+        raise ValueError("must be > 0")
+    return value
+
+
+def _fraction(raw: Any) -> float:
+    value = _number(raw, float)
+    if not 0 < value <= 1:
+        raise ValueError("must be in (0, 1]")
+    return value
+
+
+def _str_list(raw: Any) -> tuple[str, ...]:
+    if isinstance(raw, str):
+        items = [part.strip() for part in raw.split(",")]
+    elif isinstance(raw, list | tuple):
+        items = [str(part).strip() for part in raw]
+    else:
+        raise ValueError("must be a comma-separated string or a list of strings")
+    return tuple(item for item in items if item)
+
+
+def _optional_str(raw: Any) -> str | None:
+    text = str(raw).strip()
+    return text or None
+
+
+def _path(raw: Any) -> Path:
+    return Path(str(raw)).expanduser()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings. Build with :func:`load_settings`, not directly."""
+
+    home: Path
+    database_url: str
+    # providers
+    aws_regions: tuple[str, ...] = ()
+    aws_price_list_url: str = "https://pricing.us-east-1.amazonaws.com"
+    aws_max_attempts: int = 4
+    gcp_project: str | None = None
+    gcp_regions: tuple[str, ...] = ()
+    gcp_compute_endpoint: str | None = None
+    gcp_billing_endpoint: str | None = None
+    # planning
+    solver: str = "highs"
+    solver_time_limit: float = 30.0
+    solver_relative_gap: float = 0.005
+    default_pool_capacity: int = 4
+    capacity_cooldown_minutes: float = 30.0
+    max_provider_share: float = 1.0
+    # execution
+    ray_port: int = 6390
+    owner_tag: str = "gpubroker"
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def config_file(self) -> Path:
+        return self.home / "config.toml"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "cache"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
+
+# name -> parser. The env variable is GPUBROKER_<NAME upper>; the file key is <name>.
+_FIELDS: dict[str, Callable[[Any], Any]] = {
+    "database_url": _optional_str,
+    "aws_regions": _str_list,
+    "aws_price_list_url": _optional_str,
+    "aws_max_attempts": _positive_int,
+    "gcp_project": _optional_str,
+    "gcp_regions": _str_list,
+    "gcp_compute_endpoint": _optional_str,
+    "gcp_billing_endpoint": _optional_str,
+    "solver": lambda raw: _choice(raw, ("highs", "cpsat")),
+    "solver_time_limit": _positive_float,
+    "solver_relative_gap": _fraction,
+    "default_pool_capacity": _positive_int,
+    "capacity_cooldown_minutes": _positive_float,
+    "max_provider_share": _fraction,
+    "ray_port": _positive_int,
+    "owner_tag": _optional_str,
+}
+
+
+def _choice(raw: Any, allowed: tuple[str, ...]) -> str:
+    text = str(raw).strip().lower()
+    if text not in allowed:
+        raise ValueError("must be one of " + ", ".join(allowed))
+    return text
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("GPUBROKER_HOME") or "~/.gpubroker").expanduser()
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    unknown = sorted(set(data) - set(_FIELDS))
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown key {unknown[0]!r}; allowed keys: {', '.join(sorted(_FIELDS))}"
+        )
+    return data
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Resolve settings from the environment, the config file and the defaults."""
+    env = os.environ if env is None else env
+    home = _path(env.get("GPUBROKER_HOME") or "~/.gpubroker")
+    file_values = _read_file(home / "config.toml")
+    values: dict[str, Any] = {}
+    for name, parse in _FIELDS.items():
+        env_name = f"GPUBROKER_{name.upper()}"
+        if env_name in env and env[env_name] != "":
+            raw, where = env[env_name], env_name
+        elif name in file_values:
+            raw, where = file_values[name], f"{home / 'config.toml'}: {name}"
+        else:
+            continue
+        try:
+            values[name] = parse(raw)
+        except (TypeError, ValueError) as exc:
+            # Name the setting and the rule, never the value: it may be a URL with a password.
+            raise ConfigError(f"{where}: {exc}") from None
+    if values.get("database_url") is None:
+        values["database_url"] = f"sqlite:///{home / 'broker.db'}"
+    declared = {f.name for f in fields(Settings)}
+    return Settings(home=home, **{k: v for k, v in values.items() if k in declared})

@@ -1,0 +1,1 @@
+"""The database: typed models, engine and sessions, and queries shared by services."""

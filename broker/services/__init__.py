@@ -1,0 +1,1 @@
+"""Use cases over the database and the providers: catalog, jobs, planning, execution, reports."""

@@ -1,0 +1,1 @@
+"""Supply sources behind one Protocol; SDKs are imported lazily through the registry."""

@@ -1,0 +1,137 @@
+"""The provider contract (DESIGN §4): one Protocol, its records and capability flags.
+
+Promises every adapter keeps, checked by one conformance suite for all of them:
+- ``launch`` is convergent: it lists what already carries the request's tags and creates
+  only what is missing, and passes the cloud's own idempotency key too;
+- a gang launch is all-or-nothing: short of nodes, it terminates what it got and raises
+  ``OutOfCapacity`` naming the zone;
+- failures cross this boundary as ``broker.errors`` types only, with no credential in them;
+- ``terminate`` is idempotent.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Protocol, runtime_checkable
+
+from broker.domain import Fabric, InstanceState, Pricing
+
+# Tag / label keys written on every instance we create.
+TAG_OWNER = "gpubroker-owner"
+TAG_JOB = "gpubroker-job"
+TAG_ALLOCATION = "gpubroker-allocation"
+TAG_REQUEST = "gpubroker-request"
+TAG_NODE = "gpubroker-node"
+
+
+class Capability(enum.Enum):
+    LIST_OFFERS = "list_offers"
+    QUOTAS = "quotas"
+    LAUNCH = "launch"
+    SPOT = "spot"
+    PLACEMENT_GROUPS = "placement_groups"
+
+
+@dataclass(frozen=True)
+class OfferRecord:
+    """One purchasable node shape in one place at one pricing, as a provider reports it."""
+
+    provider: str
+    region: str
+    zone: str | None
+    instance_type: str
+    gpu: str | None  # the source's GPU name; the catalog service canonicalises it
+    gpus_per_node: int
+    gpu_memory_gib: float | None
+    vcpus: int | None
+    memory_gib: float | None
+    pricing: Pricing
+    price_per_hour: Decimal | None  # None: unknown (never zero for unknown)
+    interconnect_gbps: float | None = None
+    rdma: Fabric = Fabric.NONE
+    nvlink: bool = False
+    capacity_nodes: int | None = None
+    source: str = ""
+    as_of: datetime | None = None
+
+
+@dataclass(frozen=True)
+class QuotaRecord:
+    provider: str
+    region: str  # "global" for project- or account-wide quotas
+    name: str  # the provider's code, e.g. L-417A185B or NVIDIA_H100_GPUS
+    scope: str  # GPU family / canonical GPU / vCPU class / "all"
+    unit: str  # "gpus" or "vcpus"
+    limit: float
+    used: float = 0.0
+    pricing: Pricing | None = None
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    """Launch ``nodes`` identical nodes as one gang; ``request_id`` makes it idempotent."""
+
+    request_id: str
+    region: str
+    zone: str | None
+    instance_type: str
+    nodes: int
+    pricing: Pricing = Pricing.ON_DEMAND
+    owner: str = "gpubroker"
+    tags: Mapping[str, str] = field(default_factory=dict)
+    user_data: str | None = None
+    image: str | None = None
+    gang: bool = True  # all-or-nothing when nodes > 1
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    provider: str
+    instance_id: str
+    region: str
+    zone: str | None
+    instance_type: str
+    state: InstanceState
+    pricing: Pricing = Pricing.ON_DEMAND
+    address: str | None = None
+    launched_at: datetime | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def request_id(self) -> str | None:
+        return self.tags.get(TAG_REQUEST)
+
+    @property
+    def node_index(self) -> int | None:
+        raw = self.tags.get(TAG_NODE)
+        return int(raw) if raw is not None and raw.isdigit() else None
+
+
+@runtime_checkable
+class Provider(Protocol):
+    name: str
+    capabilities: frozenset[Capability]
+
+    def list_offers(self, regions: Sequence[str] | None = None) -> Iterator[OfferRecord]: ...
+
+    def quotas(self, regions: Sequence[str] | None = None) -> Iterator[QuotaRecord]: ...
+
+    def launch(self, req: LaunchRequest) -> list[InstanceRecord]: ...
+
+    def list_instances(self, owner_tag: str) -> list[InstanceRecord]: ...
+
+    def terminate(self, instance_ids: Sequence[str], request_id: str) -> None: ...
+
+
+def request_tags(req: LaunchRequest, node_index: int) -> dict[str, str]:
+    """The tags every node of a launch carries, so a retry can find what exists."""
+    return {
+        **dict(req.tags),
+        TAG_OWNER: req.owner,
+        TAG_REQUEST: req.request_id,
+        TAG_NODE: str(node_index),
+    }

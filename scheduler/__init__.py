@@ -1,0 +1,1 @@
+"""Pure optimisation: placement of many jobs on offer pools (no database, provider or Ray)."""

@@ -1,0 +1,1 @@
+"""What runs: job specs, GPU specs, estimates and the transformer training itself."""
