@@ -58,3 +58,13 @@ class Broker:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # --- offers and providers (catalog, refresh, check) ---
+
+    # --- estimates and calibration ---
+
+    # --- planning ---
+
+    # --- jobs and execution ---
+
+    # --- reports, budgets and schedules ---
