@@ -1,0 +1,1 @@
+"""Test infrastructure shared across areas: local servers and fixtures for real parts."""
