@@ -14,7 +14,30 @@ from typing import TYPE_CHECKING
 from broker.config import Settings, load_settings
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from datetime import datetime, timedelta
+    from decimal import Decimal
+    from pathlib import Path
+
     from broker.db.engine import Database
+    from broker.services.budgets import BudgetView
+    from broker.services.catalog import (
+        GpuSummary,
+        ImportReport,
+        OfferView,
+        RefreshProgress,
+        RefreshReport,
+    )
+    from broker.services.check import ProviderCheck
+    from broker.services.daemon import Daemon
+    from broker.services.estimates import CalibrationView, EstimateReport
+    from broker.services.execution import JobSummary
+    from broker.services.jobs import EventView, JobHandle, JobView
+    from broker.services.planning import PlanReport, ScheduleResult
+    from broker.services.reconcile import ReconcileReport
+    from broker.services.reports import Report
+    from broker.services.schedules import MadeReport, ScheduleView
+    from workloads.spec import JobSpec
 
 
 class Broker:
@@ -61,10 +84,314 @@ class Broker:
 
     # --- offers and providers (catalog, refresh, check) ---
 
+    def offers(self, **filters: object) -> list[OfferView]:
+        """Offers matching ``filters`` (the fields of ``broker.services.catalog.OfferFilter``:
+        gpus, min_gpus, max_gpus, min_gpu_memory, providers, regions, pricing, max_price,
+        min_interconnect, rdma, include_stale, sort, limit). Loads the bundled catalog into
+        an empty database first."""
+        from broker.services import catalog
+
+        catalog.ensure_catalog(self.db, self.settings)
+        for name in ("gpus", "providers", "regions"):
+            value = filters.get(name)
+            if isinstance(value, str):
+                filters[name] = (value,)
+            elif value is not None:
+                filters[name] = tuple(value)  # type: ignore[call-overload]
+        return catalog.query_offers(self.db, catalog.OfferFilter(**filters))  # type: ignore[arg-type]
+
+    def offers_summary(self) -> list[GpuSummary]:
+        """One row per GPU: cheapest on-demand and spot price per GPU-hour, and where."""
+        from broker.services import catalog
+
+        catalog.ensure_catalog(self.db, self.settings)
+        return catalog.summary(self.db)
+
+    def import_offers(
+        self, path: str, fmt: str, provider: str | None = None, strict: bool = False
+    ) -> ImportReport:
+        """Import a SkyPilot or gpuhunt catalog CSV (a full re-import of its provider)."""
+        from broker.services import catalog
+
+        return catalog.import_file(self.db, path, fmt, provider=provider, strict=strict)
+
+    def refresh(
+        self,
+        providers: Sequence[str] = ("all",),
+        regions: Sequence[str] | None = None,
+        progress: Callable[[RefreshProgress], None] | None = None,
+    ) -> RefreshReport:
+        """Refresh offers from live providers, region by region (see ``offers refresh``)."""
+        from broker.services import catalog
+
+        catalog.ensure_catalog(self.db, self.settings)
+        return catalog.refresh(
+            self.db, self.settings, list(providers), list(regions) if regions else None, progress
+        )
+
+    def check(self) -> list[ProviderCheck]:
+        """Which providers are usable, with which credential source and endpoint."""
+        from broker.services.check import check
+
+        return check(self.settings)
+
     # --- estimates and calibration ---
+
+    def load_spec(self, spec_or_path: object) -> JobSpec:
+        """A validated spec from a spec object, a dict, or the path of a YAML file."""
+        from pathlib import Path
+
+        from workloads.spec import InferenceJob, TrainingJob, load_spec, parse_spec
+
+        if isinstance(spec_or_path, TrainingJob | InferenceJob):
+            return spec_or_path
+        if isinstance(spec_or_path, str | Path):
+            return load_spec(spec_or_path)
+        return parse_spec(spec_or_path)
+
+    def estimate(
+        self,
+        spec_or_path: object,
+        gpu: str | None = None,
+        nodes: int | None = None,
+        offer_id: int | None = None,
+    ) -> EstimateReport:
+        """GPUs, nodes, hours and cost per GPU type from the current offers (or one target)."""
+        from broker.services.estimates import estimate_spec
+
+        spec = self.load_spec(spec_or_path)
+        return estimate_spec(self.db, self.settings, spec, gpu=gpu, nodes=nodes, offer_id=offer_id)
+
+    def calibrate(self, steps: int = 20, *, preset: str | None = None) -> CalibrationView:
+        """Train the transformer briefly here and store the achieved FLOP/s for this device."""
+        from broker.services.estimates import run_calibration
+
+        return run_calibration(self.db, steps=steps, preset=preset)
+
+    def calibrations(self) -> list[CalibrationView]:
+        from broker.services.estimates import list_calibrations
+
+        return list_calibrations(self.db)
 
     # --- planning ---
 
+    def plan(
+        self,
+        *,
+        solver: str | None = None,
+        time_limit: float | None = None,
+        max_provider_share: float | None = None,
+        job_ids: Sequence[int] | None = None,
+    ) -> PlanReport:
+        """Plan the pending jobs against current offers without committing anything."""
+        from broker.services import planning
+
+        return planning.plan(
+            self.db,
+            self.settings,
+            solver=solver,
+            time_limit=time_limit,
+            max_provider_share=max_provider_share,
+            job_ids=job_ids,
+        )
+
+    def schedule(
+        self,
+        *,
+        solver: str | None = None,
+        time_limit: float | None = None,
+        max_provider_share: float | None = None,
+        job_ids: Sequence[int] | None = None,
+    ) -> ScheduleResult:
+        """Plan and commit: jobs PENDING -> PLANNED with their allocations stored."""
+        from broker.services import planning
+
+        return planning.schedule(
+            self.db,
+            self.settings,
+            solver=solver,
+            time_limit=time_limit,
+            max_provider_share=max_provider_share,
+            job_ids=job_ids,
+        )
+
     # --- jobs and execution ---
 
+    def submit(
+        self, spec_or_path: object, *, wait: bool = False, progress: object = None
+    ) -> JobHandle:
+        """Store a job (a spec object, a dict, or a YAML path); ``wait`` plans and runs it."""
+        from pathlib import Path
+
+        from broker.services import jobs
+        from workloads.spec import load_spec, parse_spec
+
+        if isinstance(spec_or_path, str | Path):
+            spec = load_spec(spec_or_path)
+        elif isinstance(spec_or_path, dict):
+            spec = parse_spec(spec_or_path)
+        else:
+            spec = spec_or_path  # type: ignore[assignment]
+        view = jobs.submit(self.db, spec)  # type: ignore[arg-type]
+        handle = jobs.JobHandle(self.db, self.settings, view.id)
+        if wait:
+            handle.wait(progress)
+        return handle
+
+    def jobs(self, state: str | list[str] | None = None) -> list[JobView]:
+        from broker.services import jobs
+
+        states = [state] if isinstance(state, str) else state
+        return jobs.list_jobs(self.db, states)
+
+    def job(self, job_id: int) -> JobView:
+        from broker.services import jobs
+
+        return jobs.get(self.db, job_id)
+
+    def job_handle(self, job_id: int) -> JobHandle:
+        from broker.services import jobs
+
+        jobs.get(self.db, job_id)
+        return jobs.JobHandle(self.db, self.settings, job_id)
+
+    def job_summary(self, job_id: int) -> JobSummary:
+        """Steps, first and last loss, latest checkpoint and metered cost of a job."""
+        from broker.services import execution
+
+        return execution.summary(self.db, self.settings, job_id)
+
+    def job_events(self, job_id: int, after_id: int = 0) -> list[EventView]:
+        from broker.services import jobs
+
+        return jobs.events(self.db, job_id, after_id)
+
+    def cancel(self, job_id: int) -> JobView:
+        from broker.services import jobs
+
+        return jobs.cancel(self.db, self.settings, job_id)
+
+    def run_pending(self) -> list[int]:
+        """Plan every PENDING job and run the planned allocations in this process."""
+        from broker.services import execution
+
+        return execution.run_pending(self.db, self.settings)
+
+    def reconcile(self, providers: list[str] | None = None) -> ReconcileReport:
+        from broker.services import reconcile
+
+        return reconcile.reconcile(self.db, self.settings, providers)
+
+
     # --- reports, budgets and schedules ---
+
+    def report(
+        self,
+        *,
+        since: str | timedelta | None = None,
+        start: str | datetime | None = None,
+        end: str | datetime | None = None,
+        group_by: str | Sequence[str] | None = None,
+        top: int = 10,
+    ) -> Report:
+        """Cost report from the usage ledger over ``since`` (e.g. ``"7d"``, ending now or at
+        ``end``) or ``[start, end)``; grouped by team, provider, region, gpu and/or job."""
+        from broker.services import reports
+
+        begin, stop = reports.window(since=since, start=start, end=end)
+        return reports.build_report(
+            self.db, begin, stop, group_by=reports.parse_group_by(group_by), top=top
+        )
+
+    @cached_property
+    def budgets(self) -> Budgets:
+        """Team budgets: ``set(team, amount, period)``, ``list()``, ``remaining(team)``."""
+        return Budgets(self)
+
+    @cached_property
+    def schedules(self) -> ReportSchedules:
+        """Scheduled reports: ``add(cron, out_dir=...)``, ``list()``, ``remove(id)``."""
+        return ReportSchedules(self)
+
+    def daemon(self, *, interval: float = 30.0, refresh_interval: float = 3600.0) -> Daemon:
+        """The daemon loop over this broker's database; call ``.run()`` or ``.tick()``."""
+        from broker.services.daemon import Daemon
+
+        return Daemon(self.db, self.settings, interval=interval, refresh_interval=refresh_interval)
+
+
+class Budgets:
+    """``broker.budgets``: spending caps per team, enforced by planning and execution."""
+
+    def __init__(self, broker: Broker) -> None:
+        self._broker = broker
+
+    def set(self, team: str, amount: Decimal | str | int, period: str = "month") -> BudgetView:
+        """Create or replace ``team``'s budget of ``amount`` USD per ``month`` or ``week``."""
+        from broker.services import budgets
+
+        return budgets.set_budget(self._broker.db, team, amount, period)
+
+    def list(self) -> list[BudgetView]:
+        """Every budget with what is spent and left in its current period."""
+        from broker.services import budgets
+
+        return budgets.list_budgets(self._broker.db)
+
+    def remaining(self, team: str, at: datetime | None = None) -> Decimal | None:
+        """What ``team`` may still spend now (or at ``at``); None when it has no budget."""
+        from broker.domain import utcnow
+        from broker.services import budgets
+
+        return budgets.remaining(self._broker.db, team, at or utcnow())
+
+    def remove(self, team: str) -> None:
+        from broker.services import budgets
+
+        budgets.remove_budget(self._broker.db, team)
+
+
+class ReportSchedules:
+    """``broker.schedules``: reports made by the daemon at cron times (UTC)."""
+
+    def __init__(self, broker: Broker) -> None:
+        self._broker = broker
+
+    def add(
+        self,
+        cron: str,
+        *,
+        out_dir: str | Path,
+        period: str = "7d",
+        format: str = "html",
+        webhook: str | None = None,
+        group_by: str = "team,provider",
+    ) -> ScheduleView:
+        """Make a ``format`` report of the last ``period`` in ``out_dir`` at each cron time."""
+        from broker.services import schedules
+
+        return schedules.add_schedule(
+            self._broker.db,
+            cron,
+            period=period,
+            fmt=format,
+            out_dir=out_dir,
+            webhook=webhook,
+            group_by=group_by,
+        )
+
+    def list(self) -> list[ScheduleView]:
+        from broker.services import schedules
+
+        return schedules.list_schedules(self._broker.db)
+
+    def remove(self, schedule_id: int) -> None:
+        from broker.services import schedules
+
+        schedules.remove_schedule(self._broker.db, schedule_id)
+
+    def run_due(self, now: datetime | None = None) -> list[MadeReport]:
+        """Make the reports that are due now (the daemon does this every tick)."""
+        from broker.services import schedules
+
+        return schedules.run_due(self._broker.db, now=now)

@@ -29,7 +29,16 @@ def _register() -> None:
 
 
 # Each module has ``register(app)``; order is the order in ``--help``.
-CLI_MODULES: list[str] = []
+CLI_MODULES: list[str] = [
+    "broker.cli.offers",
+    "broker.cli.check",
+    "broker.cli.estimate",
+    "broker.cli.reports",
+    "broker.cli.budget",
+    "broker.cli.daemon",
+    "broker.cli.jobs",
+    "broker.cli.plan",
+]
 
 
 def main() -> None:

@@ -7,15 +7,17 @@ treats what is left as a hard constraint and execution refuses a launch past it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from broker.db.engine import Database
 from broker.db.models import AllocationRow, BudgetRow, JobRow, UsageRow
-from broker.domain import AllocationState, as_utc
+from broker.domain import MICRO, AllocationState, as_utc, money, utcnow
+from broker.errors import NotFound, UserError
 
 PERIODS = ("month", "week")
 
@@ -59,3 +61,86 @@ def remaining_in(session: Session, team: str, at: datetime) -> Decimal | None:
 def remaining(db: Database, team: str, at: datetime) -> Decimal | None:
     with db.session() as session:
         return remaining_in(session, team, at)
+
+
+# --- setting and listing budgets --------------------------------------------------------
+
+
+def period_end(period: str, at: datetime) -> datetime:
+    """End (exclusive, UTC) of the budget period that contains ``at``."""
+    start = period_start(period, at)
+    if period == "week":
+        return start + timedelta(days=7)
+    return (start + timedelta(days=32)).replace(day=1)
+
+
+@dataclass(frozen=True)
+class BudgetView:
+    """A team's budget in the period containing ``at``; ``spent`` includes live estimates."""
+
+    team: str
+    amount: Decimal
+    period: str
+    period_start: datetime
+    period_end: datetime
+    spent: Decimal
+    remaining: Decimal
+
+
+def _validate(team: str, amount: object, period: str) -> tuple[str, Decimal, str]:
+    team = team.strip()
+    if not team or len(team) > 64:
+        raise UserError("team: must be 1 to 64 characters")
+    try:
+        value = money(amount)
+    except (InvalidOperation, ValueError):
+        raise UserError("amount: must be a number of US dollars, e.g. 5000 or 1250.50") from None
+    if not value.is_finite() or value < 0:
+        raise UserError("amount: must be a finite number of US dollars >= 0")
+    if period not in PERIODS:
+        raise UserError(f"period: must be one of {', '.join(PERIODS)}")
+    return team, value.quantize(MICRO), period
+
+
+def _view(session: Session, row: BudgetRow, at: datetime) -> BudgetView:
+    used = spent(session, row.team, period_start(row.period, at))
+    return BudgetView(
+        team=row.team,
+        amount=row.amount,
+        period=row.period,
+        period_start=period_start(row.period, at),
+        period_end=period_end(row.period, at),
+        spent=used,
+        remaining=max(row.amount - used, Decimal(0)),
+    )
+
+
+def set_budget(
+    db: Database, team: str, amount: object, period: str, *, at: datetime | None = None
+) -> BudgetView:
+    """Create or replace ``team``'s budget of ``amount`` dollars per ``period``."""
+    team, value, period = _validate(team, amount, period)
+    with db.session() as session:
+        row = session.scalar(select(BudgetRow).where(BudgetRow.team == team))
+        if row is None:
+            row = BudgetRow(team=team, amount=value, period=period)
+            session.add(row)
+        else:
+            row.amount, row.period = value, period
+        session.flush()
+        return _view(session, row, at or utcnow())
+
+
+def list_budgets(db: Database, *, at: datetime | None = None) -> list[BudgetView]:
+    """Every team's budget with what it has spent and has left, ordered by team."""
+    with db.session() as session:
+        rows = session.scalars(select(BudgetRow).order_by(BudgetRow.team)).all()
+        return [_view(session, row, at or utcnow()) for row in rows]
+
+
+def remove_budget(db: Database, team: str) -> None:
+    with db.session() as session:
+        row = session.scalar(select(BudgetRow).where(BudgetRow.team == team))
+        if row is None:
+            raise NotFound(f"team {team!r} has no budget")
+        session.delete(row)

@@ -1,0 +1,1 @@
+"""Scheduler benchmark: seeded fleets (synthetic, catalog replay, adversarial) and a runner."""

@@ -1,0 +1,25 @@
+"""``gpubroker check``: which providers are usable, with which credentials and endpoint."""
+
+from __future__ import annotations
+
+import typer
+
+from broker.cli.output import Format, render
+
+
+def check(fmt: Format = typer.Option(Format.table, "--format", help="Output format.")) -> None:
+    """Show which providers are usable, where their credentials come from and which
+    endpoint they talk to. Never prints a secret."""
+    from broker.sdk import Broker
+
+    with Broker() as broker:
+        rows = [c.to_dict() for c in broker.check()]
+    for row in rows:
+        row["usable"] = bool(row["usable"])
+    render(
+        rows, ("provider", "usable", "credentials", "endpoint", "detail"), fmt, title="Providers"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("check")(check)

@@ -1,0 +1,119 @@
+"""``gpubroker estimate`` and ``gpubroker calibrate``.
+
+``estimate --format json`` prints one object: ``job``, ``kind``, ``params``, ``tokens``,
+``steps``, ``flops_total``, ``min_gpus`` (GPU type -> smallest GPU count that holds the
+model, null if none), ``options`` (the cheapest feasible way per GPU type, cheapest first:
+``gpu``, ``gpus_per_node``, ``nodes``, ``gpus``, ``provider``, ``region``, ``zone``,
+``instance_type``, ``pricing``, ``offer_id``, ``price_per_hour`` per node, ``hours``,
+``cost`` (training: total USD; inference: USD per hour), ``step_seconds``,
+``assumed_mfu``, ``mfu`` (effective), ``memory_per_gpu_gib``, ``memory_headroom_gib``,
+``interconnect_gbps``, ``rdma``, ``spot_overhead`` (fraction of extra time), ``feasible``,
+``reason``, and for inference ``replicas``, ``gpus_per_replica``, ``requests_per_second``
+per replica, ``ttft_ms``, ``tpot_ms``), ``infeasible`` (``gpu``, ``reason``) and
+``calibrations`` (devices whose measured throughput was used).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from broker.cli.output import Format, dump_json, render
+
+TRAINING_COLUMNS = [
+    "gpu",
+    "gpus_per_node",
+    "nodes",
+    "provider",
+    "region",
+    "instance_type",
+    "pricing",
+    "price_per_hour",
+    "hours",
+    "cost",
+    "mfu",
+    "memory_headroom_gib",
+]
+INFERENCE_COLUMNS = [
+    "area",
+    "gpu",
+    "gpus_per_replica",
+    "replicas",
+    "nodes",
+    "provider",
+    "region",
+    "instance_type",
+    "pricing",
+    "price_per_hour",
+    "cost",
+    "requests_per_second",
+    "ttft_ms",
+    "tpot_ms",
+]
+HEADERS = {
+    "gpus_per_node": "gpus/node",
+    "price_per_hour": "$/node-h",
+    "cost": "cost $",
+    "memory_headroom_gib": "free GiB",
+    "instance_type": "instance",
+    "gpus_per_replica": "gpus/replica",
+    "requests_per_second": "req/s/replica",
+}
+CALIBRATION_COLUMNS = ["id", "device", "achieved_flops", "peak_flops", "mfu", "measured_at"]
+
+
+def estimate(
+    spec: Path = typer.Argument(..., help="Job spec (YAML).", dir_okay=False),
+    gpu: str | None = typer.Option(None, "--gpu", help="Estimate on this GPU type only."),
+    nodes: int | None = typer.Option(None, "--nodes", help="Use exactly this many nodes."),
+    offer: int | None = typer.Option(None, "--offer", help="Estimate on this offer id."),
+    fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
+) -> None:
+    """GPUs, nodes, hours and cost of a job per GPU type, from the current offers."""
+    from broker.errors import UserError
+    from broker.sdk import Broker
+
+    if fmt is Format.csv:
+        raise UserError("--format: estimate supports table or json")
+    with Broker() as broker:
+        report = broker.estimate(spec, gpu=gpu, nodes=nodes, offer_id=offer)
+    data = report.to_dict()
+    if fmt is Format.json:
+        typer.echo(dump_json(data))
+        return
+    flops = f", {report.flops_total:.3g} FLOPs" if report.flops_total else ""
+    steps = f", {report.steps} steps" if report.steps else ""
+    typer.echo(f"{report.job}: {report.kind}, {report.params / 1e6:,.1f}M parameters{steps}{flops}")
+    columns = TRAINING_COLUMNS if report.kind == "training" else INFERENCE_COLUMNS
+    title = "Cheapest feasible option per GPU type"
+    if report.kind == "inference":
+        title += " (cost per hour)"
+    render(data["options"], columns, Format.table, title=title, headers=HEADERS)
+    for item in report.infeasible:
+        typer.echo(f"  {item.gpu or 'cpu'}: {item.reason}")
+    if report.calibrations:
+        typer.echo("calibrated: " + ", ".join(report.calibrations))
+
+
+def calibrate(
+    steps: int = typer.Option(20, "--steps", help="Timed training steps (after 3 warm-up)."),
+    preset: str | None = typer.Option(None, "--preset", help="Model preset to train."),
+    fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
+) -> None:
+    """Train the transformer briefly here; store the achieved FLOP/s for estimates."""
+    from dataclasses import asdict
+
+    from broker.sdk import Broker
+
+    with Broker() as broker:
+        view = broker.calibrate(steps, preset=preset)
+    if fmt is Format.json:
+        typer.echo(dump_json(asdict(view)))
+        return
+    render([asdict(view)], CALIBRATION_COLUMNS, Format.table, title="Calibration stored")
+
+
+def register(root: typer.Typer) -> None:
+    root.command("estimate")(estimate)
+    root.command("calibrate")(calibrate)

@@ -1,0 +1,269 @@
+"""The broker daemon: one loop that keeps the fleet moving.
+
+Each tick:
+1. the *leader* (holder of lease ``daemon-leader``) refreshes offers when the refresh
+   interval has passed (a timer lease, so the whole group refreshes once per interval),
+   plans pending jobs and reconciles the providers with the database;
+2. every daemon runs planned allocations, each one under a claim lease
+   ``allocation:<id>`` and only while it is still PLANNED, so no allocation is launched
+   by two daemons;
+3. every daemon makes the scheduled reports that are due (``reports`` is unique on
+   schedule and due time, so each is made once).
+Several daemons on one PostgreSQL database thus share the work with no double launch;
+if the leader dies its lease expires and another daemon takes over. A background
+heartbeat renews the leases this daemon holds while a long step runs. SIGTERM and SIGINT
+stop the loop after the step in progress; the daemon then gives its leases back.
+
+The steps are injectable (:class:`Steps`) so a test can drive the loop with its own
+planner and executor.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+
+from broker.config import Settings
+from broker.db.engine import Database
+from broker.db.models import AllocationRow
+from broker.domain import AllocationState, utcnow
+from broker.errors import BrokerError
+from broker.services import leases
+
+log = logging.getLogger("gpubroker.daemon")
+LEADER = "daemon-leader"
+REFRESH = "catalog-refresh"
+
+
+@dataclass
+class Steps:
+    """What a tick does; the defaults call the broker's services."""
+
+    refresh: Callable[[], Any]
+    schedule: Callable[[], Any]
+    run_allocation: Callable[[int], Any]
+    reconcile: Callable[[], Any]
+    reports: Callable[[datetime], list[Any]]
+
+
+def _configured_live_providers(settings: Settings) -> list[str]:
+    live = []
+    if settings.aws_regions:
+        live.append("aws")
+    if settings.gcp_project:
+        live.append("gcp")
+    return live
+
+
+def default_steps(db: Database, settings: Settings) -> Steps:
+    def refresh() -> Any:
+        from broker.services import catalog
+
+        catalog.ensure_catalog(db, settings)
+        live = _configured_live_providers(settings)
+        return catalog.refresh(db, settings, live, None) if live else None
+
+    def schedule() -> Any:
+        from broker.services import planning
+
+        return planning.schedule(db, settings)
+
+    def run_allocation(allocation_id: int) -> Any:
+        from broker.services import execution
+
+        return execution.run_allocation(db, settings, allocation_id)
+
+    def reconcile() -> Any:
+        from broker.services import reconcile as reconcile_service
+
+        return reconcile_service.reconcile(db, settings)
+
+    def reports(now: datetime) -> list[Any]:
+        from broker.services import schedules
+
+        return schedules.run_due(db, now=now)
+
+    return Steps(refresh, schedule, run_allocation, reconcile, reports)
+
+
+@dataclass
+class TickReport:
+    leader: bool = False
+    refreshed: bool = False
+    scheduled: bool = False
+    reconciled: bool = False
+    launched: list[int] = field(default_factory=list)
+    reports: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"leader={'yes' if self.leader else 'no'} refreshed={self.refreshed} "
+            f"launched={len(self.launched)} reports={self.reports} errors={len(self.errors)}"
+        )
+
+
+class Daemon:
+    """One broker daemon. ``tick()`` runs one round; ``run()`` loops until stopped."""
+
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        *,
+        steps: Steps | None = None,
+        holder: str | None = None,
+        interval: float = 30.0,
+        refresh_interval: float = 3600.0,
+        lease_ttl: float | None = None,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.steps = steps or default_steps(db, settings)
+        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.interval = interval
+        self.refresh_interval = refresh_interval
+        self.lease_ttl = lease_ttl or max(3 * interval, 60.0)
+        self._stop = threading.Event()
+        self._held: set[str] = set()
+        self._held_lock = threading.Lock()
+
+    # --- control ------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def _acquire(self, name: str) -> bool:
+        if leases.acquire(self.db, name, self.holder, self.lease_ttl):
+            with self._held_lock:
+                self._held.add(name)
+            return True
+        return False
+
+    def _release(self, name: str) -> None:
+        with self._held_lock:
+            self._held.discard(name)
+        leases.release(self.db, name, self.holder)
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.lease_ttl / 3):
+            with self._held_lock:
+                names = sorted(self._held)
+            for name in names:
+                try:
+                    leases.acquire(self.db, name, self.holder, self.lease_ttl)
+                except Exception:  # a database blip must not kill the heartbeat
+                    log.warning("could not renew lease %s", name, exc_info=True)
+
+    # --- one round ----------------------------------------------------------------------
+
+    def _step(self, report: TickReport, name: str, call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except BrokerError as exc:
+            report.errors.append(f"{name}: {exc}")
+            log.warning("%s: %s", name, exc)
+        except Exception as exc:
+            report.errors.append(f"{name}: {type(exc).__name__}: {exc}")
+            log.exception("%s failed", name)
+        return None
+
+    def _planned_allocations(self) -> list[int]:
+        with self.db.session() as session:
+            return list(
+                session.scalars(
+                    select(AllocationRow.id)
+                    .where(AllocationRow.state == AllocationState.PLANNED.value)
+                    .order_by(AllocationRow.id)
+                ).all()
+            )
+
+    def _still_planned(self, allocation_id: int) -> bool:
+        with self.db.session() as session:
+            state = session.scalar(
+                select(AllocationRow.state).where(AllocationRow.id == allocation_id)
+            )
+        return state == AllocationState.PLANNED.value
+
+    def _run_planned(self, report: TickReport) -> None:
+        for allocation_id in self._planned_allocations():
+            if self.stopping:
+                return
+            claim = f"allocation:{allocation_id}"
+            if not self._acquire(claim):
+                continue
+            try:
+                # Re-read under the claim: another daemon may have run it since we listed it.
+                if self._still_planned(allocation_id):
+                    report.launched.append(allocation_id)
+                    self._step(
+                        report,
+                        f"run allocation {allocation_id}",
+                        lambda a=allocation_id: self.steps.run_allocation(a),
+                    )
+            finally:
+                self._release(claim)
+
+    def tick(self, now: datetime | None = None) -> TickReport:
+        report = TickReport()
+        now = now or utcnow()
+        report.leader = self._acquire(LEADER)
+        if report.leader:
+            if leases.acquire(
+                self.db, REFRESH, self.holder, self.refresh_interval, now=now, renew=False
+            ):
+                report.refreshed = True
+                self._step(report, "refresh", self.steps.refresh)
+            if not self.stopping:
+                report.scheduled = True
+                self._step(report, "schedule", self.steps.schedule)
+        if not self.stopping:
+            self._run_planned(report)
+        if report.leader and not self.stopping:
+            report.reconciled = True
+            self._step(report, "reconcile", self.steps.reconcile)
+        if not self.stopping:
+            made = self._step(report, "reports", lambda: self.steps.reports(now))
+            report.reports = len(made or [])
+        return report
+
+    # --- the loop -----------------------------------------------------------------------
+
+    def run(self, *, once: bool = False) -> list[TickReport]:
+        """Tick every ``interval`` seconds until stopped (or once); give leases back after."""
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: self.stop())
+        heartbeat = threading.Thread(target=self._heartbeat, name="lease-heartbeat", daemon=True)
+        heartbeat.start()
+        ticks = []
+        try:
+            while not self.stopping:
+                tick = self.tick()
+                ticks.append(tick)
+                log.info("tick: %s", tick.summary())
+                if once:
+                    break
+                self._stop.wait(self.interval)
+        finally:
+            self._stop.set()
+            with self._held_lock:
+                names = sorted(self._held)
+            for name in names:
+                self._release(name)
+            heartbeat.join(timeout=5)
+        return ticks

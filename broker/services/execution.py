@@ -1,0 +1,913 @@
+"""Run a planned allocation: provision, start Ray, train, tear down, meter (DESIGN §6).
+
+The order is what makes crashes recoverable:
+1. the job and allocation go PROVISIONING and one instance row per node, carrying the
+   launch's request id, is committed *before* the provider is called;
+2. ``provider.launch`` (convergent by request id), then the rows get the provider's ids;
+3. once every node runs: a Ray cluster over them, the training, its events streamed
+   into ``job_events``;
+4. teardown (terminate, stop Ray), then one usage row per instance.
+
+The executor holds the lease ``alloc-<id>`` while it works; the reconciler treats an
+allocation whose executor is gone as orphaned. Crash points for tests: set
+``GPUBROKER_CRASH_AT`` to one of :data:`CRASH_POINTS` and the process exits right there.
+
+The trainer is a *runner*: :func:`ray_runner` (the product path, Ray Train in a driver
+process over the allocated nodes) or :func:`inprocess_runner` (the same loop and
+checkpoint format in this process, world size 1), which tests pick explicitly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from broker.config import Settings
+from broker.db.engine import Database
+from broker.db.models import AllocationRow, InstanceRow, JobRow, OfferRow, UsageRow
+from broker.domain import (
+    AllocationState,
+    InstanceState,
+    JobState,
+    Pricing,
+    as_utc,
+    money,
+    utcnow,
+)
+from broker.errors import (
+    BrokerError,
+    BudgetExceeded,
+    CapacityError,
+    ConflictError,
+    Infeasible,
+    NotFound,
+    OutOfCapacity,
+    ProviderError,
+)
+from broker.services import jobs as jobs_service
+from broker.services import leases, ray_cluster
+
+if TYPE_CHECKING:
+    from providers.base import InstanceRecord, Provider
+
+CRASH_ENV = "GPUBROKER_CRASH_AT"
+CRASH_POINTS = ("after_launch_record", "after_cloud_create", "before_ray_start", "mid_training")
+CRASH_EXIT_CODE = 71
+LEASE_TTL_S = 120.0
+POLL_S = 0.5
+RUNNING_TIMEOUT_S = 600.0
+
+
+def crash_point(name: str) -> None:
+    """Exit the process on the spot when ``GPUBROKER_CRASH_AT`` names this point."""
+    if os.environ.get(CRASH_ENV) == name:
+        sys.stderr.flush()
+        os._exit(CRASH_EXIT_CODE)
+
+
+def lease_name(allocation_id: int) -> str:
+    return f"alloc-{allocation_id}"
+
+
+def lease_holder() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def cluster_key(allocation_id: int) -> str:
+    return f"a{allocation_id}"
+
+
+def request_id_for(settings: Settings, allocation_id: int) -> str:
+    return f"{settings.owner_tag}-alloc-{allocation_id}"
+
+
+def run_dir(settings: Settings, job_id: int) -> Path:
+    return settings.runs_dir / f"job-{job_id}"
+
+
+# --- progress ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One progress line of a run, as the CLI's bar shows it."""
+
+    job_id: int
+    state: str
+    step: int | None = None
+    steps: int | None = None
+    loss: float | None = None
+    tokens_per_s: float | None = None
+    mfu: float | None = None
+    cost: Decimal = Decimal(0)
+    message: str | None = None
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+# --- runners ----------------------------------------------------------------------------
+
+
+@dataclass
+class RunContext:
+    db: Database
+    settings: Settings
+    job_id: int
+    allocation_id: int
+    spec: dict[str, Any]
+    addresses: list[str]
+    gpu: str | None
+    gpus_per_node: int
+
+    @property
+    def run_dir(self) -> Path:
+        return run_dir(self.settings, self.job_id)
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.run_dir / "metrics.jsonl"
+
+
+@dataclass
+class Outcome:
+    """How a training attempt ended: ``ok``, or stopped (cancel/preemption), or an error."""
+
+    ok: bool
+    stop: str | None = None
+    error: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+Runner = Callable[[RunContext, "Monitor"], Outcome]
+
+
+def train_config(ctx: RunContext, **ray: Any) -> Any:
+    """The ``workloads.train.TrainConfig`` for this job (imports the training module)."""
+    from providers.local import detect_machine
+    from workloads.gpus import resolve
+    from workloads.spec import parse_spec
+    from workloads.train import TrainConfig
+
+    spec = parse_spec(ctx.spec)
+    peak = None
+    # The training runs on this machine's nodes: GPUs only where this machine has them.
+    use_gpu = bool(ctx.gpu) and ctx.gpus_per_node > 0 and detect_machine().gpus > 0
+    if use_gpu and ctx.gpu:
+        resolved = resolve(ctx.gpu)
+        if resolved.spec is not None:
+            peak = resolved.spec.bf16_tflops * 1e12
+    steps = spec.total_steps()
+    return TrainConfig(
+        name=ctx.run_dir.name,
+        storage_path=str(ctx.run_dir.parent),
+        metrics_path=str(ctx.metrics_path),
+        model={
+            "n_layer": spec.model.layers,
+            "n_head": spec.model.heads,
+            "d_model": spec.model.d_model,
+            "seq_len": spec.model.seq_len,
+            "vocab_size": spec.model.vocab,
+        },
+        steps=steps,
+        global_batch=spec.global_batch,
+        learning_rate=spec.learning_rate,
+        checkpoint_every=spec.checkpoint_every,
+        report_every=max(1, min(25, steps // 20)),
+        data=spec.data,
+        precision=spec.precision,
+        max_failures=spec.max_failures,
+        use_gpu=use_gpu,
+        peak_flops_per_worker=peak,
+        **ray,
+    )
+
+
+def inprocess_runner(ctx: RunContext, monitor: Monitor) -> Outcome:
+    """The training loop in this process (world size 1): fast, no Ray; for tests."""
+    from workloads.train import Stopped, run_local
+
+    cfg = train_config(ctx)
+    ctx.run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        metrics = run_local(cfg, should_stop=lambda: monitor.poll() is not None)
+    except Stopped:
+        monitor.poll(force=True)
+        return Outcome(ok=False, stop=monitor.stop_reason or "stopped")
+    except Exception as exc:  # the training itself failed: the job fails, we tear down
+        return Outcome(ok=False, error=f"{type(exc).__name__}: {exc}")
+    monitor.poll(force=True)
+    return Outcome(ok=True, metrics=metrics)
+
+
+def ray_runner(ctx: RunContext, monitor: Monitor) -> Outcome:
+    """Ray Train over the allocated nodes: a local cluster, the driver in its own process."""
+    settings = ctx.settings
+    key = cluster_key(ctx.allocation_id)
+    cpus = max(1, (os.cpu_count() or 1) // max(1, len(ctx.addresses)))
+    ctx.run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        cluster = ray_cluster.start(settings, key, ctx.addresses, cpus_per_node=cpus)
+        monitor.event("ray", {"address": cluster.address, "nodes": cluster.addresses})
+        cfg = train_config(
+            ctx,
+            num_workers=len(ctx.addresses),
+            resource=cluster.resource,
+            address=cluster.address,
+            node_ip=cluster.head_ip,
+        )
+        config_path = ctx.run_dir / f"train-a{ctx.allocation_id}.json"
+        cfg.to_json(config_path)
+        with open(ctx.run_dir / "driver.log", "ab") as log:
+            driver = subprocess.Popen(
+                [sys.executable, "-m", "workloads.train", str(config_path)],
+                env=ray_cluster.ray_env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        ray_cluster.record_driver(settings, cluster, driver.pid)
+        while driver.poll() is None:
+            reason = monitor.poll()
+            if reason is not None:
+                driver.kill()
+                driver.wait()
+                return Outcome(ok=False, stop=reason)
+            time.sleep(POLL_S)
+        monitor.poll(force=True)
+        if driver.returncode != 0:
+            return Outcome(
+                ok=False, error=monitor.last_error or f"driver exited {driver.returncode}"
+            )
+        return Outcome(ok=True, metrics=monitor.last_metrics)
+    finally:
+        ray_cluster.stop(settings, key)
+
+
+# --- the monitor ------------------------------------------------------------------------
+
+
+class Monitor:
+    """Streams the run's metrics into job_events and watches for cancel and node loss."""
+
+    def __init__(
+        self,
+        ctx: RunContext,
+        provider: Provider,
+        instance_ids: list[str],
+        progress: ProgressFn | None,
+        price_per_hour: Decimal,
+    ) -> None:
+        self.ctx = ctx
+        self.provider = provider
+        self.instance_ids = set(instance_ids)
+        self.progress = progress
+        self.price_per_hour = price_per_hour
+        self.started = time.monotonic()
+        self.stop_reason: str | None = None
+        self.last_error: str | None = None
+        self.last_metrics: dict[str, Any] = {}
+        self._offset = ctx.metrics_path.stat().st_size if ctx.metrics_path.exists() else 0
+        self._last_poll = 0.0
+        self._progress_seen = False
+
+    def event(self, kind: str, payload: dict[str, Any]) -> None:
+        with self.ctx.db.session() as session:
+            jobs_service.record_event(session, self.ctx.job_id, kind, payload)
+
+    def _read_new(self) -> list[dict[str, Any]]:
+        path = self.ctx.metrics_path
+        if not path.exists():
+            return []
+        with open(path, "rb") as handle:
+            handle.seek(self._offset)
+            data = handle.read()
+        complete = data[: data.rfind(b"\n") + 1]
+        self._offset += len(complete)
+        records = []
+        for line in complete.splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return records
+
+    def poll(self, *, force: bool = False) -> str | None:
+        """Ingest new metrics; return why the run must stop, or None. Rate-limited."""
+        now = time.monotonic()
+        if not force and now - self._last_poll < POLL_S:
+            return self.stop_reason
+        self._last_poll = now
+        records = self._read_new()
+        ctx = self.ctx
+        with ctx.db.session() as session:
+            for record in records:
+                kind = str(record.pop("event", "progress"))
+                if kind == "failed":
+                    self.last_error = str(record.get("error"))
+                if kind in ("progress", "finished"):
+                    self.last_metrics = record
+                jobs_service.record_event(session, ctx.job_id, kind, record)
+            job = jobs_service.load_row(session, ctx.job_id)
+            state = job.state
+        leases.acquire(ctx.db, lease_name(ctx.allocation_id), lease_holder(), LEASE_TTL_S)
+        if records and any(r for r in records if "step" in r) and self.progress:
+            hours = Decimal(str((now - self.started) / 3600))
+            nodes = len(self.instance_ids)
+            m = self.last_metrics
+            self.progress(
+                Progress(
+                    job_id=ctx.job_id,
+                    state=JobState.RUNNING.value,
+                    step=m.get("step"),
+                    steps=m.get("steps"),
+                    loss=m.get("loss"),
+                    tokens_per_s=m.get("tokens_per_s"),
+                    mfu=m.get("mfu"),
+                    cost=(self.price_per_hour * nodes * hours).quantize(Decimal("0.000001")),
+                )
+            )
+        if self.last_metrics and not self._progress_seen:
+            self._progress_seen = True
+            crash_point("mid_training")
+        if self.stop_reason is None:
+            if state == JobState.CANCELLED.value:
+                self.stop_reason = "cancelled"
+            else:
+                lost = self._lost_nodes()
+                if lost:
+                    self.stop_reason = f"preempted: node {lost[0]} was taken away"
+        return self.stop_reason
+
+    def _lost_nodes(self) -> list[str]:
+        try:
+            listed = self.provider.list_instances(self.ctx.settings.owner_tag)
+        except ProviderError:
+            return []  # a flaky listing is not a lost node; the next poll looks again
+        running = {r.instance_id for r in listed if r.state == InstanceState.RUNNING}
+        return sorted(self.instance_ids - running)
+
+
+# --- the executor -----------------------------------------------------------------------
+
+
+def _allocation(session: Any, allocation_id: int) -> AllocationRow:
+    row = session.get(AllocationRow, allocation_id)
+    if row is None:
+        raise NotFound(f"allocation {allocation_id} does not exist")
+    return row
+
+
+def _on_demand_price(session: Any, alloc: AllocationRow) -> Decimal | None:
+    if alloc.pricing == Pricing.ON_DEMAND.value:
+        return alloc.price_at_plan
+    return session.scalar(
+        select(OfferRow.price_per_hour).where(
+            OfferRow.provider == alloc.provider,
+            OfferRow.region == alloc.region,
+            OfferRow.zone == alloc.zone,
+            OfferRow.instance_type == alloc.instance_type,
+            OfferRow.pricing == Pricing.ON_DEMAND.value,
+        )
+    )
+
+
+def _check_budget(session: Any, job: JobRow, alloc: AllocationRow) -> None:
+    """Refuse a launch that would take the team or the job past its budget."""
+    from broker.db.models import BudgetRow
+    from broker.services import budgets
+
+    if job.budget is not None and alloc.est_cost > job.budget:
+        raise BudgetExceeded(
+            f"job {job.id}: estimated cost {alloc.est_cost:.2f} USD exceeds its budget "
+            f"{job.budget:.2f} USD"
+        )
+    row = session.scalar(select(BudgetRow).where(BudgetRow.team == job.team))
+    if row is None:
+        return
+    # spent() already counts this allocation's estimate, since it is live.
+    spent = budgets.spent(session, job.team, budgets.period_start(row.period, utcnow()))
+    if spent > row.amount:
+        raise BudgetExceeded(
+            f"team {job.team}: launching allocation {alloc.id} would spend {spent:.2f} USD "
+            f"of a {row.amount:.2f} USD {row.period} budget"
+        )
+
+
+def _begin(db: Database, settings: Settings, allocation_id: int) -> tuple[int, bool]:
+    """PLANNED -> PROVISIONING and the instance rows; returns (job id, go on?)."""
+    # The lease comes first, so the reconciler never sees a PROVISIONING allocation
+    # without an executor that is still alive.
+    if not leases.acquire(db, lease_name(allocation_id), lease_holder(), LEASE_TTL_S):
+        raise ConflictError(f"allocation {allocation_id} is being run by another executor")
+    failed: BudgetExceeded | None = None
+    with jobs_service.guarded(db) as session:
+        alloc = _allocation(session, allocation_id)
+        job = jobs_service.load_row(session, alloc.job_id)
+        job_id = job.id
+        if not AllocationState(alloc.state).live or JobState(job.state).terminal:
+            done = True
+        else:
+            done = False
+            try:
+                _check_budget(session, job, alloc)
+            except BudgetExceeded as exc:
+                failed = exc
+                alloc.state = AllocationState.FAILED.value
+                jobs_service.transition(session, job, JobState.FAILED, str(exc))
+            else:
+                _provision_rows(session, settings, job, alloc)
+    if done or failed is not None:
+        leases.release(db, lease_name(allocation_id), lease_holder())
+    if failed is not None:
+        raise failed
+    return job_id, not done
+
+
+def _provision_rows(session: Any, settings: Settings, job: JobRow, alloc: AllocationRow) -> None:
+    """Job and allocation to PROVISIONING; one REQUESTED instance row per missing node."""
+    if job.state == JobState.PLANNED.value:
+        jobs_service.transition(session, job, JobState.PROVISIONING)
+        job.attempts += 1
+    alloc.state = AllocationState.PROVISIONING.value
+    request_id = request_id_for(settings, alloc.id)
+    have = {row.node_index for row in alloc.instances}
+    price = alloc.price_at_plan if alloc.price_at_plan is not None else Decimal(0)
+    for index in range(alloc.nodes):
+        if index in have:
+            continue
+        session.add(
+            InstanceRow(
+                allocation_id=alloc.id,
+                provider=alloc.provider,
+                region=alloc.region,
+                zone=alloc.zone,
+                instance_type=alloc.instance_type,
+                pricing=alloc.pricing,
+                request_id=request_id,
+                node_index=index,
+                state=InstanceState.REQUESTED.value,
+                price_per_hour=price,
+            )
+        )
+
+
+def _launch(
+    db: Database, settings: Settings, allocation_id: int, provider: Provider
+) -> list[InstanceRecord]:
+    from providers.base import TAG_ALLOCATION, TAG_JOB, LaunchRequest
+
+    with db.session() as session:
+        alloc = _allocation(session, allocation_id)
+        request = LaunchRequest(
+            request_id=request_id_for(settings, allocation_id),
+            region=alloc.region,
+            zone=alloc.zone or None,
+            instance_type=alloc.instance_type,
+            nodes=alloc.nodes,
+            pricing=Pricing(alloc.pricing),
+            owner=settings.owner_tag,
+            tags={TAG_JOB: str(alloc.job_id), TAG_ALLOCATION: str(alloc.id)},
+            user_data=_user_data(settings, alloc),
+        )
+    records = provider.launch(request)
+    crash_point("after_cloud_create")
+    _record_launch(db, allocation_id, records)
+    return records
+
+
+def _user_data(settings: Settings, alloc: AllocationRow) -> str | None:
+    if alloc.provider in ("local", "fake"):
+        return None
+    from broker.services import cloud_init
+
+    return cloud_init.startup_script(settings, f"gpubroker-{cluster_key(alloc.id)}")
+
+
+def _record_launch(db: Database, allocation_id: int, records: list[InstanceRecord]) -> None:
+    by_index = {r.node_index: r for r in records}
+    with db.session() as session:
+        alloc = _allocation(session, allocation_id)
+        for row in alloc.instances:
+            record = by_index.get(row.node_index)
+            if record is None or row.state == InstanceState.TERMINATED.value:
+                continue
+            row.provider_instance_id = record.instance_id
+            row.state = record.state.value
+            row.address = record.address
+            row.launched_at = row.launched_at or record.launched_at or utcnow()
+
+
+def _wait_running(
+    db: Database, settings: Settings, allocation_id: int, job_id: int, provider: Provider
+) -> list[InstanceRecord] | None:
+    """Poll until every node runs; None when the job was cancelled meanwhile."""
+    deadline = time.monotonic() + RUNNING_TIMEOUT_S
+    request_id = request_id_for(settings, allocation_id)
+    while True:
+        with db.session() as session:
+            if jobs_service.load_row(session, job_id).state == JobState.CANCELLED.value:
+                return None
+            nodes = _allocation(session, allocation_id).nodes
+        mine = [
+            r for r in provider.list_instances(settings.owner_tag) if r.request_id == request_id
+        ]
+        _record_launch(db, allocation_id, mine)
+        running = sorted(
+            (r for r in mine if r.state == InstanceState.RUNNING), key=lambda r: r.node_index or 0
+        )
+        if len(running) == nodes:
+            return running
+        gone = [r for r in mine if r.state in (InstanceState.PREEMPTED, InstanceState.FAILED)]
+        if gone or time.monotonic() > deadline:
+            raise OutOfCapacity(provider.name, "", "nodes did not all reach RUNNING")
+        leases.acquire(db, lease_name(allocation_id), lease_holder(), LEASE_TTL_S)
+        time.sleep(POLL_S)
+
+
+def teardown(
+    db: Database, settings: Settings, allocation_id: int, *, busy_seconds: float | None = None
+) -> int:
+    """Stop Ray, terminate every node of the allocation, write the usage rows. Idempotent.
+
+    Returns the number of instances terminated now.
+    """
+    from providers import registry
+
+    ray_cluster.stop(settings, cluster_key(allocation_id))
+    with db.session() as session:
+        alloc = _allocation(session, allocation_id)
+        provider_name = alloc.provider
+        request_id = request_id_for(settings, allocation_id)
+        known = [r.provider_instance_id for r in alloc.instances if r.provider_instance_id]
+    provider = registry.get(provider_name, settings)
+    listed = [r for r in provider.list_instances(settings.owner_tag) if r.request_id == request_id]
+    _record_launch(db, allocation_id, listed)  # nodes a crash kept us from recording
+    ids = sorted({*known, *(r.instance_id for r in listed)})
+    if ids:
+        provider.terminate(ids, request_id)
+    now = utcnow()
+    with db.session() as session:
+        alloc = _allocation(session, allocation_id)
+        job = jobs_service.load_row(session, alloc.job_id)
+        on_demand = _on_demand_price(session, alloc)
+        for row in alloc.instances:
+            if row.state != InstanceState.TERMINATED.value:
+                row.state = (
+                    InstanceState.TERMINATED.value
+                    if row.provider_instance_id or row.launched_at
+                    else InstanceState.FAILED.value
+                )
+                row.terminated_at = row.terminated_at or now
+            _write_usage(session, alloc, job, row, on_demand, busy_seconds)
+    return len([r for r in listed if r.state != InstanceState.TERMINATED])
+
+
+def _write_usage(
+    session: Any,
+    alloc: AllocationRow,
+    job: JobRow,
+    row: InstanceRow,
+    on_demand: Decimal | None,
+    busy_seconds: float | None,
+) -> None:
+    if row.launched_at is None or row.terminated_at is None:
+        return  # never ran: nothing to bill
+    if session.scalar(select(UsageRow.id).where(UsageRow.instance_id == row.id)) is not None:
+        return
+    start, end = as_utc(row.launched_at), as_utc(row.terminated_at)
+    lifetime = max(0.0, (end - start).total_seconds())
+    price = row.price_per_hour if row.price_per_hour is not None else Decimal(0)
+    cost = price * money(lifetime) / Decimal(3600)
+    session.add(
+        UsageRow(
+            instance_id=row.id,
+            job_id=job.id,
+            team=job.team,
+            provider=row.provider,
+            region=row.region,
+            zone=row.zone,
+            instance_type=row.instance_type,
+            pricing=row.pricing,
+            gpu=alloc.gpu,
+            gpus=alloc.gpus_per_node,
+            start=start,
+            end=end,
+            price_per_hour=price,
+            on_demand_price_per_hour=on_demand,
+            busy_seconds=None if busy_seconds is None else min(busy_seconds, lifetime),
+            cost=cost.quantize(Decimal("0.000001")),
+        )
+    )
+    try:
+        session.flush()
+    except IntegrityError:  # a concurrent teardown wrote it first
+        session.rollback()
+
+
+def _finish(
+    db: Database,
+    allocation_id: int,
+    job_state: JobState,
+    alloc_state: AllocationState,
+    message: str | None = None,
+) -> JobState:
+    """Final states of the job and allocation; a concurrent cancel wins over ours."""
+    for _ in range(3):
+        try:
+            with jobs_service.guarded(db) as session:
+                alloc = _allocation(session, allocation_id)
+                job = jobs_service.load_row(session, alloc.job_id)
+                if AllocationState(alloc.state).live:
+                    alloc.state = alloc_state.value
+                current = JobState(job.state)
+                if current.terminal:
+                    return current
+                if job_state is JobState.PENDING and current is JobState.RUNNING:
+                    jobs_service.transition(session, job, JobState.PREEMPTED, message)
+                jobs_service.transition(session, job, job_state, message)
+                return job_state
+        except ConflictError:
+            continue
+    raise ConflictError(f"allocation {allocation_id}: could not record its final state")
+
+
+def _cooldown(
+    db: Database, settings: Settings, allocation_id: int, reason: str, *, whole_zone: bool
+) -> None:
+    """Keep the pool (capacity) or its whole zone (a lost node) out of the next plans."""
+    from broker.services import planning
+
+    with db.session() as session:
+        alloc = _allocation(session, allocation_id)
+        pool = (alloc.provider, alloc.region, alloc.zone, alloc.instance_type)
+    planning.add_cooldown(
+        db,
+        settings,
+        provider=pool[0],
+        region=pool[1],
+        zone=pool[2],
+        instance_type=None if whole_zone else pool[3],
+        reason=reason,
+    )
+
+
+def run_allocation(
+    db: Database,
+    settings: Settings,
+    allocation_id: int,
+    *,
+    progress: ProgressFn | None = None,
+    runner: Runner | None = None,
+) -> JobState:
+    """Provision, train and tear down one allocation; returns the job's state after it.
+
+    Safe to call again after a crash: rows and the launch are keyed by the request id.
+    PENDING comes back when the job lost its nodes (capacity or preemption) and should be
+    planned again; the pool is put on cool-down first.
+    """
+    from providers import registry
+
+    job_id, go = _begin(db, settings, allocation_id)
+    if not go:
+        return JobState(jobs_service.get(db, job_id).state)
+    crash_point("after_launch_record")
+    with db.session() as session:
+        alloc = _allocation(session, allocation_id)
+        provider_name, gpu, gpus_per_node = alloc.provider, alloc.gpu, alloc.gpus_per_node
+        price = alloc.price_at_plan if alloc.price_at_plan is not None else Decimal(0)
+        spec = dict(jobs_service.load_row(session, job_id).spec)
+    _notify(progress, job_id, JobState.PROVISIONING, f"launching on {provider_name}")
+    try:
+        provider = registry.get(provider_name, settings)
+        _launch(db, settings, allocation_id, provider)
+        running = _wait_running(db, settings, allocation_id, job_id, provider)
+    except CapacityError as exc:
+        teardown(db, settings, allocation_id)
+        _cooldown(db, settings, allocation_id, str(exc), whole_zone=False)
+        return _finish(db, allocation_id, JobState.PENDING, AllocationState.FAILED, str(exc))
+    except BrokerError as exc:
+        teardown(db, settings, allocation_id)
+        return _finish(db, allocation_id, JobState.FAILED, AllocationState.FAILED, str(exc))
+    if running is None:  # cancelled while provisioning
+        teardown(db, settings, allocation_id)
+        return _finish(db, allocation_id, JobState.CANCELLED, AllocationState.RELEASED)
+    crash_point("before_ray_start")
+    try:
+        with jobs_service.guarded(db) as session:
+            alloc = _allocation(session, allocation_id)
+            job = jobs_service.load_row(session, job_id)
+            jobs_service.transition(session, job, JobState.RUNNING)
+            alloc.state = AllocationState.ACTIVE.value
+    except ConflictError:  # cancelled in the meantime
+        teardown(db, settings, allocation_id)
+        return _finish(db, allocation_id, JobState.CANCELLED, AllocationState.RELEASED)
+    _notify(progress, job_id, JobState.RUNNING, f"{len(running)} nodes running")
+    ctx = RunContext(
+        db=db,
+        settings=settings,
+        job_id=job_id,
+        allocation_id=allocation_id,
+        spec=spec,
+        addresses=[_node_address(r, i) for i, r in enumerate(running)],
+        gpu=gpu,
+        gpus_per_node=gpus_per_node,
+    )
+    monitor = Monitor(ctx, provider, [r.instance_id for r in running], progress, price)
+    started = time.monotonic()
+    try:
+        outcome = (runner or ray_runner)(ctx, monitor)
+    except BrokerError as exc:
+        outcome = Outcome(ok=False, error=str(exc))
+    busy = time.monotonic() - started
+    teardown(db, settings, allocation_id, busy_seconds=busy)
+    leases.release(db, lease_name(allocation_id), lease_holder())
+    if outcome.ok:
+        return _finish(db, allocation_id, JobState.SUCCEEDED, AllocationState.RELEASED)
+    if outcome.stop == "cancelled":
+        return _finish(db, allocation_id, JobState.CANCELLED, AllocationState.RELEASED)
+    if outcome.stop is not None:
+        _cooldown(db, settings, allocation_id, outcome.stop, whole_zone=True)
+        return _finish(db, allocation_id, JobState.PENDING, AllocationState.FAILED, outcome.stop)
+    return _finish(db, allocation_id, JobState.FAILED, AllocationState.FAILED, outcome.error)
+
+
+def _node_address(record: InstanceRecord, index: int) -> str:
+    """Where Ray runs node ``index``: its loopback address, or a simulated one.
+
+    Nodes of remote providers join the head from their startup script; on this machine
+    the training of such an allocation runs on simulated loopback nodes.
+    """
+    if record.address and record.address.startswith("127."):
+        return record.address
+    return f"127.0.0.{index + 2}"
+
+
+def _notify(progress: ProgressFn | None, job_id: int, state: JobState, message: str) -> None:
+    if progress is not None:
+        progress(Progress(job_id=job_id, state=state.value, message=message))
+
+
+# --- releasing and whole jobs -----------------------------------------------------------
+
+
+def release_job(db: Database, settings: Settings, job_id: int, *, reason: str) -> list[int]:
+    """Tear down every live allocation of ``job_id``; returns their ids."""
+    with db.session() as session:
+        ids = list(
+            session.scalars(
+                select(AllocationRow.id).where(
+                    AllocationRow.job_id == job_id,
+                    AllocationRow.state.in_([s.value for s in AllocationState if s.live]),
+                )
+            )
+        )
+    for allocation_id in ids:
+        teardown(db, settings, allocation_id)
+        with jobs_service.guarded(db) as session:
+            alloc = _allocation(session, allocation_id)
+            if AllocationState(alloc.state).live:
+                alloc.state = AllocationState.RELEASED.value
+            jobs_service.record_event(
+                session, job_id, "released", {"allocation": allocation_id, "reason": reason}
+            )
+    return ids
+
+
+def schedule_job(db: Database, settings: Settings, job_id: int) -> list[int]:
+    """Plan ``job_id`` now; its new allocation ids, or Infeasible with the reason."""
+    from broker.services import planning
+
+    result = planning.schedule(db, settings, job_ids=[job_id])
+    if job_id in result.unplaced:
+        raise Infeasible([f"job {job_id}: {result.unplaced[job_id]}"])
+    return list(result.allocation_ids)
+
+
+def run_job(
+    db: Database,
+    settings: Settings,
+    job_id: int,
+    *,
+    progress: ProgressFn | None = None,
+    runner: Runner | None = None,
+    max_rounds: int | None = None,
+) -> JobState:
+    """Plan and run ``job_id`` until it ends, re-planning after capacity loss."""
+    rounds = max_rounds or 2 + int(jobs_service.get(db, job_id).spec.get("max_failures", 3))
+    state = JobState(jobs_service.get(db, job_id).state)
+    for _ in range(rounds):
+        if state.terminal:
+            return state
+        if state is JobState.PENDING:
+            allocation_ids = schedule_job(db, settings, job_id)
+        else:
+            allocation_ids = _live_allocations(db, job_id)
+        for allocation_id in allocation_ids:
+            state = run_allocation(db, settings, allocation_id, progress=progress, runner=runner)
+    return state
+
+
+def _live_allocations(db: Database, job_id: int) -> list[int]:
+    with db.session() as session:
+        return list(
+            session.scalars(
+                select(AllocationRow.id)
+                .where(
+                    AllocationRow.job_id == job_id,
+                    AllocationRow.state.in_([s.value for s in AllocationState if s.live]),
+                )
+                .order_by(AllocationRow.id)
+            )
+        )
+
+
+def run_pending(
+    db: Database,
+    settings: Settings,
+    *,
+    progress: ProgressFn | None = None,
+    runner: Runner | None = None,
+) -> list[int]:
+    """Schedule every PENDING job and run the PLANNED allocations; the job ids run."""
+    from broker.services import planning
+
+    planning.schedule(db, settings)
+    with db.session() as session:
+        ids = list(
+            session.scalars(
+                select(AllocationRow.id)
+                .where(AllocationRow.state == AllocationState.PLANNED.value)
+                .order_by(AllocationRow.id)
+            )
+        )
+        job_ids = [_allocation(session, i).job_id for i in ids]
+    for allocation_id in ids:
+        run_allocation(db, settings, allocation_id, progress=progress, runner=runner)
+    return job_ids
+
+
+def usage_cost(db: Database, job_id: int) -> Decimal:
+    """What the ledger has charged ``job_id`` so far."""
+    from sqlalchemy import func
+
+    with db.session() as session:
+        total = session.scalar(
+            select(func.coalesce(func.sum(UsageRow.cost), 0)).where(UsageRow.job_id == job_id)
+        )
+    return Decimal(str(total))
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """What a finished (or running) job produced and cost, from its events and the ledger."""
+
+    job_id: int
+    state: str
+    step: int | None
+    steps: int | None
+    first_loss: float | None
+    last_loss: float | None
+    tokens_per_s: float | None
+    checkpoint: str | None
+    cost: Decimal
+    node_hours: float
+    usage_rows: int
+    message: str | None
+
+
+def summary(db: Database, settings: Settings, job_id: int) -> JobSummary:
+    from workloads.train import latest_checkpoint
+
+    view = jobs_service.get(db, job_id)
+    progress = [e.payload for e in jobs_service.events(db, job_id) if e.kind == "progress"]
+    with db.session() as session:
+        rows = list(session.scalars(select(UsageRow).where(UsageRow.job_id == job_id)))
+    found = latest_checkpoint(run_dir(settings, job_id))
+    last = progress[-1] if progress else {}
+    return JobSummary(
+        job_id=job_id,
+        state=view.state.value,
+        step=last.get("step"),
+        steps=last.get("steps"),
+        first_loss=progress[0].get("loss") if progress else None,
+        last_loss=last.get("loss"),
+        tokens_per_s=last.get("tokens_per_s"),
+        checkpoint=str(found[0]) if found else None,
+        cost=sum((r.cost for r in rows), Decimal(0)),
+        node_hours=sum((as_utc(r.end) - as_utc(r.start)).total_seconds() for r in rows) / 3600,
+        usage_rows=len(rows),
+        message=view.message,
+    )

@@ -1,0 +1,160 @@
+"""Make the providers match the database after a crash, a lost node or a stray launch.
+
+One pass:
+1. an allocation being provisioned or run whose executor is gone (its lease expired, or
+   its holder process on this host is dead) is torn down and marked ORPHANED; the job
+   goes back to PENDING (via PREEMPTED when it was running) to be planned again;
+2. every instance a provider lists under our owner tag that no live allocation owns is
+   terminated, so a half-launched gang is never left behind;
+3. every Ray cluster of ours whose allocation is no longer live is stopped.
+After it: no leaked instances, no live allocation without an executor, and every gang
+either complete (its executor still runs it) or absent.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+
+from broker.config import Settings
+from broker.db.engine import Database
+from broker.db.models import AllocationRow, InstanceRow
+from broker.domain import AllocationState, InstanceState, JobState, utcnow
+from broker.errors import BrokerError, ConflictError
+from broker.services import execution, leases, ray_cluster
+from broker.services import jobs as jobs_service
+
+_STARTED = (AllocationState.PROVISIONING.value, AllocationState.ACTIVE.value)
+
+
+@dataclass
+class ReconcileReport:
+    terminated: list[str] = field(default_factory=list)  # "provider:instance id"
+    orphaned_allocations: list[int] = field(default_factory=list)
+    requeued_jobs: list[int] = field(default_factory=list)
+    stopped_clusters: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, list[object]]:
+        return {
+            "terminated": list(self.terminated),
+            "orphaned_allocations": list(self.orphaned_allocations),
+            "requeued_jobs": list(self.requeued_jobs),
+            "stopped_clusters": list(self.stopped_clusters),
+            "errors": list(self.errors),
+        }
+
+
+def executor_alive(db: Database, allocation_id: int) -> bool:
+    """Whether a process still holds the allocation's lease (checked by pid on this host)."""
+    holder = leases.holder_of(db, execution.lease_name(allocation_id))
+    if holder is None:
+        return False
+    host, _, pid = holder.rpartition(":")
+    if host == socket.gethostname() and pid.isdigit():
+        return ray_cluster.alive(int(pid))
+    return True  # another host's executor: trust its unexpired lease
+
+
+def _orphan(db: Database, settings: Settings, allocation_id: int, report: ReconcileReport) -> None:
+    execution.teardown(db, settings, allocation_id)
+    with jobs_service.guarded(db) as session:
+        alloc = session.get(AllocationRow, allocation_id)
+        if alloc is None or not AllocationState(alloc.state).live:
+            return
+        alloc.state = AllocationState.ORPHANED.value
+        job = jobs_service.load_row(session, alloc.job_id)
+        state = JobState(job.state)
+        message = "its executor stopped; planned again"
+        if state is JobState.RUNNING:
+            jobs_service.transition(session, job, JobState.PREEMPTED, message)
+            state = JobState.PREEMPTED
+        if state in (JobState.PREEMPTED, JobState.PROVISIONING, JobState.PLANNED):
+            jobs_service.transition(session, job, JobState.PENDING, message)
+            report.requeued_jobs.append(job.id)
+        jobs_service.record_event(
+            session, job.id, "reconcile", {"allocation": allocation_id, "orphaned": True}
+        )
+    report.orphaned_allocations.append(allocation_id)
+
+
+def _live_allocations(db: Database) -> dict[int, str]:
+    with db.session() as session:
+        rows = session.execute(
+            select(AllocationRow.id, AllocationRow.state).where(
+                AllocationRow.state.in_([s.value for s in AllocationState if s.live])
+            )
+        )
+        return {row.id: row.state for row in rows}
+
+
+def reconcile(
+    db: Database, settings: Settings, providers: Sequence[str] | None = None
+) -> ReconcileReport:
+    """One reconciliation pass over ``providers`` (default: every provider we launched on)."""
+    from providers import registry
+    from providers.base import TAG_ALLOCATION
+
+    report = ReconcileReport()
+    for allocation_id, state in sorted(_live_allocations(db).items()):
+        if state in _STARTED and not executor_alive(db, allocation_id):
+            try:
+                _orphan(db, settings, allocation_id, report)
+            except (BrokerError, ConflictError) as exc:
+                report.errors.append(f"allocation {allocation_id}: {exc}")
+
+    live = _live_allocations(db)
+    with db.session() as session:
+        used = set(session.scalars(select(InstanceRow.provider).distinct()))
+    names = sorted(set(providers) if providers else used)
+    for name in names:
+        try:
+            provider = registry.get(name, settings)
+            listed = provider.list_instances(settings.owner_tag)
+        except BrokerError as exc:
+            report.errors.append(f"{name}: {exc}")
+            continue
+        strays: dict[str, list[str]] = {}
+        for record in listed:
+            if record.state in (InstanceState.TERMINATED, InstanceState.TERMINATING):
+                continue
+            owner = record.tags.get(TAG_ALLOCATION, "")
+            if owner.isdigit() and int(owner) in live:
+                continue
+            strays.setdefault(record.request_id or "", []).append(record.instance_id)
+        for request_id, ids in sorted(strays.items()):
+            try:
+                provider.terminate(ids, request_id)
+            except BrokerError as exc:
+                report.errors.append(f"{name}: {exc}")
+                continue
+            report.terminated.extend(f"{name}:{i}" for i in sorted(ids))
+            _mark_terminated(db, name, ids)
+
+    for key in ray_cluster.known_keys(settings):
+        allocation_id = int(key[1:]) if key[1:].isdigit() else None
+        if allocation_id is not None and allocation_id in live:
+            continue
+        try:
+            if ray_cluster.stop(settings, key):
+                report.stopped_clusters.append(key)
+        except BrokerError as exc:
+            report.errors.append(str(exc))
+    return report
+
+
+def _mark_terminated(db: Database, provider: str, instance_ids: list[str]) -> None:
+    with db.session() as session:
+        rows = session.scalars(
+            select(InstanceRow).where(
+                InstanceRow.provider == provider,
+                InstanceRow.provider_instance_id.in_(instance_ids),
+            )
+        )
+        for row in rows:
+            if row.state != InstanceState.TERMINATED.value:
+                row.state = InstanceState.TERMINATED.value
+                row.terminated_at = row.terminated_at or utcnow()

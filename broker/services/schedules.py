@@ -1,0 +1,254 @@
+"""Scheduled reports: cron expressions (UTC) stored in ``report_schedules``.
+
+At each cron time a schedule is *due*; the report it makes covers the ``period`` that ends
+at that time. A daemon that was down over several cron times makes only the newest one,
+once, when it comes back. Each made report is a row in ``reports``, unique on
+(schedule, due time), inserted in the same transaction that writes the file: when several
+daemons race for one due time, exactly one inserts it and the others skip.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.request
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from broker.db.engine import Database
+from broker.db.models import ReportRow, ReportScheduleRow
+from broker.domain import as_utc, utcnow
+from broker.errors import NotFound, UserError
+from broker.services import reports
+
+log = logging.getLogger("gpubroker.schedules")
+FILE_FORMATS = ("html", "csv", "json")
+WEBHOOK_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class ScheduleView:
+    id: int
+    cron: str
+    period: str
+    format: str
+    out_dir: str
+    webhook: str | None  # shown without path or query: a webhook URL is often a secret
+    group_by: str
+    last_run_at: datetime | None
+    next_due: datetime
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class MadeReport:
+    id: int
+    schedule_id: int
+    due_at: datetime
+    period_from: datetime
+    period_to: datetime
+    path: str
+    webhook: str | None  # "ok", "error: ..." or None when the schedule has none
+
+
+def redact_webhook(url: str | None) -> str | None:
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or ''}/..."
+
+
+def _croniter(cron: str, start: datetime):  # type: ignore[no-untyped-def]
+    from croniter import croniter
+
+    return croniter(cron, start)
+
+
+def _validate_cron(cron: str) -> str:
+    from croniter import croniter
+
+    cron = " ".join(cron.split())
+    if len(cron.split()) != 5 or not croniter.is_valid(cron):
+        raise UserError(
+            f"cron: {cron!r} is not a cron expression; use five fields "
+            "(minute hour day-of-month month day-of-week), e.g. '0 8 * * 1'"
+        )
+    return cron
+
+
+def next_due(cron: str, after: datetime) -> datetime:
+    """The first cron time strictly after ``after``."""
+    return as_utc(_croniter(cron, as_utc(after)).get_next(datetime))
+
+
+def latest_due(cron: str, anchor: datetime, now: datetime) -> datetime | None:
+    """The newest cron time in ``(anchor, now]``, or None when none falls there."""
+    now = as_utc(now)
+    first = next_due(cron, anchor)
+    if first > now:
+        return None
+    # ``get_prev`` from just past ``now`` lands on ``now`` itself when it is a cron time.
+    latest = as_utc(_croniter(cron, now + timedelta(seconds=1)).get_prev(datetime))
+    return max(latest, first)
+
+
+def _view(row: ReportScheduleRow) -> ScheduleView:
+    anchor = row.last_run_at or row.created_at
+    return ScheduleView(
+        id=row.id,
+        cron=row.cron,
+        period=row.period,
+        format=row.format,
+        out_dir=row.out_dir,
+        webhook=redact_webhook(row.webhook),
+        group_by=row.group_by,
+        last_run_at=row.last_run_at,
+        next_due=next_due(row.cron, anchor),
+        created_at=row.created_at,
+    )
+
+
+def add_schedule(
+    db: Database,
+    cron: str,
+    *,
+    period: str = "7d",
+    fmt: str = "html",
+    out_dir: str | Path,
+    webhook: str | None = None,
+    group_by: str = ",".join(reports.DEFAULT_GROUP_BY),
+    now: datetime | None = None,
+) -> ScheduleView:
+    """Store a schedule; its first report is due at the first cron time after ``now``."""
+    cron = _validate_cron(cron)
+    reports.parse_duration(period, field="period")
+    if fmt not in FILE_FORMATS:
+        raise UserError(f"format: must be one of {', '.join(FILE_FORMATS)}")
+    folder = Path(out_dir).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"out: {folder} exists and is not a folder")
+    if webhook is not None:
+        parts = urlsplit(webhook)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UserError("webhook: must be an http:// or https:// URL")
+    dims = ",".join(reports.parse_group_by(group_by))
+    with db.session() as session:
+        row = ReportScheduleRow(
+            cron=cron,
+            period=period.strip(),
+            format=fmt,
+            out_dir=str(folder.resolve()),
+            webhook=webhook,
+            group_by=dims,
+            created_at=as_utc(now or utcnow()),
+        )
+        session.add(row)
+        session.flush()
+        return _view(row)
+
+
+def list_schedules(db: Database) -> list[ScheduleView]:
+    with db.session() as session:
+        rows = session.scalars(select(ReportScheduleRow).order_by(ReportScheduleRow.id)).all()
+        return [_view(row) for row in rows]
+
+
+def remove_schedule(db: Database, schedule_id: int) -> None:
+    """Delete a schedule; reports it made stay, no longer linked to it."""
+    with db.session() as session:
+        row = session.get(ReportScheduleRow, schedule_id)
+        if row is None:
+            raise NotFound(f"report schedule {schedule_id} does not exist")
+        session.execute(
+            update(ReportRow)
+            .where(ReportRow.schedule_id == schedule_id)
+            .values(schedule_id=None)
+            .execution_options(synchronize_session=False)
+        )
+        session.delete(row)
+
+
+def _post_webhook(url: str, payload: dict) -> str:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(payload).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT_S) as response:
+            return f"ok ({response.status})"
+    except OSError as exc:  # URLError, HTTPError and timeouts; never echo the URL
+        reason = getattr(exc, "code", None) or type(exc).__name__
+        return f"error: {reason}"
+
+
+def _make(db: Database, schedule: ReportScheduleRow, due_at: datetime) -> MadeReport | None:
+    """Make the report of ``schedule`` due at ``due_at``; None when another made it."""
+    period_from = due_at - reports.parse_duration(schedule.period, field="period")
+    name = f"gpubroker-report-s{schedule.id}-{due_at:%Y%m%dT%H%MZ}.{schedule.format}"
+    path = Path(schedule.out_dir) / name
+    try:
+        with db.session() as session:
+            row = ReportRow(
+                schedule_id=schedule.id,
+                due_at=due_at,
+                period_from=period_from,
+                period_to=due_at,
+                format=schedule.format,
+                path=str(path),
+            )
+            session.add(row)
+            session.flush()  # the unique (schedule_id, due_at) picks one maker
+            report = reports.build_report(
+                db, period_from, due_at, group_by=schedule.group_by.split(",")
+            )
+            reports.write_atomic(path, reports.render_text(report, schedule.format))
+            row.totals = json.loads(reports.render_text(report, "json"))["totals"]
+            session.execute(
+                update(ReportScheduleRow)
+                .where(ReportScheduleRow.id == schedule.id)
+                .values(last_run_at=due_at)
+                .execution_options(synchronize_session=False)
+            )
+            report_id = row.id
+    except IntegrityError:
+        return None
+    outcome = None
+    if schedule.webhook:
+        outcome = _post_webhook(
+            schedule.webhook,
+            {
+                "schedule_id": schedule.id,
+                "report_id": report_id,
+                "due_at": due_at.isoformat(),
+                "period_from": period_from.isoformat(),
+                "period_to": due_at.isoformat(),
+                "path": str(path),
+                "totals": row.totals,
+            },
+        )
+        if outcome.startswith("error"):
+            log.warning("report %s: webhook failed (%s)", report_id, outcome)
+    return MadeReport(report_id, schedule.id, due_at, period_from, due_at, str(path), outcome)
+
+
+def run_due(db: Database, *, now: datetime | None = None) -> list[MadeReport]:
+    """Make every report that is due at ``now`` and not made yet (at most one per schedule)."""
+    now = as_utc(now or utcnow())
+    with db.session() as session:
+        schedules = session.scalars(select(ReportScheduleRow).order_by(ReportScheduleRow.id)).all()
+    made = []
+    for schedule in schedules:
+        due_at = latest_due(schedule.cron, schedule.last_run_at or schedule.created_at, now)
+        if due_at is None:
+            continue
+        result = _make(db, schedule, due_at)
+        if result is not None:
+            made.append(result)
+    return made

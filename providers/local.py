@@ -1,0 +1,222 @@
+"""This machine as a provider: free nodes simulated on loopback addresses.
+
+Each node is an address 127.0.0.2, 127.0.0.3, ... (Ray rewrites 127.0.0.1 to the host's
+routable address, so it is left out). Launched nodes live in a JSON state file under the
+broker home, guarded by a file lock, so a launch is convergent by request id across
+processes and the reconciler sees what a crashed broker left behind. ``preempt`` takes a
+node away, the local equivalent of a spot reclaim, for recovery tests and drills.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from broker.config import Settings
+from broker.domain import InstanceState, Pricing, as_utc, utcnow
+from broker.errors import NotFound, OutOfCapacity
+from providers.base import (
+    TAG_NODE,
+    TAG_OWNER,
+    TAG_REQUEST,
+    Capability,
+    InstanceRecord,
+    LaunchRequest,
+    OfferRecord,
+    QuotaRecord,
+    request_tags,
+)
+
+NAME = "local"
+REGION = "local"
+ZONE = "local"
+DEFAULT_NODES = 4
+_HELD = (InstanceState.PENDING.value, InstanceState.RUNNING.value)
+
+
+@dataclass(frozen=True)
+class Machine:
+    vcpus: int
+    memory_gib: float | None
+    gpu: str | None
+    gpus: int
+    gpu_memory_gib: float | None
+
+
+def _memory_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 1024**2, 1)
+    except OSError:
+        return None
+    return None
+
+
+def detect_machine() -> Machine:
+    """CPU count, memory and (only when an NVIDIA driver is present) the GPUs via torch."""
+    gpu, gpus, gpu_mem = None, 0, None
+    if shutil.which("nvidia-smi") or Path("/proc/driver/nvidia").exists():
+        import torch
+
+        if torch.cuda.is_available():
+            gpus = torch.cuda.device_count()
+            props = torch.cuda.get_device_properties(0)
+            gpu, gpu_mem = props.name, round(props.total_memory / 1024**3, 1)
+    return Machine(os.cpu_count() or 1, _memory_gib(), gpu, gpus, gpu_mem)
+
+
+def node_address(index: int) -> str:
+    return f"127.0.0.{index + 2}"
+
+
+class LocalProvider:
+    name = NAME
+    capabilities = frozenset({Capability.LIST_OFFERS, Capability.LAUNCH})
+
+    def __init__(self, settings: Settings, *, nodes: int = DEFAULT_NODES) -> None:
+        self.settings = settings
+        self.nodes = nodes
+        self.state_path = settings.home / "local" / "instances.json"
+
+    @property
+    def instance_type(self) -> str:
+        return "local-node"
+
+    # --- offers -----------------------------------------------------------------------
+
+    def list_offers(self, regions: Sequence[str] | None = None) -> Iterator[OfferRecord]:
+        if regions and REGION not in regions:
+            return
+        machine = detect_machine()
+        yield OfferRecord(
+            provider=NAME,
+            region=REGION,
+            zone=ZONE,
+            instance_type=self.instance_type,
+            gpu=machine.gpu,
+            gpus_per_node=machine.gpus,
+            gpu_memory_gib=machine.gpu_memory_gib,
+            vcpus=machine.vcpus,
+            memory_gib=machine.memory_gib,
+            pricing=Pricing.ON_DEMAND,
+            price_per_hour=Decimal("0"),
+            interconnect_gbps=None,
+            capacity_nodes=self.nodes,
+            source="local machine",
+            as_of=utcnow(),
+        )
+
+    def quotas(self, regions: Sequence[str] | None = None) -> Iterator[QuotaRecord]:
+        return iter(())
+
+    # --- state ------------------------------------------------------------------------
+
+    @contextmanager
+    def _state(self) -> Iterator[dict[str, Any]]:
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = self.state_path.with_suffix(".lock")
+        with open(lock_path, "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            state = (
+                json.loads(self.state_path.read_text())
+                if self.state_path.exists()
+                else {"next_id": 1, "instances": {}}
+            )
+            yield state
+            tmp = self.state_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(state, indent=1))
+            tmp.replace(self.state_path)
+
+    @staticmethod
+    def _record(raw: dict[str, Any]) -> InstanceRecord:
+        launched = raw.get("launched_at")
+        return InstanceRecord(
+            provider=NAME,
+            instance_id=raw["id"],
+            region=REGION,
+            zone=ZONE,
+            instance_type=raw["instance_type"],
+            state=InstanceState(raw["state"]),
+            pricing=Pricing(raw["pricing"]),
+            address=raw.get("address"),
+            launched_at=as_utc(datetime.fromisoformat(launched)) if launched else None,
+            tags=dict(raw["tags"]),
+        )
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def launch(self, req: LaunchRequest) -> list[InstanceRecord]:
+        with self._state() as state:
+            instances: dict[str, dict[str, Any]] = state["instances"]
+            mine = {
+                int(raw["tags"][TAG_NODE]): raw
+                for raw in instances.values()
+                if raw["tags"].get(TAG_REQUEST) == req.request_id and raw["state"] in _HELD
+            }
+            missing = [i for i in range(req.nodes) if i not in mine]
+            used = {raw["address"] for raw in instances.values() if raw["state"] in _HELD}
+            free = [node_address(i) for i in range(self.nodes) if node_address(i) not in used]
+            short = len(free) < len(missing)
+            if short and req.gang:
+                for raw in mine.values():  # all or nothing: give back what the gang holds
+                    raw["state"] = InstanceState.TERMINATED.value
+                mine = {}
+            creating = [] if short and req.gang else missing  # a short gang creates nothing
+            for index, address in zip(creating, free, strict=False):
+                instance_id = f"local-{state['next_id']}"
+                state["next_id"] += 1
+                raw = {
+                    "id": instance_id,
+                    "instance_type": req.instance_type,
+                    "state": InstanceState.RUNNING.value,
+                    "pricing": Pricing(req.pricing).value,
+                    "address": address,
+                    "launched_at": utcnow().isoformat(),
+                    "tags": request_tags(req, index),
+                }
+                instances[instance_id] = raw
+                mine[index] = raw
+            records = [self._record(mine[i]) for i in sorted(mine)]
+        if short and req.gang:
+            raise OutOfCapacity(
+                NAME, ZONE, f"{len(free)} of {self.nodes} local nodes free, need {len(missing)}"
+            )
+        return records
+
+    def list_instances(self, owner_tag: str) -> list[InstanceRecord]:
+        with self._state() as state:
+            return [
+                self._record(raw)
+                for raw in state["instances"].values()
+                if raw["tags"].get(TAG_OWNER) == owner_tag
+                and raw["state"] != InstanceState.TERMINATED.value
+            ]
+
+    def terminate(self, instance_ids: Sequence[str], request_id: str) -> None:
+        with self._state() as state:
+            for instance_id in instance_ids:
+                raw = state["instances"].get(instance_id)
+                if raw is not None:
+                    raw["state"] = InstanceState.TERMINATED.value
+
+    def preempt(self, instance_id: str) -> None:
+        """Take a running node away (the local stand-in for a spot reclaim)."""
+        with self._state() as state:
+            raw = state["instances"].get(instance_id)
+            if raw is None:
+                raise NotFound(f"local instance {instance_id} does not exist")
+            raw["state"] = InstanceState.PREEMPTED.value
+
+
+def create(settings: Settings) -> LocalProvider:
+    return LocalProvider(settings)

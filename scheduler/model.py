@@ -1,0 +1,359 @@
+"""The placement model over job classes (OR-Tools MathOpt).
+
+Identical jobs (same shape, team and priority) form one class with a count; a column is
+(class, candidate) with an integer number of units. Rows:
+
+- training class k:  sum_c y[k,c] + u[k] = n_k          (each job one gang, or unplaced)
+- inference class k: sum_c rate_c y[k,c] + R_a u[k] >= R_a per demand key a, and
+                     sum_c replicas_c y[k,c] + m_k u[k] >= m_k (minimum replicas)
+- pool p:            sum nodes_c y[.,c] <= capacity_p
+- quota q:           sum gpus_c y[.,c] over pools of q <= limit_q
+- team t:            sum cost_c y[.,c] over classes of t <= budget left_t
+- provider share:    sum w_c y - T = 0 and, per provider v, sum_{c in v} w_c y - s T <= 0
+                     (w = GPUs or cost; the auxiliary total T keeps every row sparse)
+
+Objective: sum cost_c y + penalty_k u_k. ``reduced_costs`` prices any candidate of a class
+against LP duals, which drives column generation over the full candidate space.
+ortools is imported inside functions so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from scheduler.problem import INFERENCE, Problem
+
+
+@dataclass
+class JobClass:
+    index: int
+    shape: int
+    team: str
+    priority: int
+    kind: str
+    jobs: list[int]  # job ids, ascending
+    penalty: float  # per unplaced job
+    demand: tuple[tuple[str, float], ...] = ()
+    min_replicas: int = 0
+
+    @property
+    def count(self) -> int:
+        return len(self.jobs)
+
+
+def build_classes(problem: Problem) -> list[JobClass]:
+    """Group identical training jobs; every inference job is a class of its own."""
+    groups: dict[tuple, list] = {}
+    for job in sorted(problem.jobs, key=lambda j: j.id):
+        if job.kind == INFERENCE:
+            key: tuple = ("inference", job.id)
+        else:
+            key = ("training", job.shape, job.team, job.priority)
+        groups.setdefault(key, []).append(job)
+    classes = []
+    for jobs in sorted(groups.values(), key=lambda js: js[0].id):
+        first = jobs[0]
+        classes.append(
+            JobClass(
+                index=len(classes),
+                shape=first.shape,
+                team=first.team,
+                priority=first.priority,
+                kind=first.kind,
+                jobs=[j.id for j in jobs],
+                penalty=problem.penalty(first),
+                demand=first.demand,
+                min_replicas=first.min_replicas,
+            )
+        )
+    return classes
+
+
+@dataclass
+class PoolIndex:
+    """Per-pool arrays the model and the heuristics share."""
+
+    capacity: np.ndarray
+    provider: np.ndarray  # provider index per pool
+    providers: list[str]
+    quotas_of: list[list[int]]  # quota indices per pool
+    price: np.ndarray
+
+    @classmethod
+    def of(cls, problem: Problem) -> PoolIndex:
+        providers = problem.providers
+        where = {name: i for i, name in enumerate(providers)}
+        quotas_of: list[list[int]] = [[] for _ in problem.pools]
+        for qi, quota in enumerate(problem.quotas):
+            for pi, pool in enumerate(problem.pools):
+                if quota.matches(pool):
+                    quotas_of[pi].append(qi)
+        return cls(
+            capacity=np.array([p.capacity for p in problem.pools], dtype=np.int64),
+            provider=np.array([where[p.provider] for p in problem.pools], dtype=np.int32),
+            providers=providers,
+            quotas_of=quotas_of,
+            price=np.array([p.price_per_hour for p in problem.pools], dtype=np.float64),
+        )
+
+
+def unit_bound(problem: Problem, pools: PoolIndex, cls: JobClass, cand: int) -> int:
+    c = problem.candidates
+    fit = int(pools.capacity[c.pool[cand]] // max(int(c.nodes[cand]), 1))
+    return min(fit, cls.count) if cls.kind != INFERENCE else fit
+
+
+@dataclass
+class Duals:
+    cls_row: dict[int, float]  # training classes
+    cover: dict[tuple[int, int], float]  # (class, demand index)
+    replicas: dict[int, float]
+    pool: np.ndarray
+    quota: np.ndarray
+    budget: dict[str, float]
+    total: float
+    provider: np.ndarray
+    quota_by_pool: np.ndarray | None = None
+
+
+@dataclass
+class Master:
+    """A MathOpt model over a growing set of columns (LP for pricing, or the final MIP)."""
+
+    problem: Problem
+    classes: list[JobClass]
+    pools: PoolIndex
+    integer: bool
+    dense_share: bool = False
+    model: Any = None
+    columns: dict[tuple[int, int], Any] = field(default_factory=dict)
+    unplaced: list[Any] = field(default_factory=list)
+    by_class: dict[int, list[int]] = field(default_factory=dict)
+    _rows: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from ortools.math_opt.python import mathopt
+
+        self.model = model = mathopt.Model(name="placement")
+        self._cls_rows: dict[int, Any] = {}
+        self._cover_rows: dict[tuple[int, int], Any] = {}
+        self._replica_rows: dict[int, Any] = {}
+        for cls in self.classes:
+            u = model.add_variable(
+                lb=0, ub=cls.count, is_integer=self.integer, name=f"u{cls.index}"
+            )
+            self.unplaced.append(u)
+            model.objective.set_linear_coefficient(u, cls.penalty)
+            if cls.kind == INFERENCE:
+                for a, (_, rate) in enumerate(cls.demand):
+                    row = model.add_linear_constraint(lb=rate, name=f"cover{cls.index}_{a}")
+                    row.set_coefficient(u, rate)
+                    self._cover_rows[(cls.index, a)] = row
+                if cls.min_replicas > 0:
+                    row = model.add_linear_constraint(lb=cls.min_replicas, name=f"rep{cls.index}")
+                    row.set_coefficient(u, cls.min_replicas)
+                    self._replica_rows[cls.index] = row
+            else:
+                row = model.add_linear_constraint(
+                    lb=cls.count, ub=cls.count, name=f"job{cls.index}"
+                )
+                row.set_coefficient(u, 1.0)
+                self._cls_rows[cls.index] = row
+        self._pool_rows: dict[int, Any] = {}
+        self._quota_rows: dict[int, Any] = {}
+        self._budget_rows: dict[str, Any] = {}
+        self._provider_rows: dict[int, Any] = {}
+        self._total_row = None
+        self._total = None
+        share = self.problem.share_cap
+        if share is not None:
+            for v in range(len(self.pools.providers)):
+                self._provider_rows[v] = model.add_linear_constraint(ub=0.0, name=f"share{v}")
+            if not self.dense_share:
+                integral = self.integer and self.problem.share_on == "gpus"
+                self._total = model.add_variable(lb=0, is_integer=integral, name="total")
+                self._total_row = model.add_linear_constraint(lb=0, ub=0, name="total")
+                self._total_row.set_coefficient(self._total, -1.0)
+                for row in self._provider_rows.values():
+                    row.set_coefficient(self._total, -share)
+
+    # --- rows created on first use --------------------------------------------------
+
+    def _pool_row(self, p: int) -> Any:
+        row = self._pool_rows.get(p)
+        if row is None:
+            cap = float(self.pools.capacity[p])
+            row = self.model.add_linear_constraint(ub=cap, name=f"pool{p}")
+            self._pool_rows[p] = row
+        return row
+
+    def _quota_row(self, q: int) -> Any:
+        row = self._quota_rows.get(q)
+        if row is None:
+            limit = float(self.problem.quotas[q].limit)
+            row = self.model.add_linear_constraint(ub=limit, name=f"quota{q}")
+            self._quota_rows[q] = row
+        return row
+
+    def _budget_row(self, team: str) -> Any:
+        row = self._budget_rows.get(team)
+        if row is None:
+            row = self.model.add_linear_constraint(
+                ub=self.problem.budgets[team], name=f"team_{team}"
+            )
+            self._budget_rows[team] = row
+        return row
+
+    def add_columns(self, cls: JobClass, cands: np.ndarray) -> int:
+        """Add (class, candidate) columns not yet in the model; returns how many were added."""
+        c = self.problem.candidates
+        share = self.problem.share_cap
+        added = 0
+        for cand in (int(x) for x in cands):
+            key = (cls.index, cand)
+            if key in self.columns:
+                continue
+            ub = unit_bound(self.problem, self.pools, cls, cand)
+            if ub <= 0:
+                continue
+            var = self.model.add_variable(lb=0, ub=ub, is_integer=self.integer)
+            self.columns[key] = var
+            self.by_class.setdefault(cls.index, []).append(cand)
+            added += 1
+            cost = float(c.cost[cand])
+            self.model.objective.set_linear_coefficient(var, cost)
+            if cls.kind == INFERENCE:
+                self._cover_rows[(cls.index, int(c.area[cand]))].set_coefficient(
+                    var, float(c.rate[cand])
+                )
+                if cls.index in self._replica_rows:
+                    self._replica_rows[cls.index].set_coefficient(var, float(c.replicas[cand]))
+            else:
+                self._cls_rows[cls.index].set_coefficient(var, 1.0)
+            pool = int(c.pool[cand])
+            self._pool_row(pool).set_coefficient(var, float(c.nodes[cand]))
+            for q in self.pools.quotas_of[pool]:
+                self._quota_row(q).set_coefficient(var, float(c.gpus[cand]))
+            if cls.team in self.problem.budgets:
+                self._budget_row(cls.team).set_coefficient(var, cost)
+            if share is not None:
+                weight = float(c.gpus[cand]) if self.problem.share_on == "gpus" else cost
+                own = int(self.pools.provider[pool])
+                if self.dense_share:
+                    for v, row in self._provider_rows.items():
+                        row.set_coefficient(var, weight * ((1.0 if v == own else 0.0) - share))
+                else:
+                    self._total_row.set_coefficient(var, weight)
+                    self._provider_rows[own].set_coefficient(var, weight)
+        return added
+
+    # --- solving --------------------------------------------------------------------
+
+    def solve_lp(self) -> tuple[float, Duals]:
+        from ortools.math_opt.python import mathopt
+
+        result = mathopt.solve(self.model, mathopt.SolverType.HIGHS)
+        if result.termination.reason != mathopt.TerminationReason.OPTIMAL:
+            raise RuntimeError(f"LP relaxation ended {result.termination.reason.name}")
+        dual = result.dual_values()
+        n_pools = len(self.problem.pools)
+        pool = np.zeros(n_pools)
+        for p, row in self._pool_rows.items():
+            pool[p] = dual[row]
+        quota = np.zeros(len(self.problem.quotas))
+        for q, row in self._quota_rows.items():
+            quota[q] = dual[row]
+        provider = np.zeros(len(self.pools.providers))
+        for v, row in self._provider_rows.items():
+            provider[v] = dual[row]
+        duals = Duals(
+            cls_row={k: dual[row] for k, row in self._cls_rows.items()},
+            cover={k: dual[row] for k, row in self._cover_rows.items()},
+            replicas={k: dual[row] for k, row in self._replica_rows.items()},
+            pool=pool,
+            quota=quota,
+            budget={t: dual[row] for t, row in self._budget_rows.items()},
+            total=dual[self._total_row] if self._total_row is not None else 0.0,
+            provider=provider,
+        )
+        if len(quota):
+            duals.quota_by_pool = _pool_quota_sums(self.pools, quota)
+        return float(result.objective_value()), duals
+
+    def solve_mip(
+        self,
+        solver: str,
+        *,
+        time_limit: float,
+        relative_gap: float,
+        seed: int,
+        hint: dict[tuple[int, int], int] | None = None,
+    ) -> tuple[dict[tuple[int, int], int] | None, float | None, str]:
+        """Integer solve; returns (units per column or None, objective, termination)."""
+        import datetime
+
+        from ortools.math_opt.python import mathopt
+
+        kind = mathopt.SolverType.CP_SAT if solver == "cpsat" else mathopt.SolverType.HIGHS
+        params = mathopt.SolveParameters(
+            time_limit=datetime.timedelta(seconds=max(time_limit, 0.5)),
+            relative_gap_tolerance=relative_gap,
+            random_seed=seed,
+        )
+        if kind == mathopt.SolverType.CP_SAT:
+            params.threads = 1
+        else:
+            params.highs.int_options["threads"] = 1
+        model_params = None
+        if hint and kind == mathopt.SolverType.CP_SAT:
+            values = {var: float(hint.get(key, 0)) for key, var in self.columns.items()}
+            model_params = mathopt.ModelSolveParameters(
+                solution_hints=[mathopt.SolutionHint(variable_values=values)]
+            )
+        result = mathopt.solve(self.model, kind, params=params, model_params=model_params)
+        reason = result.termination.reason.name.lower()
+        if not result.has_primal_feasible_solution():
+            return None, None, reason
+        values = result.variable_values()
+        units = {key: round(values[var]) for key, var in self.columns.items() if values[var] > 0.5}
+        return units, float(result.objective_value()), reason
+
+
+def reduced_costs(problem: Problem, pools: PoolIndex, cls: JobClass, duals: Duals) -> np.ndarray:
+    """Reduced cost of every candidate of the class's shape (inf where it cannot fit)."""
+    c = problem.candidates
+    rows = c.of_shape(cls.shape)
+    sl = slice(rows.start, rows.stop)
+    pool = c.pool[sl]
+    nodes = c.nodes[sl]
+    gpus = c.gpus[sl].astype(np.float64)
+    cost = c.cost[sl]
+    rc = cost * (1.0 - duals.budget.get(cls.team, 0.0))
+    rc = rc - duals.pool[pool] * nodes
+    if duals.quota_by_pool is not None:
+        rc = rc - duals.quota_by_pool[pool] * gpus
+    if problem.share_cap is not None:
+        weight = gpus if problem.share_on == "gpus" else cost
+        rc = rc - weight * (duals.total + duals.provider[pools.provider[pool]])
+    if cls.kind == INFERENCE:
+        area = c.area[sl].astype(np.int64)
+        cover = np.array([duals.cover.get((cls.index, a), 0.0) for a in range(len(cls.demand))])
+        if len(cover):
+            rc = rc - cover[area] * c.rate[sl]
+        rc = rc - duals.replicas.get(cls.index, 0.0) * c.replicas[sl]
+    else:
+        rc = rc - duals.cls_row.get(cls.index, 0.0)
+    fits = pools.capacity[pool] >= nodes
+    return np.where(fits, rc, math.inf)
+
+
+def _pool_quota_sums(pools: PoolIndex, quota_duals: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(pools.quotas_of))
+    for p, qs in enumerate(pools.quotas_of):
+        if qs:
+            out[p] = float(sum(quota_duals[q] for q in qs))
+    return out

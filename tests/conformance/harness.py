@@ -1,0 +1,130 @@
+"""What the conformance suite needs from each provider under test, and the fake's harness.
+
+A ``Target`` bundles a provider with a place it can launch in and the ways to make that
+place fail. Real adapters get theirs from ``harness_aws`` / ``harness_gcp`` (moto's server
+and the fake GCE server); the suite itself never knows which provider it is driving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field, replace
+
+from broker.domain import InstanceState, Pricing
+from broker.errors import (
+    AuthError,
+    BrokerError,
+    OutOfCapacity,
+    ProviderError,
+    QuotaExceeded,
+    Throttled,
+)
+from providers.base import InstanceRecord, LaunchRequest, Provider
+
+# Values put into the environment as credentials: none may show in any error text.
+CANARIES: dict[str, str] = {
+    "AWS_ACCESS_KEY_ID": "AKIACANARY7Q2W3E4R5T",
+    "AWS_SECRET_ACCESS_KEY": "canary-secret-Zx81Vb27Lq09Tt55",
+    "AWS_SESSION_TOKEN": "canary-session-Pp31Mn64Kk72Hh18",
+}
+
+LIVE = frozenset({InstanceState.PENDING, InstanceState.RUNNING})
+
+# failure kind -> the broker.errors type it must arrive as
+FAILURE_TYPES: dict[str, type[BrokerError]] = {
+    "capacity": OutOfCapacity,
+    "quota": QuotaExceeded,
+    "auth": AuthError,
+    "throttle": Throttled,
+    "server": ProviderError,
+}
+
+Injector = Callable[[], AbstractContextManager[None]]
+
+
+@dataclass
+class Target:
+    """One provider under test.
+
+    ``capacity_fault(k)``: while active, a launch fails with the cloud's capacity error when
+    it creates its k-th node (1-based, counted from the first node of the call).
+    ``failures``: kind (keys of ``FAILURE_TYPES``) -> while active, launches fail that way.
+    ``foreign()``: creates an instance outside our tags through the cloud's own API
+    (None where the cloud has no API besides the provider's own).
+    """
+
+    name: str
+    provider: Provider
+    region: str
+    zone: str
+    instance_type: str
+    capacity_fault: Callable[[int], AbstractContextManager[None]]
+    failures: Mapping[str, Injector]
+    foreign: Callable[[], str] | None = None
+    pricing: Pricing = Pricing.ON_DEMAND
+    owner: str = field(default_factory=lambda: f"conformance-{uuid.uuid4().hex[:8]}")
+
+    def request(
+        self,
+        nodes: int = 1,
+        *,
+        request_id: str | None = None,
+        owner: str | None = None,
+        gang: bool = True,
+    ) -> LaunchRequest:
+        return LaunchRequest(
+            request_id=request_id or f"req-{uuid.uuid4().hex[:12]}",
+            region=self.region,
+            zone=self.zone,
+            instance_type=self.instance_type,
+            nodes=nodes,
+            pricing=self.pricing,
+            owner=owner or self.owner,
+            tags={"gpubroker-job": "1", "gpubroker-allocation": "1"},
+            gang=gang,
+        )
+
+    def live(self, owner: str | None = None) -> list[InstanceRecord]:
+        """Our instances the provider lists that are still pending or running."""
+        return [i for i in self.provider.list_instances(owner or self.owner) if i.state in LIVE]
+
+
+def fake_target() -> Target:
+    from providers.fake import FakeProvider, FaultPlan, LaunchFailure, ManualClock
+
+    provider = FakeProvider(seed=11, clock=ManualClock())
+
+    @contextlib.contextmanager
+    def faults(plan: FaultPlan) -> Iterator[None]:
+        before = provider.faults
+        provider.faults = plan
+        try:
+            yield
+        finally:
+            provider.faults = before
+
+    def failure(kind: str) -> FaultPlan:
+        return FaultPlan(launch_failures=(LaunchFailure(kind, times=None),))  # type: ignore[arg-type]
+
+    return Target(
+        name="fake",
+        provider=provider,
+        region="us-east-1",
+        zone="us-east-1a",
+        instance_type="fake-l4x1",
+        capacity_fault=lambda k: faults(
+            FaultPlan(launch_failures=(LaunchFailure("capacity", at_node=k, times=None),))
+        ),
+        failures={
+            "capacity": lambda: faults(failure("capacity")),
+            "quota": lambda: faults(failure("quota")),
+            "auth": lambda: faults(failure("auth")),
+            "server": lambda: faults(failure("unavailable")),
+            "throttle": lambda: faults(
+                replace(FaultPlan(), throttle_rate=0.999, max_attempts=3, backoff_base=0.0)
+            ),
+        },
+    )

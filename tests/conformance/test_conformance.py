@@ -1,0 +1,118 @@
+"""DESIGN §4's promises, checked the same way against every provider (see conftest.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from broker.errors import BrokerError, OutOfCapacity, ProviderError
+from providers.base import TAG_OWNER, TAG_REQUEST
+from tests.conformance.harness import CANARIES, FAILURE_TYPES, Target
+
+
+def _ids(records: list) -> list[str]:  # type: ignore[type-arg]
+    return sorted(r.instance_id for r in records)
+
+
+def _assert_ours(err: BaseException) -> None:
+    """Our own type, and no credential anywhere in what it says."""
+    assert isinstance(err, BrokerError), f"{type(err).__module__}.{type(err).__name__}"
+    assert type(err).__module__ == "broker.errors"
+    text = f"{err} {err!r} {err.args!r}"
+    for name, value in CANARIES.items():
+        assert value not in text, f"{name} leaked into {type(err).__name__}"
+
+
+def test_same_request_twice_never_doubles(target: Target) -> None:
+    req = target.request(2)
+    first = target.provider.launch(req)
+    second = target.provider.launch(req)
+    assert len(first) == 2
+    assert _ids(second) == _ids(first)
+    listed = target.live()
+    assert _ids(listed) == _ids(first)
+    assert {r.tags[TAG_REQUEST] for r in listed} == {req.request_id}
+    assert sorted(r.node_index for r in listed) == [0, 1]
+    assert all(r.tags.get("gpubroker-job") == "1" for r in listed)
+
+
+def test_launch_converges_after_nodes_were_lost(target: Target) -> None:
+    req = target.request(2)
+    first = target.provider.launch(req)
+    keep = [r for r in first if r.node_index == 0]
+    gone = [r for r in first if r.node_index == 1]
+    target.provider.terminate([r.instance_id for r in gone], "conformance-lose-one")
+    again = target.provider.launch(req)
+    assert len(again) == 2 and sorted(r.node_index for r in again) == [0, 1]
+    assert keep[0].instance_id in _ids(again) and gone[0].instance_id not in _ids(again)
+    assert len(target.live()) == 2
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_gang_is_all_or_nothing(target: Target, k: int) -> None:
+    req = target.request(3)
+    with target.capacity_fault(k), pytest.raises(OutOfCapacity) as err:
+        target.provider.launch(req)
+    _assert_ours(err.value)
+    assert err.value.zone == target.zone and target.zone in str(err.value)
+    assert [r for r in target.live() if r.request_id == req.request_id] == []
+    # the same request succeeds whole once capacity is back
+    assert len(target.provider.launch(req)) == 3
+    assert len(target.live()) == 3
+
+
+def test_terminate_is_idempotent(target: Target) -> None:
+    got = target.provider.launch(target.request(2))
+    ids = [r.instance_id for r in got]
+    target.provider.terminate(ids, "conformance-term")
+    target.provider.terminate(ids, "conformance-term")
+    target.provider.terminate(ids[:1], "conformance-term-again")
+    assert target.live() == []
+
+
+def test_list_by_owner_sees_exactly_ours(target: Target) -> None:
+    ours = target.provider.launch(target.request(2))
+    theirs = target.provider.launch(target.request(1, owner=f"{target.owner}-other"))
+    foreign = target.foreign() if target.foreign is not None else None
+    listed = target.live()
+    assert _ids(listed) == _ids(ours)
+    assert all(r.tags[TAG_OWNER] == target.owner for r in listed)
+    assert theirs[0].instance_id not in _ids(listed) and foreign not in _ids(listed)
+    assert _ids(target.live(f"{target.owner}-other")) == _ids(theirs)
+
+
+def test_every_failure_is_our_typed_error(target: Target) -> None:
+    assert set(target.failures) == set(FAILURE_TYPES), "each target injects every kind"
+    for kind, inject in sorted(target.failures.items()):
+        req = target.request(1)
+        with inject(), pytest.raises(BrokerError) as err:
+            target.provider.launch(req)
+        _assert_ours(err.value)
+        assert isinstance(err.value, FAILURE_TYPES[kind]), (kind, type(err.value))
+        if kind in ("throttle", "server"):
+            assert isinstance(err.value, ProviderError) and err.value.retryable, kind
+        if kind == "auth":
+            assert isinstance(err.value, ProviderError) and not err.value.retryable
+    assert target.live() == []
+
+
+def test_no_credential_in_any_error_text(target: Target) -> None:
+    errors: list[BaseException] = []
+    for kind in sorted(target.failures):
+        with target.failures[kind]():
+            for call in (
+                lambda: target.provider.launch(target.request(2)),
+                lambda: target.provider.list_instances(target.owner),
+                lambda: list(target.provider.list_offers([target.region])),
+            ):
+                try:
+                    call()
+                except Exception as exc:
+                    errors.append(exc)
+    with target.capacity_fault(1):
+        try:
+            target.provider.launch(target.request(1))
+        except Exception as exc:
+            errors.append(exc)
+    assert len(errors) >= len(target.failures)
+    for err in errors:
+        _assert_ours(err)

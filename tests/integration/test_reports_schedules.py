@@ -1,0 +1,136 @@
+"""Scheduled reports: stored, made at cron times, a missed run made once, never twice."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+
+from broker.db.models import ReportRow
+from broker.errors import NotFound, UserError
+from broker.services import schedules
+from tests.support.usage_ledger import seed
+
+CREATED = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)  # a Monday
+
+
+def test_add_list_remove_and_validation(database, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    view = schedules.add_schedule(
+        database,
+        "0 8 * * 1",
+        period="7d",
+        fmt="html",
+        out_dir=tmp_path / "out",
+        webhook="https://hooks.example.com/services/T000/SECRET",
+        now=CREATED,
+    )
+    assert view.next_due == datetime(2026, 11, 9, 8, 0, tzinfo=UTC)
+    assert view.webhook == "https://hooks.example.com/..."  # the secret path is not shown
+    assert [v.id for v in schedules.list_schedules(database)] == [view.id]
+    for kwargs, field in (
+        ({"cron": "0 25 * * *"}, "cron"),
+        ({"period": "7 days"}, "period"),
+        ({"fmt": "pdf"}, "format"),
+        ({"webhook": "ftp://x"}, "webhook"),
+        ({"group_by": "team,colour"}, "group-by"),
+    ):
+        args = {"cron": "0 8 * * 1", "out_dir": tmp_path, **kwargs}
+        with pytest.raises(UserError, match=rf"^{field}:"):
+            schedules.add_schedule(database, args.pop("cron"), **args)
+    assert len(schedules.list_schedules(database)) == 1  # nothing half-written
+    schedules.remove_schedule(database, view.id)
+    assert schedules.list_schedules(database) == []
+    with pytest.raises(NotFound):
+        schedules.remove_schedule(database, view.id)
+
+
+def test_due_reports_are_made_once_and_a_missed_run_once(database, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    seed(database, now=datetime(2026, 11, 20, tzinfo=UTC), jobs=10, days=20)
+    out = tmp_path / "reports"
+    view = schedules.add_schedule(
+        database, "0 8 * * 1", period="7d", fmt="json", out_dir=out, now=CREATED
+    )
+    assert schedules.run_due(database, now=datetime(2026, 11, 9, 7, 59, tzinfo=UTC)) == []
+    made = schedules.run_due(database, now=datetime(2026, 11, 9, 8, 0, tzinfo=UTC))
+    assert [m.due_at for m in made] == [datetime(2026, 11, 9, 8, 0, tzinfo=UTC)]
+    data = json.loads(Path(made[0].path).read_text())
+    assert data["period_from"].startswith("2026-11-02T08:00")
+    assert data["period_to"].startswith("2026-11-09T08:00")
+    assert schedules.run_due(database, now=datetime(2026, 11, 9, 9, 0, tzinfo=UTC)) == []
+    # down for three Mondays: only the newest missed run is made, once
+    late = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
+    made = schedules.run_due(database, now=late)
+    assert [m.due_at for m in made] == [datetime(2026, 11, 30, 8, 0, tzinfo=UTC)]
+    assert schedules.run_due(database, now=late) == []
+    with database.session() as s:
+        rows = s.query(ReportRow).order_by(ReportRow.due_at).all()
+        assert [r.schedule_id for r in rows] == [view.id, view.id]
+        assert rows[0].totals["spend"] > 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        f"gpubroker-report-s{view.id}-20261109T0800Z.json",
+        f"gpubroker-report-s{view.id}-20261130T0800Z.json",
+    ]
+    assert schedules.list_schedules(database)[0].next_due == datetime(2026, 12, 7, 8, tzinfo=UTC)
+
+
+def test_racing_makers_make_one_report(database, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    seed(database, now=datetime(2026, 11, 8, tzinfo=UTC), jobs=8)
+    schedules.add_schedule(database, "0 8 * * 1", fmt="html", out_dir=tmp_path, now=CREATED)
+    due = datetime(2026, 11, 9, 8, 5, tzinfo=UTC)
+    made: list = []
+    barrier = threading.Barrier(4)
+
+    def maker() -> None:
+        barrier.wait()
+        made.extend(schedules.run_due(database, now=due))
+
+    threads = [threading.Thread(target=maker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(made) == 1
+    with database.session() as s:
+        assert s.query(ReportRow).count() == 1
+    assert len(list(tmp_path.glob("*.html"))) == 1
+
+
+class _Hook(BaseHTTPRequestHandler):
+    received: list = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        _Hook.received.append(json.loads(body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_webhook_gets_the_report(database, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    server = HTTPServer(("127.0.0.1", 0), _Hook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/hook/token"
+        schedules.add_schedule(
+            database,
+            "*/15 * * * *",
+            period="1d",
+            fmt="csv",
+            out_dir=tmp_path,
+            webhook=url,
+            now=CREATED,
+        )
+        made = schedules.run_due(database, now=CREATED + timedelta(minutes=20))
+        assert made[0].webhook == "ok (204)"
+        assert _Hook.received[-1]["path"] == made[0].path
+        assert _Hook.received[-1]["due_at"] == "2026-11-02T09:45:00+00:00"
+        assert "spend" in _Hook.received[-1]["totals"]
+    finally:
+        server.shutdown()

@@ -1,0 +1,148 @@
+"""Importers of SkyPilot and gpuhunt catalogs, and the bundled snapshot."""
+
+from __future__ import annotations
+
+import csv
+import io
+from decimal import Decimal
+
+from broker.domain import Fabric, Pricing
+from providers.catalog import gpuhunt, skypilot, snapshot
+from tests.conftest import shared_dataset
+
+CATALOGS = ("cloud-catalogs",)
+
+
+def _rows(name: str) -> list[tuple[int, list[str]]]:
+    """(line number, fields) of a shared CSV, read independently of the importer."""
+    with shared_dataset(*CATALOGS, name).open(newline="") as handle:
+        reader = csv.reader(handle)
+        next(reader)
+        return [(reader.line_num, row) for row in reader]
+
+
+def test_gcp_fixed_gpu_price_is_host_plus_gpu_row_of_the_same_zone() -> None:
+    rows = _rows("gcp_vms.csv")
+    host = next(r for _, r in rows if r[0] == "a3-highgpu-8g" and r[7] == "us-central1-a")
+    gpu = next(
+        r
+        for _, r in rows
+        if r[0] == "" and r[3] == "H100" and r[4] == "8" and r[7] == "us-central1-a"
+    )
+    result = skypilot.parse_file(shared_dataset(*CATALOGS, "gcp_vms.csv"))
+    offers = {
+        (o.instance_type, o.zone, o.pricing): o for o in result.records if o.provider == "gcp"
+    }
+    on_demand = offers[("a3-highgpu-8g", "us-central1-a", Pricing.ON_DEMAND)]
+    spot = offers[("a3-highgpu-8g", "us-central1-a", Pricing.SPOT)]
+    assert on_demand.price_per_hour == Decimal(host[8]) + Decimal(gpu[8])
+    assert spot.price_per_hour == Decimal(host[9]) + Decimal(gpu[9])
+    assert on_demand.gpu == "H100" and on_demand.gpus_per_node == 8
+    assert on_demand.gpu_memory_gib == 80 and on_demand.vcpus == 208
+    assert on_demand.rdma is Fabric.TCPX and on_demand.region == "us-central1"
+    # every fixed-GPU host row (a2/a3/a4/g2) became an offer in its zone
+    fixed = {(r[0], r[7]) for _, r in rows if r[0].startswith(("a2-", "a3-", "a4-", "g2-"))}
+    assert fixed <= {(o.instance_type, o.zone) for o in result.records}
+    # attachable GPUs on N1 hosts: n1-standard-8 + one T4, priced as both rows together
+    t4 = next(o for o in result.records if o.instance_type == "n1-standard-8+nvidia-tesla-t4x1")
+    host8 = next(r for _, r in rows if r[0] == "n1-standard-8" and r[7] == t4.zone)
+    t4_row = next(r for _, r in rows if r[3] == "T4" and r[4] == "1" and r[7] == t4.zone)
+    assert t4.price_per_hour in (Decimal(host8[8]) + Decimal(t4_row[8]), None)
+    assert not any(o.gpu.lower().startswith("tpu") for o in result.records if o.gpu)
+    assert result.skipped["tpu"] > 0 and not result.issues
+
+
+def test_aws_rows_keep_az_ids_and_every_gpu_row_is_an_offer() -> None:
+    rows = _rows("aws_vms.csv")
+    result = skypilot.parse_file(shared_dataset(*CATALOGS, "aws_vms.csv"))
+    got = {(o.instance_type, o.region, o.zone) for o in result.records}
+    assert {(r[0], r[8], r[9]) for _, r in rows} == got
+    assert any(o.zone and o.zone.startswith("use1-atl") for o in result.records)
+    no_spot = {(r[0], r[8], r[9]) for _, r in rows if r[7] == ""}
+    spot = {(o.instance_type, o.region, o.zone) for o in result.records if o.pricing == "spot"}
+    assert no_spot and not (no_spot & spot)
+    p5 = next(o for o in result.records if o.instance_type == "p5.48xlarge")
+    assert p5.rdma is Fabric.EFA and p5.interconnect_gbps == 3200 and p5.gpu_memory_gib == 80
+
+
+def test_azure_lines_with_an_extra_field_are_reported_not_shifted() -> None:
+    rows = _rows("azure_vms.csv")
+    long_lines = {line: r for line, r in rows if len(r) == 11}
+    result = skypilot.parse_file(shared_dataset(*CATALOGS, "azure_vms.csv"))
+    reported = {issue.line for issue in result.issues}
+    assert reported == set(long_lines)
+    assert all("11 fields for 10 columns" in i.message for i in result.issues)
+    fields = next(r for r in long_lines.values() if r[1])  # a GPU row among them
+    offer = next(
+        o
+        for o in result.records
+        if (o.instance_type, o.region) == (fields[0], fields[8]) and o.pricing == "on_demand"
+    )
+    assert offer.price_per_hour == Decimal(fields[6]) and offer.gpu == fields[1]
+    assert offer.vcpus == int(float(fields[3]))
+
+
+def test_vast_zero_spot_means_no_spot_offer() -> None:
+    result = skypilot.parse_file(shared_dataset(*CATALOGS, "vast_vms.csv"))
+    assert len(result.records) == len(_rows("vast_vms.csv"))
+    assert all(o.pricing == "on_demand" and o.price_per_hour for o in result.records)
+
+
+def test_bad_lines_are_reported_with_their_numbers() -> None:
+    text = (
+        "InstanceType,AcceleratorName,AcceleratorCount,vCPUs,MemoryGiB,GpuInfo,Price,SpotPrice,Region\n"
+        "g5.xlarge,A10G,1,4,16,,1.006,,us-east-1\n"
+        "g5.xlarge,A10G,one,4,16,,1.006,,us-west-2\n"
+        "g5.xlarge,A10G,1,4\n"
+        "g5.2xlarge,A10G,1,8,32,\"{'Gpus': [\",1.2,,us-east-1\n"
+        "g5.4xlarge,A10G,1,16,64,,abc,,us-east-1\n"
+        "m5.large,,,2,8,,0.096,,us-east-1\n"
+    )
+    result = skypilot.parse(io.StringIO(text), provider="aws", source="t.csv")
+    assert [i.line for i in result.issues] == [3, 4, 5, 6]
+    assert "AcceleratorCount" in result.issues[0].message
+    assert "GpuInfo" in result.issues[2].message and "Price" in result.issues[3].message
+    assert [(o.instance_type, o.price_per_hour) for o in result.records] == [
+        ("g5.xlarge", Decimal("1.006"))
+    ]
+    assert result.skipped == {"cpu-only": 1}
+
+
+def test_gpuhunt_rows_with_zones_spot_flags_and_errors() -> None:
+    text = (
+        "instance_name,location,price,cpu,memory,gpu_count,gpu_name,gpu_memory,spot,disk_size,"
+        "gpu_vendor,flags\n"
+        "a2-highgpu-1g,us-central1-a,3.67,12,85,1,A100,40.0,False,,nvidia,\n"
+        "a2-highgpu-1g,us-central1-a,1.1,12,85,1,A100,40.0,True,,nvidia,\n"
+        "n2-standard-2,us-central1-a,0.09,2,8,0,,,False,,,\n"
+        "g2-standard-4,us-east1-b,0.70,4,16,1,L4,24.0,maybe,,nvidia,\n"
+    )
+    result = gpuhunt.parse(io.StringIO(text), provider="gcp", source="gcp.csv")
+    assert [(i.line, "spot" in i.message) for i in result.issues] == [(5, True)]
+    on_demand, spot = result.records
+    assert (on_demand.region, on_demand.zone) == ("us-central1", "us-central1-a")
+    assert on_demand.pricing == "on_demand" and spot.pricing == "spot"
+    assert spot.price_per_hour == Decimal("1.1") and on_demand.gpu_memory_gib == 40.0
+    assert result.skipped == {"cpu-only": 1}
+
+
+def test_snapshot_covers_the_promised_types_in_three_regions() -> None:
+    offers = snapshot()
+    promised = {
+        "aws": [
+            "p5.48xlarge", "p5en.48xlarge", "p4d.24xlarge", "p4de.24xlarge", "g5.xlarge",
+            "g5.12xlarge", "g5.48xlarge", "g6.xlarge", "g6.12xlarge", "g6.48xlarge",
+            "g6e.xlarge", "g6e.12xlarge", "g6e.48xlarge",
+        ],
+        "gcp": [
+            "a3-highgpu-8g", "a3-megagpu-8g", "a3-ultragpu-8g", "a2-highgpu-1g",
+            "a2-highgpu-8g", "a2-ultragpu-8g", "g2-standard-4", "g2-standard-48",
+        ],
+    }  # fmt: skip
+    for provider, types in promised.items():
+        for instance_type in types:
+            mine = [o for o in offers if (o.provider, o.instance_type) == (provider, instance_type)]
+            assert len({o.region for o in mine}) >= 3, instance_type
+            assert {o.pricing for o in mine} >= {Pricing.ON_DEMAND}
+            assert all(o.as_of and o.source and o.price_per_hour for o in mine)
+    assert {o.rdma for o in offers} >= {Fabric.EFA, Fabric.TCPX, Fabric.TCPXO, Fabric.ROCE}

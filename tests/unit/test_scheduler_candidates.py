@@ -1,0 +1,97 @@
+"""Specs -> candidates through the estimator: gangs stay in one zone, reasons in words."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from scheduler.candidates import build_problem
+from scheduler.problem import Pool
+from scheduler.solve import solve
+from scheduler.validate import check
+from workloads.spec import parse_spec
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _train(**extra):
+    data = {"kind": "training", "name": "t", "model": {"preset": "gpt-125m"},
+            "tokens": 2_000_000_000, "nodes": 2, "constraints": {"gpus": ["H100"]}}
+    data.update(extra)
+    return parse_spec(data)
+
+
+def _pool(zone: str, capacity: int, price: float = 50.0, fabric: float = 3200.0,
+          gpu: str = "H100-80GB") -> Pool:
+    return Pool("aws", "us-east-1", zone, "p5.48xlarge", "on_demand", gpu, 8, price, capacity,
+                fabric, "efa")
+
+
+def test_two_node_gang_never_straddles_zones() -> None:
+    pools = [_pool("use1-az1", 1), _pool("use1-az2", 1)]
+    problem = build_problem([(1, _train())], pools, now=NOW)
+    assert len(problem.candidates) == 0
+    plan = solve(problem, time_limit=5)
+    assert 1 in plan.unplaced and plan.assignments == []
+    roomy = build_problem([(1, _train())], [*pools, _pool("use1-az3", 2)], now=NOW)
+    plan = solve(roomy, time_limit=5)
+    pool = roomy.pools[int(roomy.candidates.pool[plan.assignments[0].candidate])]
+    assert pool.zone == "use1-az3" and check(roomy, plan) == []
+
+
+def test_slow_fabric_is_slower_and_dearer_not_forbidden() -> None:
+    fast, slow = _pool("a", 2, fabric=3200.0), _pool("b", 2, fabric=25.0)
+    problem = build_problem([(1, _train())], [fast, slow], now=NOW)
+    c = problem.candidates
+    hours = {problem.pools[int(c.pool[i])].zone: float(c.hours[i]) for i in range(len(c))}
+    assert hours["b"] > hours["a"]
+    needs = build_problem([(1, _train(constraints={"gpus": ["H100"],
+                                                  "min_interconnect_gbps": 400}))],
+                          [slow], now=NOW)
+    plan = solve(needs, time_limit=5)
+    assert "400 Gbps" in plan.unplaced[1]
+
+
+def test_every_infeasibility_names_its_reason() -> None:
+    pools = [_pool("a", 4)]
+    cases = {
+        "no offer with B200 GPUs": _train(constraints={"gpus": ["B200"]}),
+        "deadline": _train(deadline=(NOW + timedelta(minutes=1)).isoformat()),
+        "above the job's budget": _train(budget="0.01"),
+        "does not allow spot": _train(constraints={"gpus": ["H100"], "spot": True}),
+    }
+    spot_only = [Pool("aws", "us-east-1", "a", "p5", "spot", "H100-80GB", 8, 20.0, 4, 3200.0)]
+    for i, (words, spec) in enumerate(cases.items(), start=1):
+        target = spot_only if "spot" in words else pools
+        if "spot" in words:
+            spec = _train()
+        problem = build_problem([(i, spec)], target, now=NOW)
+        plan = solve(problem, time_limit=5)
+        assert words.split()[0] in plan.unplaced[i] or words in plan.unplaced[i], plan.unplaced
+
+
+def test_spot_candidates_carry_preemption_overhead() -> None:
+    spot = Pool("aws", "us-east-1", "a", "p5", "spot", "H100-80GB", 8, 20.0, 4, 3200.0, "efa")
+    problem = build_problem([(1, _train(constraints={"gpus": ["H100"], "spot": True}))],
+                            [spot], now=NOW)
+    c = problem.candidates
+    assert len(c) and float(c.overhead[0]) > 0
+    assert float(c.cost[0]) > 20.0 * int(c.nodes[0]) * float(c.hours[0])
+
+
+def test_inference_spec_becomes_units_per_area() -> None:
+    spec = parse_spec({"kind": "inference", "name": "s", "model": {"preset": "llama-7b"},
+                       "request_rate": 20, "input_tokens": 512, "output_tokens": 128,
+                       "slo": {"ttft_ms": 1000, "tpot_ms": 50},
+                       "regions": {"us": 0.5, "europe": 0.5}, "min_replicas": 2})
+    small = Pool("gcp", "europe-west4", "europe-west4-a", "g2", "on_demand", "L4", 1, 1.0, 8)
+    problem = build_problem([(1, spec)], [_pool("use1-az1", 4, price=40.0), small], now=NOW)
+    plan = solve(problem, time_limit=5)
+    assert plan.unplaced[1].startswith("no offer can serve europe at the SLO (time per output")
+    pools = [_pool("use1-az1", 4, price=40.0),
+             Pool("gcp", "europe-west4", "europe-west4-a", "g4", "on_demand", "L40S", 4, 8.0, 8)]
+    problem = build_problem([(1, spec)], pools, now=NOW)
+    plan = solve(problem, time_limit=5)
+    assert plan.unplaced == {} and check(problem, plan) == []
+    providers = {problem.pools[int(problem.candidates.pool[a.candidate])].provider
+                 for a in plan.assignments}
+    assert providers == {"aws", "gcp"}

@@ -1,0 +1,149 @@
+"""The placement core on small problems: optimality, validity, determinism, reasons."""
+
+from __future__ import annotations
+
+import itertools
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from scheduler.baselines import first_come, greedy_regret, per_job_cheapest, units_to_plan
+from scheduler.model import build_classes
+from scheduler.problem import INFERENCE, Assignment, Candidates, Job, Plan, Pool, Problem
+from scheduler.solve import solve
+from scheduler.validate import capacity_violations, check
+
+
+def _pool(i: int, provider: str, capacity: int, price: float, gpn: int = 8) -> Pool:
+    return Pool(provider, "us-east-1", f"us-east-1{'abcd'[i % 4]}", f"type{i}", "on_demand",
+                "H100-80GB", gpn, price, capacity, 400.0, "efa")
+
+
+def _problem(pools, jobs_spec, budgets=None, share=None) -> Problem:
+    """jobs_spec: per job (team, priority, [(pool, nodes, hours)])."""
+    rows, jobs = [], []
+    for shape, (team, priority, cands) in enumerate(jobs_spec):
+        for p, nodes, hours in cands:
+            pool = pools[p]
+            rows.append((shape, p, nodes, hours, pool.price_per_hour * nodes * hours,
+                         nodes * pool.gpus_per_node, -1, 0.0, 0, 0.0))
+        jobs.append(Job(id=shape + 1, name=f"j{shape}", team=team, priority=priority,
+                        shape=shape))
+    return Problem(jobs=jobs, pools=pools, candidates=Candidates.from_rows(rows, len(jobs_spec)),
+                   n_shapes=len(jobs_spec), budgets=budgets or {}, max_provider_share=share)
+
+
+def _brute_force(problem: Problem) -> float:
+    c = problem.candidates
+    options = [[None, *c.of_shape(job.shape)] for job in problem.jobs]
+    best = float("inf")
+    for combo in itertools.product(*options):
+        assignments = [Assignment(job.id, cand) for job, cand in
+                       zip(problem.jobs, combo, strict=True) if cand is not None]
+        unplaced = {job.id: "x" for job, cand in zip(problem.jobs, combo, strict=True)
+                    if cand is None}
+        cost = sum(float(c.cost[a.candidate]) for a in assignments)
+        objective = cost + sum(problem.penalty(j) for j in problem.jobs if j.id in unplaced)
+        plan = Plan(assignments, unplaced, objective, cost)
+        if not check(problem, plan):
+            best = min(best, objective)
+    return best
+
+
+@st.composite
+def small_problems(draw):
+    n_pools = draw(st.integers(1, 3))
+    pools = [_pool(i, draw(st.sampled_from(["aws", "gcp"])), draw(st.integers(1, 3)),
+                   draw(st.sampled_from([10.0, 12.5, 20.0]))) for i in range(n_pools)]
+    jobs = []
+    for _ in range(draw(st.integers(1, 4))):
+        cands = []
+        for p in range(n_pools):
+            for nodes in draw(st.lists(st.integers(1, 2), max_size=2, unique=True)):
+                cands.append((p, nodes, draw(st.sampled_from([1.0, 2.0, 3.5])) / nodes))
+        jobs.append((draw(st.sampled_from(["a", "b"])), draw(st.integers(0, 1)), cands))
+    budgets = {"a": draw(st.sampled_from([50.0, 1000.0]))} if draw(st.booleans()) else {}
+    share = draw(st.sampled_from([None, None, 0.6]))
+    return _problem(pools, jobs, budgets, share)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(small_problems())
+def test_solver_is_valid_and_optimal_against_brute_force(problem: Problem) -> None:
+    plan = solve(problem, time_limit=5, relative_gap=1e-9)
+    assert check(problem, plan) == []
+    assert abs(plan.objective - _brute_force(problem)) <= 1e-6 * max(1.0, plan.objective)
+    assert plan.lp_bound is not None and plan.lp_bound <= plan.objective + 1e-6
+
+
+@settings(max_examples=20, deadline=None)
+@given(small_problems())
+def test_capacity_aware_baselines_pass_the_validator(problem: Problem) -> None:
+    classes = build_classes(problem)
+    for rule in (first_come, greedy_regret):
+        assert check(problem, units_to_plan(problem, classes, rule(problem, classes))) == []
+
+
+def test_joint_plan_beats_first_come_and_cheapest_overbooks() -> None:
+    # Job 1 (first to arrive) can use either pool; job 2 only the cheap one (capacity 1).
+    pools = [_pool(0, "aws", 1, 10.0), _pool(1, "gcp", 1, 11.0)]
+    problem = _problem(pools, [("a", 0, [(0, 1, 1.0), (1, 1, 1.0)]), ("a", 0, [(0, 1, 1.0)])])
+    classes = build_classes(problem)
+    greedy = units_to_plan(problem, classes, first_come(problem, classes))
+    assert len(greedy.unplaced) == 1
+    plan = solve(problem, time_limit=5)
+    assert plan.unplaced == {} and plan.cost == 21.0
+    cheapest = units_to_plan(problem, classes, per_job_cheapest(problem, classes))
+    assert capacity_violations(problem, cheapest) == 1
+    assert any("above capacity" in v for v in check(problem, cheapest))
+
+
+def test_identical_input_and_seed_give_identical_plan() -> None:
+    pools = [_pool(i, ["aws", "gcp"][i % 2], 2, 10.0 + i) for i in range(4)]
+    jobs = [("a", i % 2, [(p, 1, 1.0 + (i + p) % 3) for p in range(4)]) for i in range(6)]
+    first = solve(_problem(pools, jobs), time_limit=5)
+    again = solve(_problem(pools, jobs), time_limit=5)
+    assert first.assignments == again.assignments
+    assert first.objective == again.objective
+
+
+def test_team_budget_and_pool_full_are_named() -> None:
+    pools = [_pool(0, "aws", 1, 10.0)]
+    problem = _problem(pools, [("a", 0, [(0, 1, 5.0)]), ("b", 0, [(0, 1, 1.0)]),
+                               ("b", 1, [(0, 1, 1.0)])], budgets={"a": 20.0})
+    plan = solve(problem, time_limit=5)
+    assert plan.unplaced[1].startswith("budget of team a has $20.00 left")
+    assert "full" in plan.unplaced[2]
+    assert plan.explain[3]["binding"] == "cheapest viable placement"
+
+
+def test_share_cap_spreads_gpus() -> None:
+    pools = [_pool(0, "aws", 4, 10.0), _pool(1, "gcp", 4, 15.0)]
+    jobs = [("a", 0, [(0, 1, 1.0), (1, 1, 1.0)]) for _ in range(4)]
+    capped = solve(_problem(pools, jobs, share=0.5), time_limit=5)
+    assert capped.unplaced == {} and capped.cost == 2 * 10.0 + 2 * 15.0
+    assert check(_problem(pools, jobs, share=0.5), capped) == []
+
+
+def test_inference_mixes_pools_to_cover_each_area() -> None:
+    pools = [_pool(0, "aws", 3, 10.0, gpn=1),
+             Pool("gcp", "europe-west4", "europe-west4-a", "g", "on_demand", "L4", 1, 4.0, 5)]
+    rows = [(0, 0, 1, 24.0, 240.0, 1, 0, 10.0, 1, 0.0), (0, 1, 1, 24.0, 96.0, 1, 1, 3.0, 1, 0.0)]
+    job = Job(id=1, name="serve", team="a", priority=0, shape=0, kind=INFERENCE,
+              demand=(("us", 25.0), ("europe", 7.0)), min_replicas=2)
+    problem = Problem(jobs=[job], pools=pools, candidates=Candidates.from_rows(rows, 1),
+                      n_shapes=1)
+    plan = solve(problem, time_limit=5)
+    units = {problem.pools[int(problem.candidates.pool[a.candidate])].provider: a.count
+             for a in plan.assignments}
+    assert units == {"aws": 3, "gcp": 3}
+    assert check(problem, plan) == []
+
+
+def test_validator_rejects_a_broken_plan() -> None:
+    pools = [_pool(0, "aws", 1, 10.0)]
+    problem = _problem(pools, [("a", 0, [(0, 1, 1.0)]), ("a", 0, [(0, 1, 1.0)])])
+    both = Plan([Assignment(1, 0), Assignment(2, 1)], {}, 20.0, 20.0)
+    assert any("above capacity" in v for v in check(problem, both))
+    wrong_cost = Plan([Assignment(1, 0)], {2: "x"}, 5.0, 5.0)
+    assert any("!= recomputed" in v for v in check(problem, wrong_cost))

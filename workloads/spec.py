@@ -1,0 +1,541 @@
+"""Job specs: what a user asks to train or serve, validated before anything else sees it.
+
+Specs come from YAML (``yaml.safe_load`` semantics, behind size and alias limits) or from
+Python dicts. Every failure is a ``SpecError`` naming the field path and what is allowed;
+input values are never echoed, so a secret pasted into the wrong field stays out of logs.
+SkyPilot's shorthand (``resources: {accelerators: "H100:8", use_spot, cloud, region}`` and
+``num_nodes``) is folded into our own fields before validation.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from broker.errors import NotFound, SpecError
+from workloads import gpus as gpu_table
+from workloads.presets import PRESETS
+
+MAX_DOCUMENT_BYTES = 1_000_000
+MAX_ALIASES = 64
+MAX_NODES = 20_000
+MAX_DEPTH = 32
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+_IDENT = r"^[a-z][a-z0-9-]{0,31}$"
+_SAFE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,23}$")
+
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+Positive = Annotated[int, Field(ge=1, le=10**15)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
+
+
+# --- the model --------------------------------------------------------------------------
+
+
+class ModelShape(_Model):
+    """A decoder-only transformer's shape; ``preset`` fills whatever is not given."""
+
+    preset: str | None = None
+    layers: int = Field(ge=1, le=1024)
+    d_model: int = Field(ge=1, le=131_072)
+    heads: int = Field(ge=1, le=1024)
+    vocab: int = Field(default=256, ge=2, le=4_000_000)
+    seq_len: int = Field(ge=1, le=4_194_304)
+    params: int | None = Field(default=None, ge=1, le=10**14)
+    """A published parameter count used instead of the shape formula (gated MLPs, GQA)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_from_preset(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping) or data.get("preset") is None:
+            return data
+        name = data["preset"]
+        if not isinstance(name, str) or name not in PRESETS:
+            raise _Rejected("preset", "unknown preset; known: " + ", ".join(PRESETS))
+        filled = dict(PRESETS[name])
+        if any(key in data for key in ("layers", "d_model", "heads", "vocab")):
+            filled.pop("params", None)  # the published count no longer describes the shape
+        filled.update(data)
+        return filled
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> ModelShape:
+        if self.d_model % self.heads:
+            raise _Rejected("heads", "must divide d_model")
+        return self
+
+    def n_params(self) -> int:
+        """Trainable parameters: the published count, else the GPT formula (tied head)."""
+        if self.params is not None:
+            return self.params
+        d, layers = self.d_model, self.layers
+        return layers * (12 * d * d + 13 * d) + (self.vocab + self.seq_len) * d + 2 * d
+
+    def gpt_config(self) -> Any:
+        """The ``workloads.gpt.GPTConfig`` that trains this shape."""
+        from workloads.gpt import GPTConfig
+
+        return GPTConfig(
+            n_layer=self.layers,
+            n_head=self.heads,
+            d_model=self.d_model,
+            seq_len=self.seq_len,
+            vocab_size=self.vocab,
+        )
+
+
+class Constraints(_Model):
+    """Where a job may run. Empty lists mean anywhere."""
+
+    gpus: list[str] = Field(default_factory=list, max_length=64)
+    min_gpu_memory_gib: float | None = Field(default=None, gt=0, le=100_000)
+    providers: list[Annotated[str, Field(pattern=_IDENT)]] = Field(
+        default_factory=list, max_length=32
+    )
+    regions: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9*?\[\]._-]{1,64}$")]] = Field(
+        default_factory=list, max_length=256
+    )
+    spot: bool = False
+    max_nodes: int | None = Field(default=None, ge=1, le=100_000)
+    min_interconnect_gbps: float | None = Field(default=None, ge=0, le=1_000_000)
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _canonical_gpus(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            return value
+        names: list[str] = []
+        for index, item in enumerate(value):
+            if not isinstance(item, str) or len(item) > 64:
+                raise _Rejected(f"[{index}]", "must be a GPU name")
+            resolved = gpu_table.resolve(item)
+            if not resolved.known:
+                raise _Rejected(
+                    f"[{index}]",
+                    "unknown GPU; known: " + ", ".join(gpu_table.canonical_names()),
+                )
+            if resolved.name not in names:
+                names.append(resolved.name)
+        return names
+
+
+class Slo(_Model):
+    ttft_ms: float = Field(gt=0, le=3_600_000)
+    tpot_ms: float = Field(gt=0, le=3_600_000)
+
+
+class _Job(_Model):
+    name: Name
+    model: ModelShape
+    constraints: Constraints = Field(default_factory=Constraints)
+    priority: int = Field(default=0, ge=-1000, le=1000)
+    team: Name = "default"
+    budget: Decimal | None = Field(default=None, ge=0, le=Decimal(10**12), decimal_places=6)
+    deadline: datetime | None = None
+
+    @field_validator("deadline")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class TrainingJob(_Job):
+    kind: Literal["training"] = "training"
+    tokens: int | None = Field(default=None, ge=1, le=10**16)
+    steps: int | None = Field(default=None, ge=1, le=10**12)
+    global_batch: Positive = Field(default=32, le=10**9)
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    parallelism: Literal["ddp", "fsdp"] = "fsdp"
+    checkpoint_every: int = Field(default=500, ge=1, le=10**12)
+    data: str | None = Field(default=None, min_length=1, max_length=4096)
+    nodes: int | None = Field(default=None, ge=1, le=100_000)
+    gpus_per_node: int | None = Field(default=None, ge=1, le=64)
+    max_failures: int = Field(default=3, ge=0, le=1000)
+    learning_rate: float = Field(default=3e-4, gt=0, le=10)
+
+    @model_validator(mode="after")
+    def _length(self) -> TrainingJob:
+        if self.tokens is None and self.steps is None:
+            raise _Rejected("tokens", "give tokens or steps (one of them is required)")
+        if self.tokens is not None and self.steps is not None:
+            raise _Rejected("steps", "give tokens or steps, not both")
+        limit = self.constraints.max_nodes
+        if limit is not None and self.nodes is not None and self.nodes > limit:
+            raise _Rejected("nodes", "must not exceed constraints.max_nodes")
+        return self
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.global_batch * self.model.seq_len
+
+    def total_tokens(self) -> int:
+        if self.tokens is not None:
+            return self.tokens
+        assert self.steps is not None
+        return self.steps * self.tokens_per_step
+
+    def total_steps(self) -> int:
+        if self.steps is not None:
+            return self.steps
+        assert self.tokens is not None
+        return max(1, math.ceil(self.tokens / self.tokens_per_step))
+
+
+class InferenceJob(_Job):
+    kind: Literal["inference"] = "inference"
+    request_rate: float = Field(gt=0, le=10**7)
+    input_tokens: int = Field(ge=1, le=10**7)
+    output_tokens: int = Field(ge=1, le=10**7)
+    slo: Slo
+    regions: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")], float] = Field(
+        default_factory=dict, max_length=256
+    )
+    min_replicas: int = Field(default=1, ge=1, le=100_000)
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+
+    @field_validator("regions")
+    @classmethod
+    def _shares(cls, value: dict[str, float]) -> dict[str, float]:
+        if any(not 0 < share <= 1 for share in value.values()):
+            raise ValueError("each share must be in (0, 1]")
+        if value and abs(sum(value.values()) - 1.0) > 1e-3:
+            raise ValueError("shares must sum to 1")
+        return value
+
+
+JobSpec = TrainingJob | InferenceJob
+
+
+# --- errors -----------------------------------------------------------------------------
+
+
+class _Rejected(ValueError):
+    """A validator's complaint about a sub-field; turned into a SpecError with its path."""
+
+    def __init__(self, sub_field: str, message: str) -> None:
+        super().__init__(message)
+        self.sub_field = sub_field
+        self.message = message
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif isinstance(part, str) and _SAFE_KEY.match(part):
+            text += f".{part}" if text else part
+        else:
+            text += ".<key>" if text else "<key>"
+    return text
+
+
+_MESSAGES: dict[str, str] = {
+    "missing": "is required",
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be a whole number",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "finite_number": "must be a finite number",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "string_type": "must be a string",
+    "list_type": "must be a list",
+    "dict_type": "must be a mapping",
+    "model_type": "must be a mapping",
+    "model_attributes_type": "must be a mapping",
+    "datetime_type": "must be an ISO 8601 date and time",
+    "datetime_parsing": "must be an ISO 8601 date and time",
+    "datetime_from_date_parsing": "must be an ISO 8601 date and time",
+    "decimal_type": "must be a number",
+    "decimal_parsing": "must be a number",
+    "decimal_max_places": "must have at most 6 decimal places",
+    "decimal_max_digits": "is too large",
+    "string_pattern_mismatch": "must be 1-63 characters: letters, digits, '.', '_', '-'",
+    "string_too_long": "is too long",
+    "string_too_short": "must not be empty",
+}
+
+
+def _message(error: Mapping[str, Any], root: type[BaseModel]) -> tuple[str, str]:
+    """(field path, message) for one pydantic error, with no input value in it."""
+    loc = tuple(error.get("loc", ()))
+    kind = error.get("type", "")
+    ctx = error.get("ctx") or {}
+    cause = ctx.get("error")
+    if isinstance(cause, _Rejected):
+        sub = cause.sub_field
+        path = _path(loc)
+        if not path or sub.startswith("["):
+            return path + sub, cause.message
+        return f"{path}.{sub}", cause.message
+    if kind == "extra_forbidden":
+        return _path(loc), "unknown key" + _allowed_keys(loc, root)
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        bound = ctx.get("gt", ctx.get("ge", ctx.get("lt", ctx.get("le"))))
+        words = {
+            "greater_than": "must be > ",
+            "greater_than_equal": "must be >= ",
+            "less_than": "must be < ",
+            "less_than_equal": "must be <= ",
+        }
+        return _path(loc), f"{words[kind]}{bound}"
+    if kind == "literal_error":
+        return _path(loc), "must be one of " + str(ctx.get("expected", ""))
+    if kind in ("too_long", "too_short"):
+        return _path(loc), "has too many items" if kind == "too_long" else "has too few items"
+    if kind == "value_error" and cause is not None:
+        return _path(loc), str(cause)
+    if kind == "string_pattern_mismatch" and loc and loc[-1] != "name" and loc[-1] != "team":
+        return _path(loc), "must be a short name: letters, digits, '.', '_', '-', '*'"
+    return _path(loc), _MESSAGES.get(kind, "is not valid")
+
+
+def _allowed_keys(loc: tuple[Any, ...], root: type[BaseModel]) -> str:
+    models: dict[str, type[BaseModel]] = {
+        "model": ModelShape,
+        "constraints": Constraints,
+        "slo": Slo,
+    }
+    parent = loc[-2] if len(loc) >= 2 else None
+    model = models.get(parent) if isinstance(parent, str) else None
+    if model is None and len(loc) == 1:
+        return "; allowed: " + ", ".join(sorted(set(root.model_fields) | _SKY_KEYS))
+    if model is None:
+        return ""
+    return "; allowed: " + ", ".join(model.model_fields)
+
+
+# --- parsing ----------------------------------------------------------------------------
+
+
+class _LimitedLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses documents with many aliases (the billion-laughs shape)."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._aliases = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_ALIASES:
+                raise SpecError("", f"YAML uses more than {MAX_ALIASES} aliases; write it out")
+        return super().compose_node(parent, index)
+
+
+def _load_yaml(text: str | bytes, source: str | None) -> Any:
+    size = len(text.encode("utf-8", "replace") if isinstance(text, str) else text)
+    if size > MAX_DOCUMENT_BYTES:
+        raise SpecError("", f"document is larger than {MAX_DOCUMENT_BYTES} bytes", source=source)
+    loader: _LimitedLoader | None = None
+    try:
+        loader = _LimitedLoader(text)  # the reader rejects unprintable characters here
+        return loader.get_single_data()
+    except SpecError as exc:
+        raise SpecError("", exc.message, source=source) from None
+    except yaml.constructor.ConstructorError as exc:
+        line = _line(exc)
+        raise SpecError(
+            "", f"YAML{line} uses a tag or key that is not plain data", source=source
+        ) from None
+    except yaml.YAMLError as exc:
+        raise SpecError("", f"not valid YAML{_line(exc)}", source=source) from None
+    except Exception:  # PyYAML's constructors fail in many ways on malformed tagged scalars
+        raise SpecError("", "not valid YAML", source=source) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def _line(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    return f" (line {mark.line + 1})" if mark is not None else ""
+
+
+def _check_size(data: Any, source: str | None) -> None:
+    """Refuse deep or huge structures (also the shared-reference shape of an alias bomb)."""
+    budget = MAX_NODES
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    while stack:
+        item, depth = stack.pop()
+        budget -= 1
+        if budget < 0:
+            raise SpecError("", f"document has more than {MAX_NODES} values", source=source)
+        if depth > MAX_DEPTH:
+            raise SpecError("", f"document is nested deeper than {MAX_DEPTH}", source=source)
+        if isinstance(item, Mapping):
+            for key, value in item.items():
+                stack.append((key, depth + 1))
+                stack.append((value, depth + 1))
+        elif isinstance(item, list | tuple | set):
+            stack.extend((value, depth + 1) for value in item)
+        elif isinstance(item, str | bytes) and len(item) > 100_000:
+            raise SpecError("", "document holds a string longer than 100000", source=source)
+
+
+_SKY_KEYS = {"resources", "num_nodes"}
+_SKY_RESOURCE_KEYS = ("accelerators", "use_spot", "cloud", "region", "zone")
+
+
+def _accelerators(value: Any) -> tuple[list[str], int | None]:
+    """GPU names and the per-node count from ``"H100:8"``, ``{H100: 8}`` or a list of them."""
+    items: list[tuple[Any, Any]] = []
+    if isinstance(value, str):
+        values: list[Any] = [value]
+    elif isinstance(value, list):
+        values = value
+    elif isinstance(value, Mapping):
+        values = []
+        items = list(value.items())
+    else:
+        raise SpecError("resources.accelerators", 'must look like "H100:8" or {H100: 8}')
+    for item in values:
+        if not isinstance(item, str):
+            raise SpecError("resources.accelerators", 'must look like "H100:8" or {H100: 8}')
+        name, _, count = item.partition(":")
+        items.append((name.strip(), count.strip() or 1))
+    names: list[str] = []
+    counts: set[int] = set()
+    for name, count in items:
+        if not isinstance(name, str):
+            raise SpecError("resources.accelerators", "GPU names must be strings")
+        try:
+            number = float(count) if isinstance(count, int | float | str) else math.nan
+        except ValueError:
+            number = math.nan
+        if isinstance(count, bool) or not number.is_integer() or not 1 <= number <= 64:
+            raise SpecError("resources.accelerators", "the GPU count must be an integer 1-64")
+        names.append(name)
+        counts.add(int(number))
+    if len(counts) > 1:
+        raise SpecError("resources.accelerators", "all choices must have the same GPU count")
+    return names, (counts.pop() if counts else None)
+
+
+def _fold_skypilot(data: dict[str, Any]) -> dict[str, Any]:
+    """Rewrite SkyPilot's ``resources`` and ``num_nodes`` into our own fields."""
+    data = dict(data)
+    if "num_nodes" in data:
+        if "nodes" in data:
+            raise SpecError("num_nodes", "given together with nodes; use one of them")
+        data["nodes"] = data.pop("num_nodes")
+    if "resources" not in data:
+        return data
+    resources = data.pop("resources")
+    if not isinstance(resources, Mapping):
+        raise SpecError("resources", "must be a mapping")
+    unknown = [key for key in resources if key not in _SKY_RESOURCE_KEYS]
+    if unknown:
+        key = unknown[0]
+        shown = key if isinstance(key, str) and _SAFE_KEY.match(key) else "<key>"
+        raise SpecError(
+            f"resources.{shown}", "unknown key; allowed: " + ", ".join(_SKY_RESOURCE_KEYS)
+        )
+    constraints = data.get("constraints", {})
+    if not isinstance(constraints, Mapping):
+        raise SpecError("constraints", "must be a mapping")
+    constraints = dict(constraints)
+
+    def put(field: str, value: Any, where: str) -> None:
+        if field in constraints:
+            raise SpecError(where, f"given together with constraints.{field}; use one of them")
+        constraints[field] = value
+
+    if "accelerators" in resources:
+        names, count = _accelerators(resources["accelerators"])
+        put("gpus", names, "resources.accelerators")
+        if count is not None and data.get("kind") != "inference":
+            if "gpus_per_node" in data:
+                raise SpecError("resources.accelerators", "given together with gpus_per_node")
+            data["gpus_per_node"] = count
+    if "use_spot" in resources:
+        put("spot", resources["use_spot"], "resources.use_spot")
+    if "cloud" in resources:
+        put("providers", [resources["cloud"]], "resources.cloud")
+    for key in ("region", "zone"):
+        if key in resources:
+            put("regions", [resources[key]], f"resources.{key}")
+    data["constraints"] = constraints
+    return data
+
+
+def parse_spec(data: object, source: str | None = None) -> JobSpec:
+    """A validated spec from a mapping or YAML text; any problem is a ``SpecError``."""
+    if isinstance(data, str | bytes):
+        data = _load_yaml(data, source)
+    _check_size(data, source)
+    if not isinstance(data, Mapping):
+        raise SpecError("", "a spec must be a mapping of keys to values", source=source)
+    try:
+        folded = _fold_skypilot(dict(data))
+        kind = folded.get("kind")
+        if kind is None:
+            inference_keys = ("request_rate", "slo", "input_tokens", "output_tokens")
+            kind = "inference" if any(k in folded for k in inference_keys) else "training"
+        root: type[TrainingJob | InferenceJob]
+        if kind == "training":
+            root = TrainingJob
+        elif kind == "inference":
+            root = InferenceJob
+        else:
+            raise SpecError("kind", "must be one of 'training', 'inference'")
+        return root.model_validate(folded)
+    except SpecError as exc:
+        raise SpecError(exc.field, _strip_field(exc), source=source) from None
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+        field, message = _message(errors[0], root)
+        raise SpecError(field, message, source=source) from None
+    except (RecursionError, TypeError, ValueError, OverflowError, ArithmeticError):
+        raise SpecError("", "the spec's values are not plain data", source=source) from None
+
+
+def _strip_field(exc: SpecError) -> str:
+    prefix = f"{exc.field}: " if exc.field else ""
+    return exc.message.removeprefix(prefix)
+
+
+def load_spec(path: str | Path) -> JobSpec:
+    """Read and validate a YAML spec file."""
+    file = Path(path)
+    try:
+        if file.stat().st_size > MAX_DOCUMENT_BYTES:
+            raise SpecError("", f"larger than {MAX_DOCUMENT_BYTES} bytes", source=str(file))
+        raw = file.read_bytes()
+    except FileNotFoundError:
+        raise NotFound(f"{file}: no such spec file") from None
+    except IsADirectoryError:
+        raise NotFound(f"{file}: is a directory, not a spec file") from None
+    except OSError as exc:
+        raise NotFound(f"{file}: cannot read ({exc.strerror})") from None
+    return parse_spec(raw, source=str(file))
+
+
+def spec_to_dict(spec: JobSpec) -> dict[str, Any]:
+    """A JSON-safe dict that ``parse_spec`` turns back into an equal spec."""
+    return spec.model_dump(mode="json", exclude_none=True)
