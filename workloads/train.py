@@ -197,6 +197,7 @@ def train_loop(cfg: TrainConfig, session: Session) -> dict[str, Any]:
             "tokens": tokens_seen,
             "tokens_per_s": tokens_per_s,
             "world_size": session.world_size,
+            "time": time.time(),
         }
         if cfg.peak_flops_per_worker:
             achieved = gpt_config.flops_per_token() * tokens_per_s

@@ -35,8 +35,8 @@ from sqlalchemy import select
 
 from broker.config import Settings
 from broker.db.engine import Database
-from broker.db.models import AllocationRow
-from broker.domain import AllocationState, utcnow
+from broker.db.models import AllocationRow, JobRow
+from broker.domain import AllocationState, JobState, utcnow
 from broker.errors import BrokerError
 from broker.services import leases
 
@@ -76,7 +76,12 @@ def default_steps(db: Database, settings: Settings) -> Steps:
     def schedule() -> Any:
         from broker.services import planning
 
-        return planning.schedule(db, settings)
+        with db.session() as session:
+            pending = session.scalar(
+                select(JobRow.id).where(JobRow.state == JobState.PENDING.value).limit(1)
+            )
+        # Nothing to plan: skip loading the solver at all.
+        return None if pending is None else planning.schedule(db, settings)
 
     def run_allocation(allocation_id: int) -> Any:
         from broker.services import execution

@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -151,7 +152,8 @@ def start(
         "--disable-usage-stats",
     ]
     ray = _ray_bin()
-    for index, ip in enumerate(cluster.addresses):
+
+    def node_args(index: int, ip: str) -> list[str]:
         resources = json.dumps({cluster.resource: 1, f"{cluster.resource}-{index}": 1})
         if index == 0:
             args = [
@@ -166,7 +168,17 @@ def start(
             ]
         else:
             args = [ray, "start", f"--address={cluster.address}", f"--node-ip-address={ip}"]
-        _run([*args, *common, f"--resources={resources}"], f"start of node {ip}")
+        return [*args, *common, f"--resources={resources}"]
+
+    _run(node_args(0, cluster.head_ip), f"start of the head on {cluster.head_ip}")
+    # The further raylets join in parallel: each ``ray start`` is seconds of Python start-up.
+    with ThreadPoolExecutor(max_workers=max(1, len(cluster.addresses) - 1)) as pool:
+        list(
+            pool.map(
+                lambda item: _run(node_args(*item), f"start of node {item[1]}"),
+                list(enumerate(cluster.addresses))[1:],
+            )
+        )
     cluster.pids = our_processes(cluster)
     _save(settings, cluster)
     return cluster
@@ -180,7 +192,7 @@ def record_driver(settings: Settings, cluster: Cluster, pid: int) -> None:
 # --- processes --------------------------------------------------------------------------
 
 
-def _cmdline(pid: int) -> list[str]:
+def cmdline(pid: int) -> list[str]:
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
@@ -230,7 +242,7 @@ def our_processes(cluster: Cluster) -> list[int]:
     for pid in _all_pids():
         if pid == own:
             continue
-        args = _cmdline(pid)
+        args = cmdline(pid)
         if any(mark in arg for arg in args for mark in marks):
             roots.add(pid)
     if cluster.driver_pid and alive(cluster.driver_pid):

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from broker.config import Settings
+    from providers.aws.check import AwsCheck
     from providers.aws.provider import AwsProvider
 
 
@@ -20,4 +21,9 @@ def create(settings: Settings) -> AwsProvider:
     return AwsProvider(settings)
 
 
-__all__ = ["create"]
+def check(settings: Settings, *, verify: bool = False) -> AwsCheck:
+    """``gpubroker check`` for AWS: credential source and endpoint (see ``AwsProvider.check``)."""
+    return create(settings).check(verify=verify)
+
+
+__all__ = ["check", "create"]

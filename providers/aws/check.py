@@ -53,6 +53,9 @@ def check_credentials(clients: Clients, *, verify: bool = False) -> AwsCheck:
             "or run on an instance with a role",
         )
     source = str(getattr(credentials, "method", None) or "unknown")
+    profile = clients.session.profile_name
+    if source in ("shared-credentials-file", "config-file", "sso") and profile:
+        source = f"{source} (profile {profile})"
     if not verify:
         return AwsCheck(PROVIDER, True, source, endpoint, region, f"credentials from {source}")
     try:

@@ -21,12 +21,26 @@ CONNECT_TIMEOUT_S = 10
 READ_TIMEOUT_S = 60
 
 
+_LOADER: list[Any] = []  # botocore's model loader, shared by the sessions made here
+
+
+def _new_session() -> Any:
+    """A fresh boto3 session (its own credential chain) sharing one model loader, so the
+    large EC2 service model is parsed once per process, not once per provider."""
+    import boto3
+
+    session = boto3.session.Session()
+    if _LOADER:
+        session._session.register_component("data_loader", _LOADER[0])
+    else:
+        _LOADER.append(session._session.get_component("data_loader"))
+    return session
+
+
 class Clients:
     def __init__(self, max_attempts: int, session: Any | None = None) -> None:
-        import boto3
-
         with aws_call("open a session", DEFAULT_REGION):
-            self.session = session if session is not None else boto3.session.Session()
+            self.session = session if session is not None else _new_session()
         self.max_attempts = max_attempts
         self._clients: dict[tuple[str, str, int], Any] = {}
         self._hooks: list[tuple[str, Callable[..., Any]]] = []

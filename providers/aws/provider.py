@@ -29,7 +29,7 @@ from providers.aws import offers as of
 from providers.aws.check import AwsCheck, check_credentials
 from providers.aws.clients import Clients
 from providers.aws.errors import NOT_FOUND_CODES, aws_call, error_code
-from providers.aws.instance_types import GPU_TYPE_PATTERNS, GpuShape
+from providers.aws.instance_types import GpuShape
 from providers.aws.pricing import DEFAULT_TTL, on_demand_prices
 from providers.aws.quotas import QUOTA_CODES, SERVICE_CODE, quota_code, quota_family, quota_record
 from providers.base import (
@@ -199,10 +199,7 @@ class AwsProvider:
         """vCPUs of running P/G instances in the account, by (family, pricing)."""
         used: Counter[tuple[str, Pricing]] = Counter()
         ec2 = self.client("ec2", region)
-        filters = [
-            {"Name": "instance-state-name", "Values": ["pending", "running"]},
-            {"Name": "instance-type", "Values": list(GPU_TYPE_PATTERNS)},
-        ]
+        filters = [{"Name": "instance-state-name", "Values": ["pending", "running"]}]
         with aws_call("DescribeInstances", region):
             for page in ec2.get_paginator("describe_instances").paginate(Filters=filters):
                 for reservation in page.get("Reservations", []):
@@ -251,13 +248,7 @@ class AwsProvider:
     def launch(self, req: LaunchRequest) -> list[InstanceRecord]:
         _validate(req)
         region = req.region
-        mine = self._describe(
-            region,
-            [
-                {"Name": f"tag:{TAG_REQUEST}", "Values": [req.request_id]},
-                {"Name": f"tag:{TAG_OWNER}", "Values": [req.owner]},
-            ],
-        )
+        mine = self._describe(region, _request_filters(req))
         alive: dict[int, InstanceRecord] = {}
         gone: Counter[int] = Counter()
         for record in sorted(mine, key=lambda r: r.launched_at or _EPOCH):
@@ -302,8 +293,7 @@ class AwsProvider:
                 zone = zone or record.zone  # the rest of the gang goes where the first went
         except BrokerError as exc:
             if req.gang and req.nodes > 1:
-                got = [r.instance_id for r in (*alive.values(), *created)]
-                self._release(region, got)
+                got = self._release_request(req, [*alive.values(), *created])
                 if isinstance(exc, OutOfCapacity):
                     raise OutOfCapacity(
                         PROVIDER,
@@ -408,14 +398,19 @@ class AwsProvider:
             raise ProviderError(PROVIDER, f"no default security group in {zone}")
         return ln.efa_interfaces(shape, subnet["SubnetId"], groups[0]["GroupId"])
 
-    def _release(self, region: str, instance_ids: list[str]) -> None:
-        """Best effort: a gang rollback must not hide the error that caused it."""
-        if not instance_ids:
-            return
+    def _release_request(self, req: LaunchRequest, known: list[InstanceRecord]) -> list[str]:
+        """Roll a gang back: terminate every node of the request, the ones we know and any
+        a lost answer hid from us (found by tag). Best effort: the rollback must not hide
+        the error that caused it. Returns the ids released."""
+        ids = {r.instance_id for r in known}
         try:
-            self._terminate_in(region, instance_ids)
+            found = self._describe(req.region, _request_filters(req))
+            ids |= {r.instance_id for r in found if r.state not in ln.GONE}
+            if ids:
+                self._terminate_in(req.region, sorted(ids))
         except BrokerError as exc:
-            self._note(f"could not release {len(instance_ids)} nodes in {region}: {exc}")
+            self._note(f"could not release {len(ids)} nodes in {req.region}: {exc}")
+        return sorted(ids)
 
     def terminate(self, instance_ids: Sequence[str], request_id: str) -> None:
         """Terminate the instances; ones already gone or unknown are fine."""
@@ -449,6 +444,13 @@ class AwsProvider:
                     if error_code(exc) not in NOT_FOUND_CODES:
                         raise
         return found
+
+
+def _request_filters(req: LaunchRequest) -> list[dict[str, Any]]:
+    return [
+        {"Name": f"tag:{TAG_REQUEST}", "Values": [req.request_id]},
+        {"Name": f"tag:{TAG_OWNER}", "Values": [req.owner]},
+    ]
 
 
 def _validate(req: LaunchRequest) -> None:

@@ -105,6 +105,7 @@ def translate(exc: BaseException, *, what: str, zone: str | None = None) -> Exce
     """
     from google.api_core import exceptions as api
     from google.auth import exceptions as auth
+    from google.protobuf import json_format
     from requests import exceptions as http
 
     if isinstance(exc, auth.DefaultCredentialsError):
@@ -117,6 +118,8 @@ def translate(exc: BaseException, *, what: str, zone: str | None = None) -> Exce
         return AuthError(PROVIDER, f"{what}: credentials were rejected or could not be refreshed")
     if isinstance(exc, http.RequestException):
         return _Retryable("endpoint unreachable", throttled=False)
+    if isinstance(exc, json_format.ParseError):
+        return ProviderError(PROVIDER, f"{what}: the endpoint answered with malformed data")
     if isinstance(exc, api.RetryError):
         return _Retryable("timed out", throttled=False)
     if not isinstance(exc, api.GoogleAPICallError):

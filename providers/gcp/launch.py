@@ -1,11 +1,13 @@
 """Launch, list and terminate GCE instances: convergent, all-or-nothing, idempotent.
 
-Identity: node ``i`` of request ``r`` is the instance ``gpb-<hash(r)>-<i>`` and carries the
+Identity: node ``i`` of request ``r`` is the instance ``gpb-<hash(r)>-<i>``; its instance id
+is ``ZONE/NAME/ID`` with GCE's numeric id, so a node re-created under the same name is a new
+instance (and terminating the old id leaves the new one alone). Each node carries the
 request's tags twice: as GCE labels (lower-cased, ``[a-z0-9_-]``, at most 63 characters,
 so a value that had to change gets a hash suffix to stay distinct) for the list filter,
 and verbatim as the metadata item ``gpubroker-tags`` so a listing returns them exactly.
-Each insert passes a ``requestId`` derived from (request, node), so a retried call is the
-same call to GCE; a repeated launch finds the named nodes and creates only the missing.
+Each insert passes a ``requestId`` (see ``request_uuid``), so a retried call is the same
+call to GCE; a repeated launch finds the named nodes and creates only the missing.
 
 Operations are polled with ``ZoneOperationsClient.wait`` (the extended-operation
 ``result()`` ignores a custom endpoint). Multi-node gangs of families that support it get
@@ -86,7 +88,14 @@ def policy_name(request_id: str) -> str:
 
 
 def request_uuid(*parts: object) -> str:
-    """A GCE ``requestId``: the same parts give the same UUID, so a retry is one request."""
+    """A GCE ``requestId``: the same parts give the same UUID.
+
+    Inserts derive it from (request, node, a nonce per ``launch`` call): every retry inside
+    the call is then one request to GCE, while a later call gets a fresh one. Without the
+    nonce GCE would replay the first call's operation for up to an hour, failure included,
+    so a launch retried after capacity came back would fail again; across calls, the
+    deterministic instance names (409 on a duplicate) are what prevent double nodes.
+    """
     return str(uuid.uuid5(_NAMESPACE, "/".join(str(part) for part in parts)))
 
 
@@ -98,11 +107,12 @@ def _last(url: str) -> str:
     return url.rstrip("/").rsplit("/", 1)[-1]
 
 
-def split_instance_id(instance_id: str) -> tuple[str, str]:
-    zone, _, name = instance_id.partition("/")
-    if not zone or not name or "/" in name:
-        raise UserError(f"gcp instance id {instance_id!r} is not ZONE/NAME")
-    return zone, name
+def split_instance_id(instance_id: str) -> tuple[str, str, str | None]:
+    """``ZONE/NAME/ID`` (or ``ZONE/NAME``) -> (zone, name, GCE numeric id or None)."""
+    parts = instance_id.split("/")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise UserError(f"gcp instance id {instance_id!r} is not ZONE/NAME/ID")
+    return parts[0], parts[1], parts[2] if len(parts) == 3 else None
 
 
 def _parse_time(text: str) -> datetime | None:
@@ -168,7 +178,7 @@ class Launcher:
         spot = instance.scheduling.provisioning_model == "SPOT"
         return InstanceRecord(
             provider=PROVIDER,
-            instance_id=f"{zone}/{instance.name}",
+            instance_id=f"{zone}/{instance.name}/{instance.id}",
             region=_region_of(zone),
             zone=zone,
             instance_type=machine_type,
@@ -292,7 +302,7 @@ class Launcher:
             return zone
         raise ProviderError(PROVIDER, f"{req.instance_type} is not offered in {req.region}")
 
-    def _ensure_placement(self, req: LaunchRequest, zone: str) -> str:
+    def _ensure_placement(self, req: LaunchRequest, zone: str, nonce: str) -> str:
         from google.cloud import compute_v1
 
         region = _region_of(zone)
@@ -309,7 +319,7 @@ class Launcher:
             project=self.session.project,
             region=region,
             resource_policy_resource=resource,
-            request_id=request_uuid(req.request_id, "placement"),
+            request_id=request_uuid(req.request_id, "placement", nonce),
         )
         client = self.session.compute("ResourcePoliciesClient")
         what = f"create placement policy in {region}"
@@ -386,19 +396,16 @@ class Launcher:
         return instance
 
     def _insert(
-        self, req: LaunchRequest, node: int, zone: str, policy: str | None, attempt: int
+        self, req: LaunchRequest, node: int, zone: str, policy: str | None, call_id: str
     ) -> Any:
         """Start creating node ``node``; the operation, or None if it already exists."""
         from google.cloud import compute_v1
 
-        # A first attempt's requestId is derived, so a retried call is one request to GCE;
-        # a later attempt follows a replayed operation whose node has since been deleted.
-        request_id = request_uuid(req.request_id, node) if attempt == 0 else str(uuid.uuid4())
         request = compute_v1.InsertInstanceRequest(
             project=self.session.project,
             zone=zone,
             instance_resource=self._instance(req, node, zone, policy),
-            request_id=request_id,
+            request_id=request_uuid(req.request_id, node, call_id),
         )
         client = self.session.compute("InstancesClient")
         return call(
@@ -410,13 +417,13 @@ class Launcher:
         )
 
     def _create(
-        self, req: LaunchRequest, nodes: Iterable[int], zone: str, policy: str | None, attempt: int
+        self, req: LaunchRequest, nodes: Iterable[int], zone: str, policy: str | None, call_id: str
     ) -> list[BrokerError]:
         started: list[tuple[int, Any]] = []
         failures: list[BrokerError] = []
         for node in nodes:
             try:
-                op = self._insert(req, node, zone, policy, attempt)
+                op = self._insert(req, node, zone, policy, call_id)
             except (CapacityError, ProviderError) as exc:
                 failures.append(exc)
                 if req.gang:
@@ -447,13 +454,14 @@ class Launcher:
         zone = zones.pop() if zones else self._pick_zone(req, machine_type, accelerator)
         family = families.family_of(machine_type)
         policy = None
+        nonce = uuid.uuid4().hex  # one per call: see request_uuid
         for attempt in range(2):
             missing = [node for node in range(req.nodes) if node not in existing]
             if not missing:
                 break
             if policy is None and req.nodes > 1 and family and family.compact_placement:
-                policy = self._ensure_placement(req, zone)
-            failures = self._create(req, missing, zone, policy, attempt)
+                policy = self._ensure_placement(req, zone, nonce)
+            failures = self._create(req, missing, zone, policy, f"{nonce}/{attempt}")
             existing = self._by_request(req.request_id)
             if failures:
                 if req.gang or not existing:
@@ -468,7 +476,7 @@ class Launcher:
     # --- terminate -------------------------------------------------------------------
 
     def _release(self, instances: Sequence[Any]) -> None:
-        ids = [f"{_last(instance.zone)}/{instance.name}" for instance in instances]
+        ids = [self.record(instance).instance_id for instance in instances]
         if ids:
             self.terminate(ids, request_uuid("release", *ids))
 
@@ -480,7 +488,7 @@ class Launcher:
         started: list[tuple[str, Any]] = []
         policies: set[str] = set()
         for instance_id in instance_ids:
-            zone, name = split_instance_id(instance_id)
+            zone, name, number = split_instance_id(instance_id)
             found = call(
                 lambda z=zone, n=name: client.get(
                     project=project, zone=z, instance=n, retry=None, timeout=60.0
@@ -489,14 +497,14 @@ class Launcher:
                 policy=self.session.policy,
                 if_missing=None,
             )
-            if found is None:
-                continue
+            if found is None or (number is not None and str(found.id) != number):
+                continue  # gone already, or a later node now carries the name
             policies.update(url for url in found.resource_policies if _last(url).startswith("gpb-"))
             request = compute_v1.DeleteInstanceRequest(
                 project=project,
                 zone=zone,
                 instance=name,
-                request_id=request_uuid("delete", request_id, zone, name),
+                request_id=request_uuid("delete", request_id, zone, name, found.id),
             )
             op = call(
                 lambda r=request: client.delete_unary(request=r, retry=None, timeout=60.0),

@@ -17,10 +17,11 @@ from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 
 from broker.domain import MICRO, Fabric, Pricing, utcnow
+from broker.errors import ProviderError
 from providers.base import OfferRecord
 from providers.gcp import families
 from providers.gcp.billing import COMPUTE_SERVICE, PriceBook, add_skus
-from providers.gcp.errors import call
+from providers.gcp.errors import PROVIDER, call
 from providers.gcp.session import Session
 
 SOURCE = "gcp-api"
@@ -72,6 +73,9 @@ def zones_by_region(session: Session, regions: Sequence[str] | None) -> dict[str
             if zone.status not in ("", "UP") or (wanted is not None and region not in wanted):
                 continue
             found[region].append(zone.name)
+    unknown = sorted((wanted or set()) - set(found))
+    if unknown:
+        raise ProviderError(PROVIDER, f"region {unknown[0]} has no zones in this project")
     return {region: sorted(zones) for region, zones in sorted(found.items())}
 
 
@@ -124,12 +128,17 @@ def price_book(session: Session) -> PriceBook:
     return book
 
 
+def _retired(machine_type: object) -> bool:
+    state = machine_type.deprecated.state if machine_type.deprecated else ""  # type: ignore[attr-defined]
+    return state in ("OBSOLETE", "DELETED")
+
+
 def shapes(machine_types: Sequence[object], accelerators: dict[str, int]) -> Iterator[Shape]:
     """The GPU shapes one zone sells, from its machine types and accelerator types."""
     by_name = {mt.name: mt for mt in machine_types}  # type: ignore[attr-defined]
     for mt in machine_types:
         name: str = mt.name  # type: ignore[attr-defined]
-        if families.family_of(name) is None or name.startswith("n1-"):
+        if families.family_of(name) is None or name.startswith("n1-") or _retired(mt):
             continue
         fixed = list(mt.accelerators)  # type: ignore[attr-defined]
         if not fixed:

@@ -6,6 +6,7 @@ get a fresh owner tag per test, so tests never see each other's instances.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 from collections.abc import Iterator
@@ -13,17 +14,20 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conformance import harness
+from tests.conformance.harness_aws import aws_cloud  # noqa: F401
+from tests.conformance.harness_gcp import gcp_cloud  # noqa: F401
 
-# The AWS and GCP targets' server fixtures, where those modules exist.
-try:
-    from tests.support.aws_price_list import aws_price_list, aws_price_list_server  # noqa: F401
-    from tests.support.moto_server import aws_settings, moto_aws, moto_server  # noqa: F401
-except ImportError:
-    pass
+# The servers the AWS target needs, where those modules exist (else it skips below).
+with contextlib.suppress(ImportError):
+    from tests.support.aws_price_list import aws_price_list_server  # noqa: F401
+    from tests.support.moto_server import moto_server  # noqa: F401
 
 # provider -> (modules it needs, harness module)
 _NEEDS: dict[str, tuple[tuple[str, ...], str]] = {
-    "aws": (("providers.aws", "tests.support.moto_server"), "tests.conformance.harness_aws"),
+    "aws": (
+        ("providers.aws", "tests.support.moto_server", "tests.support.aws_price_list"),
+        "tests.conformance.harness_aws",
+    ),
     "gcp": (("providers.gcp", "tests.support.gce_server"), "tests.conformance.harness_gcp"),
 }
 

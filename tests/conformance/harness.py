@@ -52,6 +52,8 @@ class Target:
     ``capacity_fault(k)``: while active, a launch fails with the cloud's capacity error when
     it creates its k-th node (1-based, counted from the first node of the call).
     ``failures``: kind (keys of ``FAILURE_TYPES``) -> while active, launches fail that way.
+    ``lost_reply()``: while active, the cloud creates the nodes a launch asks for but the
+    reply never arrives (a timeout after create).
     ``foreign()``: creates an instance outside our tags through the cloud's own API
     (None where the cloud has no API besides the provider's own).
     """
@@ -63,6 +65,7 @@ class Target:
     instance_type: str
     capacity_fault: Callable[[int], AbstractContextManager[None]]
     failures: Mapping[str, Injector]
+    lost_reply: Injector
     foreign: Callable[[], str] | None = None
     pricing: Pricing = Pricing.ON_DEMAND
     owner: str = field(default_factory=lambda: f"conformance-{uuid.uuid4().hex[:8]}")
@@ -127,4 +130,5 @@ def fake_target() -> Target:
                 replace(FaultPlan(), throttle_rate=0.999, max_attempts=3, backoff_base=0.0)
             ),
         },
+        lost_reply=lambda: faults(FaultPlan(timeout_after_create=1)),
     )

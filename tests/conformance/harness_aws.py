@@ -8,7 +8,7 @@ is what keeps it out of our errors.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -47,15 +47,63 @@ class _EveryCall:
         return None
 
 
+@dataclass
+class AwsCloud:
+    """moto's server and the price list for the session, and one provider over them
+    (made on first use, so its clients pick up the per-test environment)."""
+
+    environment: dict[str, str]
+    settings: Any
+    provider: Any = None
+
+
+@pytest.fixture(scope="session")
+def aws_cloud(
+    moto_server: Any, aws_price_list_server: Any, tmp_path_factory: pytest.TempPathFactory
+) -> AwsCloud:
+    from broker.config import load_settings
+    from tests.support.moto_server import aws_environment
+
+    root = tmp_path_factory.mktemp("aws-conformance")
+    environment = {
+        **aws_environment(moto_server.url, root / "no-aws"),
+        **CANARIES,  # moto checks no signature: the canaries are the credentials
+    }
+    settings = load_settings(
+        {
+            "GPUBROKER_HOME": str(root / "home"),
+            "GPUBROKER_AWS_PRICE_LIST_URL": aws_price_list_server.url,
+            "GPUBROKER_AWS_REGIONS": REGION,
+            "GPUBROKER_AWS_MAX_ATTEMPTS": "1",  # retries are not what this suite checks
+        }
+    )
+    return AwsCloud(environment, settings)
+
+
+class _LostReply:
+    """RunInstances is carried out, then its reply is lost on the way back."""
+
+    event = "after-call.ec2.RunInstances"
+
+    def __call__(self, **kwargs: Any) -> None:
+        from botocore.exceptions import ReadTimeoutError
+
+        raise ReadTimeoutError(endpoint_url="http://injected.invalid/")
+
+
 def target(request: pytest.FixtureRequest) -> Iterator[Target]:
     from providers.aws import create
     from tests.support.aws_faults import inject
 
-    settings = request.getfixturevalue("aws_settings")
+    cloud: AwsCloud = request.getfixturevalue("aws_cloud")
     monkeypatch: pytest.MonkeyPatch = request.getfixturevalue("monkeypatch")
-    for key, value in CANARIES.items():  # moto signs nothing: any credential works
+    for key in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SECURITY_TOKEN"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in cloud.environment.items():
         monkeypatch.setenv(key, value)
-    provider = create(replace(settings, aws_max_attempts=2))
+    if cloud.provider is None:
+        cloud.provider = create(cloud.settings)
+    provider = cloud.provider
 
     def fault(kind: str, from_call: int = 1) -> Any:
         operation, code, status = FAULTS[kind]
@@ -63,9 +111,8 @@ def target(request: pytest.FixtureRequest) -> Iterator[Target]:
 
     def foreign() -> str:
         ec2 = provider.client("ec2", REGION)
-        image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
         made = ec2.run_instances(
-            ImageId=image, InstanceType=INSTANCE_TYPE, MinCount=1, MaxCount=1,
+            ImageId="ami-0123456789abcdef0", InstanceType=INSTANCE_TYPE, MinCount=1, MaxCount=1,
             Placement={"AvailabilityZone": ZONE},
         )  # fmt: skip
         return str(made["Instances"][0]["InstanceId"])
@@ -78,5 +125,6 @@ def target(request: pytest.FixtureRequest) -> Iterator[Target]:
         instance_type=INSTANCE_TYPE,
         capacity_fault=lambda k: fault("capacity", from_call=k),
         failures={kind: (lambda kind=kind: fault(kind)) for kind in FAULTS},
+        lost_reply=lambda: inject(provider, _LostReply()),
         foreign=foreign,
     )

@@ -47,6 +47,17 @@ def test_launch_converges_after_nodes_were_lost(target: Target) -> None:
     assert len(target.live()) == 2
 
 
+def test_retry_after_a_lost_reply_converges(target: Target) -> None:
+    req = target.request(2)
+    with target.lost_reply(), pytest.raises(ProviderError) as err:
+        target.provider.launch(req)
+    _assert_ours(err.value)
+    assert err.value.retryable
+    got = target.provider.launch(req)
+    assert sorted(r.node_index for r in got) == [0, 1]
+    assert _ids(target.live()) == _ids(got)  # what the lost call made was adopted, not doubled
+
+
 @pytest.mark.parametrize("k", [2, 3])
 def test_gang_is_all_or_nothing(target: Target, k: int) -> None:
     req = target.request(3)
@@ -55,9 +66,17 @@ def test_gang_is_all_or_nothing(target: Target, k: int) -> None:
     _assert_ours(err.value)
     assert err.value.zone == target.zone and target.zone in str(err.value)
     assert [r for r in target.live() if r.request_id == req.request_id] == []
-    # the same request succeeds whole once capacity is back
-    assert len(target.provider.launch(req)) == 3
-    assert len(target.live()) == 3
+
+
+def test_gang_request_succeeds_whole_once_capacity_is_back(target: Target) -> None:
+    """A failed gang leaves nothing tagged, so retrying the same request creates it all
+    (the cloud's idempotency key must not replay the failed attempt)."""
+    req = target.request(3)
+    with target.capacity_fault(2), pytest.raises(OutOfCapacity):
+        target.provider.launch(req)
+    got = target.provider.launch(req)
+    assert sorted(r.node_index for r in got) == [0, 1, 2]
+    assert _ids(target.live()) == _ids(got)
 
 
 def test_terminate_is_idempotent(target: Target) -> None:

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 
 from broker.domain import InstanceState, Pricing
-from broker.errors import AuthError, OutOfCapacity, QuotaExceeded, Throttled
+from broker.errors import AuthError, OutOfCapacity, ProviderError, QuotaExceeded, Throttled
 from providers.aws.launch import placement_group_name
 from providers.base import TAG_ALLOCATION, TAG_JOB, TAG_NODE, TAG_REQUEST, LaunchRequest
-from tests.support.aws_faults import Answer, FailCalls, Throttle, inject
+from tests.support.aws_faults import Answer, FailCalls, LoseResponse, Throttle, inject
 from tests.support.aws_price_list import aws_price_list, aws_price_list_server  # noqa: F401
 from tests.support.moto_server import (  # noqa: F401
     aws_provider,
@@ -131,6 +131,30 @@ def test_a_gang_rollback_takes_nodes_from_an_earlier_attempt_too(aws_provider: A
     ):
         aws_provider.launch(bigger)
     assert _live_for_request(aws_provider, "gang-2") == []
+
+
+def test_a_lost_answer_then_a_retry_never_doubles(aws_provider: Any) -> None:
+    req = _request("lost-1", nodes=1, gang=False)
+    with (
+        inject(aws_provider, LoseResponse("RunInstances", on_calls={1})) as fault,
+        pytest.raises(ProviderError) as caught,
+    ):
+        aws_provider.launch(req)
+    assert fault.lost == 1 and caught.value.retryable
+    made = _live_for_request(aws_provider, "lost-1")
+    assert len(made) == 1  # the cloud made the node although the call failed
+    (node,) = aws_provider.launch(req)
+    assert [node.instance_id] == made == _live_for_request(aws_provider, "lost-1")
+
+
+def test_a_gang_rollback_also_finds_a_node_whose_answer_was_lost(aws_provider: Any) -> None:
+    req = _request("lost-2", nodes=3)
+    with (
+        inject(aws_provider, LoseResponse("RunInstances", on_calls={2})),
+        pytest.raises(ProviderError),
+    ):
+        aws_provider.launch(req)
+    assert _live_for_request(aws_provider, "lost-2") == []
 
 
 def test_efa_gang_gets_efa_interfaces_and_degrades_without_placement_groups(

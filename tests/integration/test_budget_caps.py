@@ -11,18 +11,11 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import delete, func, select
+from sqlalchemy import func, select, update
 
 from broker.db.engine import Database
-from broker.db.models import (
-    AllocationRow,
-    BudgetRow,
-    InstanceRow,
-    JobRow,
-    PlanRow,
-    UsageRow,
-)
-from broker.domain import AllocationState, InstanceState, JobState
+from broker.db.models import AllocationRow, InstanceRow, JobRow, OfferRow, UsageRow
+from broker.domain import AllocationState, InstanceState, JobState, utcnow
 from broker.errors import NotFound, UserError
 from broker.services import budgets
 
@@ -81,197 +74,190 @@ def test_budget_cli(home: Path) -> None:
 
 # --- the cap under a stream of jobs and price changes -------------------------------------
 #
-# The stream drives a planner and an executor written against the budget contract: the
-# planner admits a job only if its estimate fits ``remaining`` (the scheduler's hard
-# constraint) and the executor re-prices at launch and refuses if the team's committed plus
-# metered spend would pass the budget (execution's check). Jobs may finish early; the
-# ledger charges the price at launch.
+# The stream drives the real planning service (``planning.schedule``, which must treat what
+# is left of each team's budget as a hard limit) over the bundled catalog, changes every
+# offer's price between rounds, and launches and finishes what was planned the way
+# execution does: at the price of the plan, finishing on time or early. After every event,
+# metered spend in the period plus live allocations' estimates stays within the budget,
+# and ``budgets.remaining`` says exactly what is left.
+
+BUDGETS = {"a": Decimal("60"), "b": Decimal("25")}
 
 events = st.lists(
     st.one_of(
-        st.tuples(st.just("submit"), st.sampled_from(["a", "b"]), st.integers(1, 40)),
-        st.tuples(st.just("price"), st.sampled_from(["1.5", "2.75", "4", "0.9"]), st.just(0)),
+        st.tuples(st.just("submit"), st.sampled_from(["a", "b"]), st.integers(1, 12)),
+        st.tuples(st.just("price"), st.sampled_from(["0.5", "0.8", "1.25", "2"]), st.just(0)),
         st.tuples(st.just("plan"), st.just(""), st.just(0)),
         st.tuples(st.just("launch"), st.just(""), st.integers(0, 5)),
-        st.tuples(st.just("finish"), st.just(""), st.integers(0, 5)),
-        st.tuples(st.just("clock"), st.just(""), st.integers(1, 72)),
+        st.tuples(st.just("finish"), st.sampled_from(["0.5", "1"]), st.integers(0, 5)),
     ),
-    max_size=40,
+    min_size=1,
+    max_size=12,
 )
 
 
-class Fleet:
-    def __init__(self, db: Database) -> None:
-        self.db = db
-        self.price = Decimal("2")
-        self.now = NOW
-        self.pending: list[tuple[str, int]] = []
+def _spec(team: str, billions: int, n: int) -> dict:
+    return {
+        "kind": "training",
+        "name": f"{team}-{n}",
+        "team": team,
+        "model": {"preset": "gpt-125m"},
+        "tokens": billions * 1_000_000_000,
+        "global_batch": 64,
+        "precision": "bf16",
+        "parallelism": "ddp",
+        "checkpoint_every": 200,
+        "constraints": {"gpus": ["L4", "A100-80GB", "H100-80GB"], "spot": False},
+    }
 
-    def _committed_and_metered(self, team: str) -> Decimal:
-        with self.db.session() as s:
-            row = s.scalar(select(BudgetRow).where(BudgetRow.team == team))
-            return budgets.spent(s, team, budgets.period_start(row.period, self.now))
 
-    def plan(self) -> None:
-        with self.db.session() as s:
-            plan = PlanRow(solver="test", status="optimal")
-            s.add(plan)
-            s.flush()
-            keep = []
-            for team, hours in self.pending:
-                est = self.price * hours
-                left = budgets.remaining_in(s, team, self.now)
-                if left is not None and est > left:
-                    keep.append((team, hours))
-                    continue
-                job = JobRow(name="j", kind="training", spec={}, team=team, state="PLANNED")
-                s.add(job)
-                s.flush()
-                s.add(
-                    AllocationRow(
-                        plan_id=plan.id,
-                        job_id=job.id,
-                        provider="fake",
-                        region="r",
-                        instance_type="t",
-                        pricing="on_demand",
-                        nodes=1,
-                        price_at_plan=self.price,
-                        est_hours=float(hours),
-                        est_cost=est,
-                        state=AllocationState.PLANNED.value,
-                    )
+@pytest.fixture(scope="module")
+def catalog_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated database with the bundled catalog loaded, copied for every example."""
+    from broker.config import load_settings
+    from broker.services.catalog import ensure_catalog
+
+    folder = tmp_path_factory.mktemp("budget-template")
+    settings = load_settings({"GPUBROKER_HOME": str(folder)})
+    db = Database(f"sqlite:///{folder / 'broker.db'}")
+    ensure_catalog(db, settings)
+    db.dispose()
+    return folder / "broker.db"
+
+
+def _check(db: Database, now: datetime) -> None:
+    live = [s.value for s in AllocationState if s.live]
+    for team, amount in BUDGETS.items():
+        with db.session() as s:
+            start = budgets.period_start("month", now)
+            metered = s.scalar(
+                select(func.coalesce(func.sum(UsageRow.cost), 0)).where(
+                    UsageRow.team == team, UsageRow.start >= start
                 )
-                s.flush()
-            self.pending = keep
+            )
+            committed = s.scalar(
+                select(func.coalesce(func.sum(AllocationRow.est_cost), 0))
+                .join(JobRow, AllocationRow.job_id == JobRow.id)
+                .where(JobRow.team == team, AllocationRow.state.in_(live))
+            )
+        used = Decimal(str(metered)) + Decimal(str(committed))
+        assert used <= amount, f"team {team} over budget: {used} > {amount}"
+        assert budgets.remaining(db, team, now) == max(amount - used, Decimal(0))
 
-    def launch(self, index: int) -> None:
-        with self.db.session() as s:
-            planned = s.scalars(
-                select(AllocationRow)
-                .where(AllocationRow.state == "PLANNED")
-                .order_by(AllocationRow.id)
-            ).all()
-            if not planned:
-                return
-            alloc = planned[index % len(planned)]
-            job = s.get(JobRow, alloc.job_id)
-            new_est = self.price * Decimal(str(alloc.est_hours))
-            row = s.scalar(select(BudgetRow).where(BudgetRow.team == job.team))
-            spent = budgets.spent(s, job.team, budgets.period_start(row.period, self.now))
-            if spent - alloc.est_cost + new_est > row.amount:
-                alloc.state = AllocationState.FAILED.value  # refused: would overrun
-                job.state = JobState.FAILED.value
-                return
-            alloc.est_cost, alloc.price_at_plan = new_est, self.price
-            alloc.state = AllocationState.ACTIVE.value
+
+def _launch(db: Database, index: int, now: datetime) -> None:
+    with db.session() as s:
+        planned = s.scalars(
+            select(AllocationRow).where(AllocationRow.state == "PLANNED").order_by(AllocationRow.id)
+        ).all()
+        if not planned:
+            return
+        alloc = planned[index % len(planned)]
+        alloc.state = AllocationState.ACTIVE.value
+        for node in range(alloc.nodes):
             s.add(
                 InstanceRow(
                     allocation_id=alloc.id,
-                    provider="fake",
-                    region="r",
-                    instance_type="t",
-                    pricing="on_demand",
+                    provider=alloc.provider,
+                    region=alloc.region,
+                    instance_type=alloc.instance_type,
+                    pricing=alloc.pricing,
                     request_id=f"r{alloc.id}",
+                    node_index=node,
                     state=InstanceState.RUNNING.value,
-                    price_per_hour=self.price,
-                    launched_at=self.now,
+                    price_per_hour=alloc.price_at_plan,
+                    launched_at=now,
                 )
             )
 
-    def finish(self, index: int) -> None:
-        with self.db.session() as s:
-            active = s.scalars(
-                select(AllocationRow)
-                .where(AllocationRow.state == "ACTIVE")
-                .order_by(AllocationRow.id)
-            ).all()
-            if not active:
-                return
-            alloc = active[index % len(active)]
-            job = s.get(JobRow, alloc.job_id)
-            inst = s.scalar(select(InstanceRow).where(InstanceRow.allocation_id == alloc.id))
-            hours = Decimal(str(alloc.est_hours)) * Decimal("0.75")  # finished early
+
+def _finish(db: Database, share: Decimal, index: int) -> None:
+    with db.session() as s:
+        active = s.scalars(
+            select(AllocationRow).where(AllocationRow.state == "ACTIVE").order_by(AllocationRow.id)
+        ).all()
+        if not active:
+            return
+        alloc = active[index % len(active)]
+        job = s.get(JobRow, alloc.job_id)
+        hours = Decimal(str(alloc.est_hours)) * share
+        alloc.state = AllocationState.RELEASED.value
+        job.state = JobState.SUCCEEDED.value
+        for inst in s.scalars(select(InstanceRow).where(InstanceRow.allocation_id == alloc.id)):
             end = inst.launched_at + timedelta(hours=float(hours))
             inst.state, inst.terminated_at = InstanceState.TERMINATED.value, end
-            alloc.state = AllocationState.RELEASED.value
             s.add(
                 UsageRow(
                     instance_id=inst.id,
                     job_id=job.id,
                     team=job.team,
-                    provider="fake",
-                    region="r",
-                    instance_type="t",
-                    pricing="on_demand",
-                    gpus=1,
+                    provider=inst.provider,
+                    region=inst.region,
+                    instance_type=inst.instance_type,
+                    pricing=inst.pricing,
+                    gpus=alloc.gpus_per_node,
                     start=inst.launched_at,
                     end=end,
                     price_per_hour=inst.price_per_hour,
-                    cost=inst.price_per_hour * hours,
+                    cost=(inst.price_per_hour * hours).quantize(Decimal("0.000001")),
                 )
             )
 
-    def check(self) -> None:
-        for team, amount in (("a", Decimal("100")), ("b", Decimal("60"))):
-            with self.db.session() as s:
-                row = s.scalar(select(BudgetRow).where(BudgetRow.team == team))
-                start = budgets.period_start(row.period, self.now)
-                metered = s.scalar(
-                    select(func.coalesce(func.sum(UsageRow.cost), 0)).where(
-                        UsageRow.team == team, UsageRow.start >= start
-                    )
-                )
-                live = s.scalar(
-                    select(func.coalesce(func.sum(AllocationRow.est_cost), 0))
-                    .join(JobRow, AllocationRow.job_id == JobRow.id)
-                    .where(
-                        JobRow.team == team,
-                        AllocationRow.state.in_(["PLANNED", "PROVISIONING", "ACTIVE"]),
-                    )
-                )
-            used = Decimal(str(metered)) + Decimal(str(live))
-            assert used <= amount, f"team {team} over budget: {used} > {amount}"
-            left = budgets.remaining(self.db, team, self.now)
-            assert left == max(amount - used, Decimal(0))
-
-
-@pytest.fixture(scope="module")
-def stream_db(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    db = Database(f"sqlite:///{tmp_path_factory.mktemp('budget') / 'broker.db'}")
-    db.ensure_schema()
-    yield db
-    db.dispose()
-
 
 @settings(
-    max_examples=25,
+    max_examples=12,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(stream=events)
-@example(  # admitted at $2/h, the price doubles before launch: the launch must be refused
-    stream=[("submit", "b", 30), ("plan", "", 0), ("price", "4", 0), ("launch", "", 0)]
+@example(  # planned at one price, then prices double: the plan's price is what is charged
+    stream=[
+        ("submit", "b", 3),
+        ("plan", "", 0),
+        ("price", "2", 0),
+        ("submit", "b", 3),
+        ("plan", "", 0),
+        ("launch", "", 0),
+        ("finish", "1", 0),
+        ("plan", "", 0),
+    ]
 )
-def test_the_cap_is_never_exceeded(stream_db: Database, stream: list) -> None:
-    db = stream_db
-    with db.session() as s:
-        for table in (UsageRow, InstanceRow, AllocationRow, PlanRow, JobRow, BudgetRow):
-            s.execute(delete(table))
-        s.add(BudgetRow(team="a", amount=Decimal("100"), period="week"))
-        s.add(BudgetRow(team="b", amount=Decimal("60"), period="month"))
-    fleet = Fleet(db)
-    for kind, arg, number in stream:
-        if kind == "submit":
-            fleet.pending.append((arg, number))
-        elif kind == "price":
-            fleet.price = Decimal(arg)
-        elif kind == "plan":
-            fleet.plan()
-        elif kind == "launch":
-            fleet.launch(number)
-        elif kind == "finish":
-            fleet.finish(number)
-        else:
-            fleet.now += timedelta(hours=number)
-        fleet.check()
+def test_planning_never_exceeds_the_cap(
+    catalog_template: Path, tmp_path: Path, stream: list
+) -> None:
+    import shutil
+    import uuid
+
+    from broker.config import load_settings
+    from broker.services import jobs, planning
+    from workloads.spec import parse_spec
+
+    path = tmp_path / f"{uuid.uuid4().hex}.db"
+    shutil.copyfile(catalog_template, path)
+    db = Database(f"sqlite:///{path}")
+    settings = load_settings({"GPUBROKER_HOME": str(tmp_path), "GPUBROKER_SOLVER_TIME_LIMIT": "5"})
+    for team, amount in BUDGETS.items():
+        budgets.set_budget(db, team, amount, "month")
+    now = utcnow()
+    try:
+        for n, (kind, arg, number) in enumerate(stream):
+            if kind == "submit":
+                jobs.submit(db, parse_spec(_spec(arg, number, n)))
+            elif kind == "price":
+                with db.session() as s:
+                    s.execute(
+                        update(OfferRow).values(
+                            price_per_hour=OfferRow.price_per_hour * Decimal(arg)
+                        )
+                    )
+            elif kind == "plan":
+                if jobs.list_jobs(db, ["PENDING"]):  # nothing pending: nothing to plan
+                    planning.schedule(db, settings)
+            elif kind == "launch":
+                _launch(db, number, now)
+            else:
+                _finish(db, Decimal(arg), number)
+            _check(db, now)
+    finally:
+        db.dispose()
+        path.unlink()

@@ -41,7 +41,8 @@ def test_preempted_job_replans_elsewhere_and_resumes(
 
     def preempt_once(progress: execution.Progress) -> None:
         if progress.step is not None and progress.step >= 40 and not fake_taken:
-            ours = [r for r in fake.list_instances(settings.owner_tag) if r.state.value == "RUNNING"]
+            listed = fake.list_instances(settings.owner_tag)
+            ours = [r for r in listed if r.state.value == "RUNNING"]
             fake_taken.extend(fake.preempt([ours[0].instance_id]))
 
     fake_taken: list[str] = []

@@ -106,6 +106,9 @@ def test_relaunch_creates_only_the_missing_node(gce, provider):
     assert [r.node_index for r in again] == [0, 1, 2]
     assert _posts(gce) - posts >= 1 and len(gce.instances()) == 3
     assert again[0].instance_id == records[0].instance_id
+    assert again[1].instance_id != records[1].instance_id  # a new instance, same name
+    provider.terminate([records[1].instance_id], "stale")  # the old id: already gone
+    assert len(gce.instances()) == 3
 
 
 def test_lost_reply_is_retried_with_the_same_request_id(gce, provider):
@@ -141,6 +144,9 @@ def test_gang_is_all_or_nothing_when_the_zone_runs_out(gce, provider):
     assert caught.value.zone == "us-central1-c"
     assert gce.instances() == [] and gce.policies() == []
     assert provider.list_instances("team-a") == []
+    gce.clear_capacity()  # the same request succeeds whole once capacity is back
+    again = provider.launch(_req(zone="us-central1-c", instance_type="a2-highgpu-8g", nodes=3))
+    assert [r.node_index for r in again] == [0, 1, 2] and len(gce.instances()) == 3
 
 
 def test_capacity_refused_outright_is_out_of_capacity_too(gce, provider):

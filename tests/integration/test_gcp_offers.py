@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from broker.domain import Fabric, Pricing
-from broker.errors import AuthError, BrokerError, Throttled
+from broker.errors import AuthError, BrokerError, ProviderError, Throttled
 from providers.base import LaunchRequest, OfferRecord
 from providers.gcp import GcpProvider, create
 from providers.gcp.errors import RetryPolicy
@@ -130,6 +130,12 @@ def test_settings_regions_and_fabrics_in_europe(gce: FakeGce, home: Path):
     assert ultra.rdma is Fabric.ROCE and ultra.gpu == "nvidia-h200-141gb"
     assert ultra.interconnect_gbps == 3600
     assert ultra.price_per_hour == Decimal("101.460584")  # 224*.024266 + 2952*.003125 + 8*10.85
+
+
+def test_unknown_region_is_reported_not_silently_empty(provider: GcpProvider):
+    with pytest.raises(ProviderError) as caught:
+        list(provider.list_offers(["mars-north1"]))
+    assert "mars-north1" in str(caught.value)
 
 
 def test_offers_retry_throttling_then_complete(gce: FakeGce, provider: GcpProvider):

@@ -10,6 +10,9 @@ adapter's translation all run for real. Use::
                                     on_calls={2})):
         provider.launch(req)            # the 2nd RunInstances request fails
 
+    with inject(provider, LoseResponse("RunInstances", on_calls={1})):
+        provider.launch(req)            # the node is made, the call fails as a timeout
+
     with inject(provider, Throttle(rate=0.3, seed=1)) as throttle:
         list(provider.list_offers())    # 30 % of requests throttled, at most 3 in a row
     throttle.most_attempts              # attempts of the most-retried call
@@ -143,6 +146,27 @@ class Throttle:
             self.throttled += 1
             return error_response(self.service, self.code, "Request limit exceeded.")
         return None
+
+
+class LoseResponse:
+    """Let the ``on_calls``-th ``service.operation`` reach the server, then lose its answer
+    (a read timeout): the cloud did the work but the caller never heard."""
+
+    def __init__(
+        self, operation: str, *, on_calls: set[int] | frozenset[int], service: str = "ec2"
+    ) -> None:
+        self.event = f"after-call.{service}.{operation}"
+        self.on_calls = frozenset(on_calls)
+        self.calls = 0
+        self.lost = 0
+
+    def __call__(self, **kwargs: Any) -> None:
+        from botocore.exceptions import ReadTimeoutError
+
+        self.calls += 1
+        if self.calls in self.on_calls:
+            self.lost += 1
+            raise ReadTimeoutError(endpoint_url="https://injected.invalid/")
 
 
 class Answer:

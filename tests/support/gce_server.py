@@ -36,9 +36,11 @@ Usage (one server per test session, state reset per test)::
     def test_x(gce, home):
         from providers.gcp import create
         provider = create(gce.settings(home))   # or monkeypatch.setenv(k, v) for gce.env()
+        provider = gce.provider(home)           # the same, with millisecond retry backoff
         gce.fail_next(429, times=2, method="POST", path="/instances")
         gce.set_capacity("us-central1-a", 1, machine_type="a3-highgpu-8g")
         gce.set_quota("us-central1", "NVIDIA_H100_GPUS", 8)
+        gce.clear_faults(); gce.clear_capacity(); gce.clear_quotas()   # undo one kind
         gce.fail_next(503, method="POST", path="/instances", after=True)  # reply lost
         gce.throttle(0.3, seed=7)        # 429s on that share of requests, <= 3 in a row
         gce.lag_listing(1)               # the next instance listing sees nothing
@@ -519,6 +521,15 @@ class FakeGce:
 
         return load_settings({"GPUBROKER_HOME": str(home), **self.env(), **env})
 
+    def provider(self, home: Path):  # type: ignore[no-untyped-def]
+        """The GCP adapter pointed here, retrying with millisecond backoff (fast tests)."""
+        from providers.gcp import create
+        from providers.gcp.errors import RetryPolicy
+
+        made = create(self.settings(home))
+        made.retry = RetryPolicy(attempts=4, base_seconds=0.001, cap_seconds=0.005)
+        return made
+
     def reset(self) -> None:
         with self.lock:
             self._instances.clear()
@@ -551,6 +562,23 @@ class FakeGce:
         ``after=True`` the request is carried out first and only its reply is lost."""
         with self.lock:
             self._faults.append(_Fault(status, times, method, path, message, after))
+
+    def clear_faults(self) -> None:
+        """Drop pending ``fail_next`` faults and throttling."""
+        with self.lock:
+            self._faults.clear()
+            self._throttle = None
+
+    def clear_capacity(self) -> None:
+        """Capacity is unlimited again in every zone."""
+        with self.lock:
+            self._capacity.clear()
+            self._capacity_mode = "operation"
+
+    def clear_quotas(self) -> None:
+        """Every GPU quota back to its default limit."""
+        with self.lock:
+            self._quotas.clear()
 
     def lag_listing(self, times: int = 1) -> None:
         """The next ``times`` instance listings miss every instance (eventual consistency)."""

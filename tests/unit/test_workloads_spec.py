@@ -202,7 +202,7 @@ def test_alias_bomb_and_huge_documents_fail_fast() -> None:
         lines.append(f"a{i}: &a{i} [{', '.join([prev] * 9)}]")
     bomb = "\n".join(lines) + "\n"
     start = time.perf_counter()
-    assert "aliases" in error_of(bomb).message
+    assert "values" in error_of(bomb).message
     few_aliases = "a: &a [" + ", ".join(["x"] * 400) + "]\n" + "b: [" + ", ".join(["*a"] * 60) + "]"
     assert "values" in error_of(few_aliases).message
     assert "larger than" in error_of("a: " + "x" * 1_100_000).message

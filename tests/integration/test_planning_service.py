@@ -1,0 +1,130 @@
+"""The planning service on SQLite and PostgreSQL, and ``gpubroker plan`` end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from broker.config import load_settings
+from broker.db.models import AllocationRow, BudgetRow, JobRow, OfferRow, PlanRow
+from broker.domain import JobState
+from broker.services import planning
+from workloads.spec import parse_spec, spec_to_dict
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _spec(name: str, team: str = "ml", **extra) -> dict:
+    data = {"kind": "training", "name": name, "team": team, "model": {"preset": "gpt-125m"},
+            "tokens": 1_000_000_000, "nodes": 2, "constraints": {"gpus": ["H100"]}}
+    data.update(extra)
+    return spec_to_dict(parse_spec(data))
+
+
+def _offer(zone: str, price: str, capacity: int | None) -> OfferRow:
+    return OfferRow(provider="aws", region="us-east-1", zone=zone, instance_type="p5.48xlarge",
+                    gpu="H100-80GB", gpus_per_node=8, gpu_memory_gib=80, pricing="on_demand",
+                    price_per_hour=Decimal(price), interconnect_gbps=3200.0, rdma="efa",
+                    capacity_nodes=capacity, source="test")
+
+
+def _jobs(session, *specs: dict) -> list[int]:
+    rows = [JobRow(name=s["name"], kind="training", spec=s, team=s["team"], priority=0,
+                   state=JobState.PENDING.value) for s in specs]
+    session.add_all(rows)
+    session.flush()
+    return [r.id for r in rows]
+
+
+@pytest.fixture
+def settings(tmp_path, database):
+    return load_settings({"GPUBROKER_HOME": str(tmp_path), "GPUBROKER_DATABASE_URL": database.url,
+                          "GPUBROKER_SOLVER_TIME_LIMIT": "10"})
+
+
+def test_plan_then_schedule_respects_held_capacity_and_cooldowns(database, settings) -> None:
+    with database.session() as s:
+        s.add_all([_offer("use1-az1", "50", 2), _offer("use1-az2", "60", None)])
+        first, second = _jobs(s, _spec("a"), _spec("b"))
+    report = planning.plan(database, settings)
+    assert report.validated and report.lp_bound is not None and report.gap is not None
+    zones = sorted(a["zone"] for a in report.allocations)
+    assert zones == ["use1-az1", "use1-az2"]  # default capacity 4 holds the second gang
+    assert report.unplaced == []
+    with database.session() as s:
+        assert s.scalar(select(PlanRow.id)) is None  # plan stores nothing
+
+    result = planning.schedule(database, settings, job_ids=[first])
+    with database.session() as s:
+        assert s.get(JobRow, first).state == JobState.PLANNED.value
+        alloc = s.get(AllocationRow, result.allocation_ids[0])
+        assert (alloc.zone, alloc.nodes, alloc.state) == ("use1-az1", 2, "PLANNED")
+        assert s.get(PlanRow, result.plan_id).validated
+    # az1 is now full (held by the live allocation); az2 cools down: nothing is left.
+    planning.add_cooldown(database, settings, provider="aws", region="us-east-1",
+                          zone="use1-az2", instance_type=None, reason="OutOfCapacity")
+    again = planning.schedule(database, settings)
+    assert again.allocation_ids == []
+    assert "no pool" in again.unplaced[second] or "no offer" in again.unplaced[second]
+    with database.session() as s:
+        assert s.get(JobRow, second).state == JobState.PENDING.value
+        assert s.get(JobRow, second).message == again.unplaced[second]
+
+
+def test_team_budget_is_a_hard_cap(database, settings) -> None:
+    with database.session() as s:
+        s.add(_offer("use1-az1", "50", 8))
+        s.add(BudgetRow(team="poor", amount=Decimal("1.00"), period="month"))
+        (job,) = _jobs(s, _spec("c", team="poor"))
+    report = planning.plan(database, settings)
+    assert report.allocations == []
+    assert report.unplaced[0]["job"] == job
+    assert report.unplaced[0]["reason"].startswith("budget of team poor has $1.00 left")
+
+
+def test_bad_solver_is_a_user_error(database, settings) -> None:
+    from broker.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--solver"):
+        planning.plan(database, settings, solver="gurobi")
+
+
+def test_cli_plan_json_over_the_examples(home: Path) -> None:
+    from broker.db.engine import Database
+
+    db = Database(f"sqlite:///{home / 'broker.db'}")
+    with db.session() as s:
+        for path in sorted((ROOT / "examples").glob("*.yaml")):
+            from workloads.spec import load_spec
+
+            spec = load_spec(path)
+            s.add(JobRow(name=spec.name, kind=spec.kind, spec=spec_to_dict(spec), team=spec.team,
+                         priority=spec.priority, state=JobState.PENDING.value))
+    db.dispose()
+    env = dict(os.environ, GPUBROKER_HOME=str(home), GPUBROKER_SOLVER_TIME_LIMIT="10")
+    out = subprocess.run([sys.executable, "-m", "broker.cli", "plan", "--format", "json"],
+                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    if out.returncode != 0 and "No module named broker.cli.__main__" in out.stderr:
+        out = subprocess.run(["gpubroker", "plan", "--format", "json"], capture_output=True,
+                             text=True, env=env, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["validated"] is True
+    assert data["lp_bound"] is not None and 0 <= data["gap"] < 0.05
+    assert data["objective"] >= data["lp_bound"]
+    placed = {a["job"] for a in data["allocations"]}
+    assert placed and placed | {u["job"] for u in data["unplaced"]} == set(range(1, len(
+        list((ROOT / "examples").glob("*.yaml"))) + 1))
+    for alloc in data["allocations"]:
+        assert set(planning.ALLOCATION_KEYS) <= set(alloc)
+    assert all(str(a["job"]) in data["explain"] for a in data["allocations"])
+    bad = subprocess.run(["gpubroker", "plan", "--max-provider-share", "1.5"], capture_output=True,
+                         text=True, env=env, cwd=ROOT, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --max-provider-share")
