@@ -282,7 +282,6 @@ class Broker:
 
         return reconcile.reconcile(self.db, self.settings, providers)
 
-
     # --- reports, budgets and schedules ---
 
     def report(

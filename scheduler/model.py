@@ -20,6 +20,7 @@ ortools is imported inside functions so importing this module stays cheap.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,6 +119,7 @@ class Duals:
     total: float
     provider: np.ndarray
     quota_by_pool: np.ndarray | None = None
+    cuts: dict[int, list[tuple[int, float]]] = field(default_factory=dict)  # pool -> (d, dual)
 
 
 @dataclass
@@ -164,6 +166,10 @@ class Master:
                 row.set_coefficient(u, 1.0)
                 self._cls_rows[cls.index] = row
         self._pool_rows: dict[int, Any] = {}
+        self._cut_rows: dict[tuple[int, int], Any] = {}
+        self._cuts_of: dict[int, list[int]] = {}
+        self._columns_of_pool: dict[int, list[tuple[int, Any]]] = {}
+        self.values: dict[Any, float] = {}
         self._quota_rows: dict[int, Any] = {}
         self._budget_rows: dict[str, Any] = {}
         self._provider_rows: dict[int, Any] = {}
@@ -235,7 +241,12 @@ class Master:
             else:
                 self._cls_rows[cls.index].set_coefficient(var, 1.0)
             pool = int(c.pool[cand])
-            self._pool_row(pool).set_coefficient(var, float(c.nodes[cand]))
+            nodes = int(c.nodes[cand])
+            self._pool_row(pool).set_coefficient(var, float(nodes))
+            self._columns_of_pool.setdefault(pool, []).append((nodes, var))
+            for d in self._cuts_of.get(pool, ()):
+                if nodes // d:
+                    self._cut_rows[(pool, d)].set_coefficient(var, float(nodes // d))
             for q in self.pools.quotas_of[pool]:
                 self._quota_row(q).set_coefficient(var, float(c.gpus[cand]))
             if cls.team in self.problem.budgets:
@@ -250,6 +261,45 @@ class Master:
                     self._total_row.set_coefficient(var, weight)
                     self._provider_rows[own].set_coefficient(var, weight)
         return added
+
+    # --- gang packing cuts -----------------------------------------------------------
+
+    def add_gang_cuts(self) -> int:
+        """Add violated rounding cuts sum floor(n/d) y <= floor(cap/d) of pool rows.
+
+        Valid for every integer plan (a Chvatal-Gomory rounding of the capacity row), so the
+        LP bound stays a bound; they stop the LP from packing 1.6 gangs into a pool.
+        """
+        added = 0
+        for pool, cols in sorted(self._columns_of_pool.items()):
+            used = [(n, self.values.get(var, 0.0)) for n, var in cols]
+            if not any(n > 1 and abs(x - round(x)) > 1e-6 for n, x in used):
+                continue
+            cap = int(self.pools.capacity[pool])
+            for d in sorted({n for n, x in used if n > 1 and x > 1e-9}):
+                if (pool, d) in self._cut_rows:
+                    continue
+                lhs = sum((n // d) * x for n, x in used)
+                if lhs > cap // d + 1e-6:
+                    row = self.model.add_linear_constraint(
+                        ub=float(cap // d), name=f"cut{pool}_{d}"
+                    )
+                    for n, var in cols:
+                        if n // d:
+                            row.set_coefficient(var, float(n // d))
+                    self._cut_rows[(pool, d)] = row
+                    self._cuts_of.setdefault(pool, []).append(d)
+                    added += 1
+        return added
+
+    def copy_cuts_from(self, other: Master) -> None:
+        """Start with the cuts another model found (before any column is added)."""
+        for pool, d in sorted(other._cut_rows):
+            cap = int(self.pools.capacity[pool])
+            self._cut_rows[(pool, d)] = self.model.add_linear_constraint(
+                ub=float(cap // d), name=f"cut{pool}_{d}"
+            )
+            self._cuts_of.setdefault(pool, []).append(d)
 
     # --- solving --------------------------------------------------------------------
 
@@ -282,6 +332,9 @@ class Master:
         )
         if len(quota):
             duals.quota_by_pool = _pool_quota_sums(self.pools, quota)
+        for (p, d), row in sorted(self._cut_rows.items()):
+            duals.cuts.setdefault(p, []).append((d, dual[row]))
+        self.values = result.variable_values()
         return float(result.objective_value()), duals
 
     def solve_mip(
@@ -303,6 +356,7 @@ class Master:
             time_limit=datetime.timedelta(seconds=max(time_limit, 0.5)),
             relative_gap_tolerance=relative_gap,
             random_seed=seed,
+            enable_output=bool(os.environ.get("GPUBROKER_SOLVER_LOG")),
         )
         if kind == mathopt.SolverType.CP_SAT:
             params.threads = 1
@@ -347,6 +401,11 @@ def reduced_costs(problem: Problem, pools: PoolIndex, cls: JobClass, duals: Dual
         rc = rc - duals.replicas.get(cls.index, 0.0) * c.replicas[sl]
     else:
         rc = rc - duals.cls_row.get(cls.index, 0.0)
+    if duals.cuts:
+        cut_pools = np.fromiter(duals.cuts, dtype=np.int64)
+        for i in np.flatnonzero(np.isin(pool, cut_pools)):
+            for d, value in duals.cuts[int(pool[i])]:
+                rc[i] -= value * (int(nodes[i]) // d)
     fits = pools.capacity[pool] >= nodes
     return np.where(fits, rc, math.inf)
 

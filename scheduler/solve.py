@@ -31,7 +31,7 @@ from scheduler.validate import check
 SOLVERS = ("highs", "cpsat")
 PRICE_TOL = 1e-7
 COLUMNS_PER_ROUND = 8
-SERVING_COLUMNS = 3000
+SERVING_COLUMNS = 200
 
 
 class InvalidPlan(AssertionError):
@@ -59,7 +59,7 @@ def solve(
     greedy_plan = units_to_plan(problem, classes, greedy, solver="greedy")
     timings["first_feasible"] = time.perf_counter() - start
 
-    lp_bound, duals_columns = _column_generation(
+    lp_bound, duals_columns, lp_model = _column_generation(
         problem, classes, pools, greedy, deadline=start + 0.4 * time_limit
     )
     timings["lp_bound"] = time.perf_counter() - start
@@ -67,6 +67,7 @@ def solve(
 
     mip = Master(problem, classes, pools, integer=True,
                  dense_share=(solver == "cpsat" and problem.share_on == "spend"))
+    mip.copy_cuts_from(lp_model)
     for cls in classes:
         mine = columns.get(cls.index)
         if mine is not None and len(mine):
@@ -108,7 +109,7 @@ def lp_bound(problem: Problem, *, time_budget: float = 60.0) -> float:
     """The full-space LP lower bound alone (used by benchmarks and tests)."""
     classes = build_classes(problem)
     pools = PoolIndex.of(problem)
-    bound, _ = _column_generation(problem, classes, pools, {},
+    bound, _, _ = _column_generation(problem, classes, pools, {},
                                   deadline=time.perf_counter() + time_budget)
     return bound
 
@@ -122,10 +123,12 @@ def _initial_columns(problem: Problem, cls: JobClass, greedy: Units) -> np.ndarr
 
 def _column_generation(
     problem: Problem, classes: list[JobClass], pools: PoolIndex, greedy: Units,
-    *, deadline: float,
-) -> tuple[float, dict[int, np.ndarray]]:
+    *, deadline: float, cuts: bool = True,
+) -> tuple[float, dict[int, np.ndarray], Master]:
     """LP bound over the full space, and the final reduced costs per class."""
     master = Master(problem, classes, pools, integer=False)
+    costs = problem.candidates.cost
+    scale = max(1.0, float(np.median(costs))) if len(costs) else 1.0
     for cls in classes:
         master.add_columns(cls, _initial_columns(problem, cls, greedy))
     while True:
@@ -137,7 +140,7 @@ def _column_generation(
         for cls in classes:
             rc = reduced_costs(problem, pools, cls, duals)
             rcs[cls.index] = rc
-            negative = np.flatnonzero(rc < -PRICE_TOL * max(1.0, cls.penalty))
+            negative = np.flatnonzero(rc < -PRICE_TOL * scale)
             if len(negative) == 0:
                 continue
             start = problem.candidates.of_shape(cls.shape).start
@@ -149,8 +152,10 @@ def _column_generation(
                 continue
             best = fresh[np.argsort(rc[fresh], kind="stable")[:COLUMNS_PER_ROUND]]
             added += master.add_columns(cls, best + start)
-        if added == 0 or out_of_time:
-            return objective + lagrange, rcs
+        if out_of_time:
+            return objective + lagrange, rcs, master
+        if added == 0 and (not cuts or master.add_gang_cuts() == 0):
+            return objective, rcs, master
 
 
 def _bounds(problem: Problem, pools: PoolIndex, cls: JobClass, cands: np.ndarray) -> np.ndarray:
@@ -177,7 +182,7 @@ def _enrich(
         order = order[np.isfinite(rc[order])]
         cands = order + rows.start
         fit = pools.capacity[c.pool[cands]] // np.maximum(c.nodes[cands], 1)
-        near_zero = int(np.sum(rc[order] <= PRICE_TOL * max(1.0, cls.penalty)))
+        near_zero = int(np.sum(rc[order] <= 1e-6 * max(1.0, cls.penalty)))
         if cls.kind == "inference":
             # units are small and mixed: keep them all up to a bound, best first, plus,
             # per demand key, enough units to serve it three times over

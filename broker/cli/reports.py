@@ -39,6 +39,18 @@ TOTAL_LABELS = (
 )
 
 
+SHORT_HEADERS = {
+    "gpu_hours": "GPU-h",
+    "on_demand_cost": "on-demand",
+    "savings_vs_on_demand": "saved/OD",
+    "cheapest_cost": "cheapest",
+    "savings_vs_cheapest": "saved/cheapest",
+    "utilisation": "util",
+    "actual_total": "lifetime",
+    "estimated_total": "estimated",
+}
+
+
 def _print_tables(report: Any) -> None:
     from dataclasses import asdict
 
@@ -57,6 +69,7 @@ def _print_tables(report: Any) -> None:
         [*report.group_by, *METRIC_COLUMNS],
         Format.table,
         title="By " + ", ".join(report.group_by),
+        headers=SHORT_HEADERS,
     )
     if report.budgets:
         render(
@@ -80,6 +93,7 @@ def _print_tables(report: Any) -> None:
             ],
             Format.table,
             title="Top jobs",
+            headers=SHORT_HEADERS,
         )
     for note in report.notes:
         typer.echo(f"note: {note}")

@@ -22,7 +22,19 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Select, and_, case, func, insert, literal, or_, select, true, update
+from sqlalchemy import (
+    Select,
+    and_,
+    bindparam,
+    case,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -348,25 +360,46 @@ def _upsert(
             if key not in incoming and not row.stale and (wanted is None or key[1] in wanted)
         ]
 
+    table = OfferRow.__table__
     if new_rows:
-        inserted = session.execute(
-            insert(OfferRow).returning(
-                OfferRow.id, OfferRow.price_per_hour, sort_by_parameter_order=True
-            ),
-            new_rows,
-        )
+        session.execute(insert(table), new_rows)  # executemany: one statement, many rows
+        fresh = {_key(v) for v in new_rows}
+        ids = select(
+            table.c.id,
+            table.c.region,
+            table.c.zone,
+            table.c.instance_type,
+            table.c.pricing,
+            table.c.price_per_hour,
+        ).where(table.c.provider == provider)
+        if scope is not None:
+            ids = ids.where(table.c.region.in_(sorted(scope)))
         observations.extend(
-            {"offer_id": offer_id, "price": price, "observed_at": now}
-            for offer_id, price in inserted
-            if price is not None
-        )
+            {"offer_id": row.id, "price": row.price_per_hour, "observed_at": now}
+            for row in session.execute(ids)
+            if row.price_per_hour is not None
+            and (provider, row.region, row.zone, row.instance_type, row.pricing) in fresh
+        )  # fmt: skip
     for batch in (changed, touched, stale_ids):
-        if batch:
-            session.execute(update(OfferRow), batch)
+        _bulk_update(session, batch)
     if observations:
-        session.execute(insert(PriceObservationRow), observations)
+        session.execute(insert(PriceObservationRow.__table__), observations)
     summary = UpsertSummary(len(new_rows), len(changed), len(stale_ids), len(touched))
     return summary, list(incoming.values())
+
+
+def _bulk_update(session: Session, rows: list[dict[str, Any]]) -> None:
+    """UPDATE offers by id for rows that all carry the same keys, as one executemany."""
+    if not rows:
+        return
+    table = OfferRow.__table__
+    names = [name for name in rows[0] if name != "id"]
+    statement = (
+        update(table)
+        .where(table.c.id == bindparam("_id"))
+        .values({name: bindparam(f"_{name}") for name in names})
+    )
+    session.execute(statement, [{f"_{k}": v for k, v in row.items()} for row in rows])
 
 
 def mark_stale(session: Session, provider: str, region: str | None) -> int:

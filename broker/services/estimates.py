@@ -394,8 +394,11 @@ def _training_option(
         if hours > left:
             reason = f"needs {hours:.1f} h; the deadline is {max(left, 0):.1f} h away"
     cost = _cost(offer.price_per_hour, nodes, est.hours, overhead)
-    if reason is None and job.budget is not None and cost is not None and cost > job.budget:
-        reason = f"costs {cost} USD, over the budget of {job.budget} USD"
+    if reason is None and job.budget is not None and offer.id is not None:
+        if cost is None:
+            reason = "the offer's price is unknown, so the budget cannot be checked"
+        elif cost > job.budget:
+            reason = f"costs {cost} USD, over the budget of {job.budget} USD"
     option = Option(
         gpu=offer.gpu,
         gpus_per_node=offer.gpus_per_node,
@@ -607,18 +610,19 @@ def estimate_spec(
         raise UserError("--nodes: must be between 1 and 100000")
     if offer_id is not None and gpu is not None:
         raise UserError("--offer and --gpu: give one of them")
+    target = None
+    if gpu is not None:
+        resolved = resolve(gpu)
+        if not resolved.known:
+            raise UserError("--gpu: unknown GPU; known: " + ", ".join(sorted(GPUS)))
+        target = resolved.name
     offers: list[_Offer]
     if offer_id is not None:
         offers = [_offer_by_id(db, offer_id)]
     else:
         offers = current_offers(db, settings, spec)
-        if gpu is not None:
-            resolved = resolve(gpu)
-            if not resolved.known:
-                raise UserError("--gpu: unknown GPU; known: " + ", ".join(sorted(GPUS)))
-            offers = [o for o in offers if o.gpu == resolved.name] or [
-                _hypothetical(spec, resolved.name)
-            ]
+        if target is not None:
+            offers = [o for o in offers if o.gpu == target] or [_hypothetical(spec, target)]
     calibrations = latest_calibrations(db)
     if isinstance(spec, TrainingJob):
         if nodes is not None and spec.nodes is not None and nodes != spec.nodes:

@@ -678,11 +678,30 @@ def run_allocation(
     PENDING comes back when the job lost its nodes (capacity or preemption) and should be
     planned again; the pool is put on cool-down first.
     """
-    from providers import registry
-
     job_id, go = _begin(db, settings, allocation_id)
     if not go:
         return JobState(jobs_service.get(db, job_id).state)
+    try:
+        return _provision_and_train(db, settings, allocation_id, job_id, progress, runner)
+    except KeyboardInterrupt:
+        # Ctrl-C at the terminal: leave nothing running, then let the interrupt through.
+        teardown(db, settings, allocation_id)
+        _finish(db, allocation_id, JobState.CANCELLED, AllocationState.RELEASED, "interrupted")
+        raise
+    finally:
+        leases.release(db, lease_name(allocation_id), lease_holder())
+
+
+def _provision_and_train(
+    db: Database,
+    settings: Settings,
+    allocation_id: int,
+    job_id: int,
+    progress: ProgressFn | None,
+    runner: Runner | None,
+) -> JobState:
+    from providers import registry
+
     crash_point("after_launch_record")
     with db.session() as session:
         alloc = _allocation(session, allocation_id)
@@ -733,7 +752,6 @@ def run_allocation(
         outcome = Outcome(ok=False, error=str(exc))
     busy = time.monotonic() - started
     teardown(db, settings, allocation_id, busy_seconds=busy)
-    leases.release(db, lease_name(allocation_id), lease_holder())
     if outcome.ok:
         return _finish(db, allocation_id, JobState.SUCCEEDED, AllocationState.RELEASED)
     if outcome.stop == "cancelled":

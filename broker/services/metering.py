@@ -134,7 +134,12 @@ def window_slices(session: Session, start: datetime, end: datetime) -> list[Slic
         share = hours / run_hours if run_hours else Decimal(1)
         cost = (row.cost * share).quantize(FINE)
         od_price = _on_demand_price(session, row, od_cache)
-        on_demand = None if od_price is None else (od_price * hours).quantize(FINE)
+        if od_price is None:
+            on_demand = None
+        elif od_price == row.price_per_hour:  # charged the list price: no saving, exactly
+            on_demand = cost
+        else:
+            on_demand = (od_price * hours).quantize(FINE)
         ratio = ratios.get(allocation_id)
         cheapest = None if ratio is None else (cost * ratio).quantize(FINE)
         busy = None

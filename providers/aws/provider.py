@@ -370,6 +370,7 @@ class AwsProvider:
                     if error_code(exc) != "InvalidPlacementGroup.Duplicate":
                         raise
         except BrokerError as exc:
+            # Not asked again in this region for the life of this provider.
             self._no_placement_groups.add(region)
             self._note(f"no cluster placement group in {region}, launching without: {exc}")
             return None
@@ -413,7 +414,10 @@ class AwsProvider:
         return sorted(ids)
 
     def terminate(self, instance_ids: Sequence[str], request_id: str) -> None:
-        """Terminate the instances; ones already gone or unknown are fine."""
+        """Terminate the instances; ones already gone or unknown are fine.
+
+        Instances are looked for where this provider last saw them, then in every region
+        of ``regions()``; ``request_id`` is not needed to find them on EC2."""
         remaining = list(dict.fromkeys(instance_ids))
         if not remaining:
             return

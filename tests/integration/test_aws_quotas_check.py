@@ -73,6 +73,18 @@ def test_quotas_become_vcpu_records_with_usage(aws_provider: Any) -> None:
     assert records["L-3819A6DF"].used == 0.0 and records["L-3819A6DF"].pricing is Pricing.SPOT
 
 
+def test_regions_default_to_every_enabled_region(
+    aws_settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from broker.config import load_settings
+    from providers.aws import create
+
+    monkeypatch.delenv("GPUBROKER_AWS_REGIONS")
+    regions = create(load_settings()).regions()
+    assert {"us-east-1", "us-west-2", "eu-west-1"} <= set(regions)
+    assert regions == sorted(regions)
+
+
 def test_check_reports_source_and_endpoint(aws_provider: Any, moto_aws: Any) -> None:
     quick = aws_provider.check()
     assert quick.usable and quick.credential_source == "env"

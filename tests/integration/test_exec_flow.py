@@ -159,3 +159,22 @@ def test_cancel_during_provisioning_leaves_nothing_running(
         states = set(session.scalars(select(InstanceRow.state)))
         assert states == {InstanceState.TERMINATED.value}
         assert len(list(session.scalars(select(UsageRow)))) == 2
+
+
+def test_sdk_submit_wait_plans_through_the_scheduler(home: Path) -> None:
+    from broker.sdk import Broker
+    from tests.support.execution import tiny_spec
+
+    with Broker(home=str(home)) as broker:
+        handle = broker.submit(tiny_spec(nodes=2))
+        assert handle.state is JobState.PENDING
+        handle.runner = execution.inprocess_runner
+        view = handle.wait()
+        assert view.state is JobState.SUCCEEDED
+        assert [j.id for j in broker.jobs("SUCCEEDED")] == [handle.id]
+        assert any(e.kind == "progress" for e in handle.logs())
+        with broker.db.session() as session:
+            (alloc,) = session.scalars(select(AllocationRow)).all()
+        # The scheduler placed it on the local machine, two nodes, as the spec asks.
+        assert (alloc.provider, alloc.nodes, alloc.plan_id is not None) == ("local", 2, True)
+        assert broker.job_summary(handle.id).usage_rows == 2

@@ -109,11 +109,9 @@ def test_cli_plan_json_over_the_examples(home: Path) -> None:
                          priority=spec.priority, state=JobState.PENDING.value))
     db.dispose()
     env = dict(os.environ, GPUBROKER_HOME=str(home), GPUBROKER_SOLVER_TIME_LIMIT="10")
-    out = subprocess.run([sys.executable, "-m", "broker.cli", "plan", "--format", "json"],
-                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
-    if out.returncode != 0 and "No module named broker.cli.__main__" in out.stderr:
-        out = subprocess.run(["gpubroker", "plan", "--format", "json"], capture_output=True,
-                             text=True, env=env, cwd=ROOT, timeout=120)
+    gpubroker = str(Path(sys.executable).with_name("gpubroker"))
+    out = subprocess.run([gpubroker, "plan", "--format", "json"], capture_output=True,
+                         text=True, env=env, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert data["validated"] is True
@@ -125,6 +123,6 @@ def test_cli_plan_json_over_the_examples(home: Path) -> None:
     for alloc in data["allocations"]:
         assert set(planning.ALLOCATION_KEYS) <= set(alloc)
     assert all(str(a["job"]) in data["explain"] for a in data["allocations"])
-    bad = subprocess.run(["gpubroker", "plan", "--max-provider-share", "1.5"], capture_output=True,
+    bad = subprocess.run([gpubroker, "plan", "--max-provider-share", "1.5"], capture_output=True,
                          text=True, env=env, cwd=ROOT, timeout=60)
     assert bad.returncode == 2 and bad.stderr.startswith("error: --max-provider-share")

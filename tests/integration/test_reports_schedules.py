@@ -134,3 +134,9 @@ def test_webhook_gets_the_report(database, tmp_path: Path) -> None:  # type: ign
         assert "spend" in _Hook.received[-1]["totals"]
     finally:
         server.shutdown()
+        server.server_close()
+    # the receiver is gone: the report is still made and the failure recorded, once
+    made = schedules.run_due(database, now=CREATED + timedelta(minutes=35))
+    assert len(made) == 1 and made[0].webhook is not None
+    assert made[0].webhook.startswith("error: ") and "token" not in made[0].webhook
+    assert Path(made[0].path).exists()

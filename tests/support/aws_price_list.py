@@ -4,7 +4,8 @@ Paths served (as ``https://pricing.us-east-1.amazonaws.com`` lays them out):
 
 - ``/offers/v1.0/aws/index.json`` — the offer index (``offers.AmazonEC2``)
 - ``/offers/v1.0/aws/AmazonEC2/current/region_index.json`` — the region index
-- ``/offers/v1.0/aws/AmazonEC2/current/{region}/index.json`` — a regional offer file:
+- ``/offers/v1.0/aws/AmazonEC2/current/{region}/index.json`` — a regional offer file
+  (gzip-encoded when the client accepts it):
   ``products`` (sku -> productFamily, attributes) and ``terms`` (OnDemand and Reserved,
   sku -> term -> priceDimensions -> pricePerUnit.USD)
 
@@ -25,6 +26,7 @@ or, outside pytest, ``with serve_price_list() as server: ...``.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import threading
@@ -263,6 +265,9 @@ def serve_price_list(
                 return
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
+            if "gzip" in self.headers.get("Accept-Encoding", ""):
+                body = gzip.compress(body)  # as the pricing endpoint's CDN does
+                self.send_header("Content-Encoding", "gzip")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)

@@ -4,7 +4,8 @@ One ``ThreadedMotoServer`` per test session, on a free port; every test that ask
 ``moto_aws`` starts from a clean cloud (moto's reset API) and with an environment that
 points boto3 at the server with dummy credentials and no stray profile or instance role.
 
-Fixtures (import the ones you use, and the ones they need, into your test module)::
+Fixtures (import the ones you use, and the ones they need, into your test module; a
+file-level ruff exemption for F811 lets test arguments share the fixtures' names)::
 
     from tests.support.aws_price_list import aws_price_list, aws_price_list_server  # noqa: F401
     from tests.support.moto_server import (  # noqa: F401
@@ -15,14 +16,14 @@ Fixtures (import the ones you use, and the ones they need, into your test module
 - ``moto_aws``: sets ``AWS_ENDPOINT_URL`` to the server, ``AWS_ACCESS_KEY_ID`` /
   ``AWS_SECRET_ACCESS_KEY`` to ``testing`` (override them after, e.g. with a canary),
   ``AWS_DEFAULT_REGION=us-east-1``, no config/credential files, no instance metadata;
-  resets moto's state; yields the server.
+  resets moto's state; returns the server.
 - ``aws_settings``: ``Settings`` for a fresh ``GPUBROKER_HOME`` (the ``home`` fixture of
   tests/conftest.py) after setting ``GPUBROKER_AWS_PRICE_LIST_URL`` to the price-list
   fixture and ``GPUBROKER_AWS_REGIONS=us-east-1,us-west-2`` in the environment.
 - ``aws_provider``: ``providers.aws.create(aws_settings)``.
 
 Outside pytest: ``with moto_endpoint() as server: ...`` and set the variables yourself
-(``aws_environment(server.url)`` gives them). moto implements neither ClientToken
+(``aws_environment(server.url, a_missing_dir)`` gives them). moto implements neither ClientToken
 idempotency nor placement groups nor EC2 Service Quotas; faults it cannot produce come
 from ``tests.support.aws_faults``. Its first ``describe_instance_types`` costs ~1.5 s,
 which is why the server lives for the whole session.
