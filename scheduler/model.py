@@ -120,6 +120,8 @@ class Duals:
     provider: np.ndarray
     quota_by_pool: np.ndarray | None = None
     cuts: dict[int, list[tuple[int, float]]] = field(default_factory=dict)  # pool -> (d, dual)
+    # inference class -> (demand index, unit t, dual) of cover rounding cuts
+    cover_cuts: dict[int, list[tuple[int, float, float]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -170,6 +172,8 @@ class Master:
         self._cuts_of: dict[int, list[int]] = {}
         self._columns_of_pool: dict[int, list[tuple[int, Any]]] = {}
         self.values: dict[Any, float] = {}
+        self._cover_cut_rows: dict[tuple[int, int, float], Any] = {}
+        self._columns_of_area: dict[tuple[int, int], list[tuple[float, Any]]] = {}
         self._quota_rows: dict[int, Any] = {}
         self._budget_rows: dict[str, Any] = {}
         self._provider_rows: dict[int, Any] = {}
@@ -233,9 +237,12 @@ class Master:
             cost = float(c.cost[cand])
             self.model.objective.set_linear_coefficient(var, cost)
             if cls.kind == INFERENCE:
-                self._cover_rows[(cls.index, int(c.area[cand]))].set_coefficient(
-                    var, float(c.rate[cand])
-                )
+                area, rate = int(c.area[cand]), float(c.rate[cand])
+                self._cover_rows[(cls.index, area)].set_coefficient(var, rate)
+                self._columns_of_area.setdefault((cls.index, area), []).append((rate, var))
+                for (k, a, t), row in self._cover_cut_rows.items():
+                    if (k, a) == (cls.index, area):
+                        row.set_coefficient(var, float(math.ceil(rate / t - 1e-9)))
                 if cls.index in self._replica_rows:
                     self._replica_rows[cls.index].set_coefficient(var, float(c.replicas[cand]))
             else:
@@ -292,6 +299,35 @@ class Master:
                     added += 1
         return added
 
+    def add_cover_cuts(self) -> int:
+        """Rounding cuts of serving demand rows: with unit size t,
+        sum ceil(rate/t) y + ceil(R/t) u >= ceil(R/t) holds for every integer plan."""
+        added = 0
+        for (k, a), cols in sorted(self._columns_of_area.items()):
+            used = [(rate, self.values.get(var, 0.0)) for rate, var in cols]
+            if not any(abs(x - round(x)) > 1e-6 for _, x in used):
+                continue
+            need = self.classes[k].demand[a][1]
+            u = self.values.get(self.unplaced[k], 0.0)
+            for t in sorted({rate for rate, x in used if abs(x - round(x)) > 1e-6}):
+                if (k, a, t) in self._cover_cut_rows:
+                    continue
+                rhs = math.ceil(need / t - 1e-9)
+                lhs = sum(math.ceil(rate / t - 1e-9) * x for rate, x in used) + rhs * u
+                if lhs < rhs - 1e-6:
+                    self._add_cover_cut(k, a, t)
+                    added += 1
+        return added
+
+    def _add_cover_cut(self, k: int, a: int, t: float) -> None:
+        rhs = math.ceil(self.classes[k].demand[a][1] / t - 1e-9)
+        name = f"cover_cut{k}_{a}_{len(self._cover_cut_rows)}"
+        row = self.model.add_linear_constraint(lb=float(rhs), name=name)
+        row.set_coefficient(self.unplaced[k], float(rhs))
+        for rate, var in self._columns_of_area.get((k, a), []):
+            row.set_coefficient(var, float(math.ceil(rate / t - 1e-9)))
+        self._cover_cut_rows[(k, a, t)] = row
+
     def copy_cuts_from(self, other: Master) -> None:
         """Start with the cuts another model found (before any column is added)."""
         for pool, d in sorted(other._cut_rows):
@@ -300,6 +336,8 @@ class Master:
                 ub=float(cap // d), name=f"cut{pool}_{d}"
             )
             self._cuts_of.setdefault(pool, []).append(d)
+        for k, a, t in sorted(other._cover_cut_rows):
+            self._add_cover_cut(k, a, t)
 
     # --- solving --------------------------------------------------------------------
 
@@ -334,6 +372,8 @@ class Master:
             duals.quota_by_pool = _pool_quota_sums(self.pools, quota)
         for (p, d), row in sorted(self._cut_rows.items()):
             duals.cuts.setdefault(p, []).append((d, dual[row]))
+        for (k, a, t), row in sorted(self._cover_cut_rows.items()):
+            duals.cover_cuts.setdefault(k, []).append((a, t, dual[row]))
         self.values = result.variable_values()
         return float(result.objective_value()), duals
 
@@ -399,6 +439,9 @@ def reduced_costs(problem: Problem, pools: PoolIndex, cls: JobClass, duals: Dual
         if len(cover):
             rc = rc - cover[area] * c.rate[sl]
         rc = rc - duals.replicas.get(cls.index, 0.0) * c.replicas[sl]
+        for a, t, value in duals.cover_cuts.get(cls.index, ()):
+            mine = area == a
+            rc[mine] -= value * np.ceil(c.rate[sl][mine] / t - 1e-9)
     else:
         rc = rc - duals.cls_row.get(cls.index, 0.0)
     if duals.cuts:

@@ -154,7 +154,7 @@ def _column_generation(
             added += master.add_columns(cls, best + start)
         if out_of_time:
             return objective + lagrange, rcs, master
-        if added == 0 and (not cuts or master.add_gang_cuts() == 0):
+        if added == 0 and (not cuts or master.add_gang_cuts() + master.add_cover_cuts() == 0):
             return objective, rcs, master
 
 

@@ -11,7 +11,7 @@ import contextlib
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from broker.domain import InstanceState, Pricing
 from broker.errors import (
@@ -127,7 +127,7 @@ def fake_target() -> Target:
             "auth": lambda: faults(failure("auth")),
             "server": lambda: faults(failure("unavailable")),
             "throttle": lambda: faults(
-                replace(FaultPlan(), throttle_rate=0.999, max_attempts=3, backoff_base=0.0)
+                FaultPlan(throttle_rate=0.999, max_attempts=3, backoff_base=0.0)
             ),
         },
         lost_reply=lambda: faults(FaultPlan(timeout_after_create=1)),
