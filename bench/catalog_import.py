@@ -31,19 +31,19 @@ HEADER = (
 
 
 def write_rows(path: Path, rows: int, seed: int) -> None:
-    """``rows`` distinct lines: each type in many synthetic regions and zones."""
+    """``rows`` distinct lines: each type in many synthetic regions and zones; the seed
+    moves only the prices, so a second file is a re-import of the same offers."""
     rng = random.Random(seed)
     with path.open("w") as out:
         out.write(HEADER)
         for i in range(rows):
             name, gpu, count, vcpus, mem, price = TYPES[i % len(TYPES)]
             slot = i // len(TYPES)
-            region = f"{rng.choice(['us', 'eu', 'ap'])}-r{slot // 8}"
+            region = f"{('us', 'eu', 'ap')[slot % 3]}-r{slot // 8}"
             zone = f"{region}-az{slot % 8}"
             od = price * rng.uniform(0.9, 1.2)
-            out.write(
-                f"{name},{gpu},{count},{vcpus},{mem},,{od:.4f},{od * 0.4:.4f},{region},{zone},x86_64\n"
-            )
+            shape = f"{name},{gpu},{count},{vcpus},{mem},"
+            out.write(f"{shape},{od:.4f},{od * 0.4:.4f},{region},{zone},x86_64\n")
 
 
 def main() -> None:

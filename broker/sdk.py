@@ -162,11 +162,13 @@ class Broker:
         spec = self.load_spec(spec_or_path)
         return estimate_spec(self.db, self.settings, spec, gpu=gpu, nodes=nodes, offer_id=offer_id)
 
-    def calibrate(self, steps: int = 20, *, preset: str | None = None) -> CalibrationView:
+    def calibrate(
+        self, steps: int = 20, *, preset: str | None = None, threads: int | None = None
+    ) -> CalibrationView:
         """Train the transformer briefly here and store the achieved FLOP/s for this device."""
         from broker.services.estimates import run_calibration
 
-        return run_calibration(self.db, steps=steps, preset=preset)
+        return run_calibration(self.db, steps=steps, preset=preset, threads=threads)
 
     def calibrations(self) -> list[CalibrationView]:
         from broker.services.estimates import list_calibrations

@@ -84,12 +84,21 @@ def measure(
     of the last ``steps`` (forward, backward, AdamW step)."""
     import torch
 
-    from workloads.gpt import build_model, random_batch, sample_text, token_tensor
-
+    previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
+    try:
+        return _train(shape, batch, steps, torch.device(device), seed)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(shape: ModelShape, batch: int, steps: int, target: Any, seed: int) -> Measurement:
+    import torch
+
+    from workloads.gpt import build_model, random_batch, sample_text, token_tensor
+
     torch.manual_seed(seed)
-    target = torch.device(device)
     model = build_model(shape.gpt_config()).to(target)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
     tokens = token_tensor(sample_text())
@@ -131,6 +140,7 @@ def calibrate(
     batch: int | None = None,
     preset: str | None = None,
     device: str = "auto",
+    threads: int | None = None,
 ) -> CalibrationResult:
     """Measure this machine's training FLOP/s: the GPU if torch sees one, else the CPU."""
     import torch
@@ -143,7 +153,9 @@ def calibrate(
         raise ValueError("preset must be one of " + ", ".join(PRESETS))
     shape = ModelShape.model_validate({"preset": name})
     batch = batch or (8 if use_gpu else 16)
-    result = measure(shape, batch=batch, steps=steps, device="cuda" if use_gpu else "cpu")
+    result = measure(
+        shape, batch=batch, steps=steps, device="cuda" if use_gpu else "cpu", threads=threads
+    )
     detail: dict[str, Any] = {
         "preset": name,
         "batch": batch,

@@ -135,6 +135,11 @@ _ALIASES: dict[str, str] = {
     "nvidia-a10g": "A10G",
     "nvidia-l40s": "L40S",
     "nvidia-h200": "H200-141GB",
+    # torch.cuda.get_device_name() of workstation and gaming parts (vendor prefix dropped)
+    "geforce-rtx-3090": "RTX3090",
+    "geforce-rtx-4090": "RTX4090",
+    "geforce-rtx-5090": "RTX5090",
+    "rtx-6000-ada-generation": "RTX6000-Ada",
 }
 
 # Names whose memory decides the part: (alias key, memory GiB at least) -> canonical.

@@ -65,6 +65,8 @@ class ModelShape(_Model):
     @model_validator(mode="before")
     @classmethod
     def _fill_from_preset(cls, data: Any) -> Any:
+        if isinstance(data, str):  # ``model: gpt-125m`` is short for ``{preset: gpt-125m}``
+            data = {"preset": data}
         if not isinstance(data, Mapping) or data.get("preset") is None:
             return data
         name = data["preset"]
@@ -309,6 +311,8 @@ def _message(error: Mapping[str, Any], root: type[BaseModel]) -> tuple[str, str]
         return _path(loc), "has too many items" if kind == "too_long" else "has too few items"
     if kind == "value_error" and cause is not None:
         return _path(loc), str(cause)
+    if kind in ("model_type", "model_attributes_type") and loc == ("model",):
+        return "model", "must be a preset name or a mapping (preset, layers, d_model, heads, ...)"
     if kind == "string_pattern_mismatch" and loc and loc[-1] != "name" and loc[-1] != "team":
         return _path(loc), "must be a short name: letters, digits, '.', '_', '-', '*'"
     return _path(loc), _MESSAGES.get(kind, "is not valid")

@@ -137,6 +137,7 @@ def train_loop(cfg: TrainConfig, session: Session) -> dict[str, Any]:
     if device.type == "cpu":
         torch.set_num_threads(1)
     gpt_config = GPTConfig(**cfg.model)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
     model = build_model(gpt_config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
     start_step, tokens_seen = 0, 0

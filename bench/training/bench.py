@@ -166,6 +166,10 @@ def main() -> int:
             peak_flops_per_worker=spec.bf16_tflops * 1e12 if spec else None,
         )
         args.skip_ray = True
+    if not args.gpu:
+        # What Ray sets for each one-CPU worker; without it the plain workers' OpenMP pools
+        # fight over the cores and the baseline runs at half speed.
+        os.environ["OMP_NUM_THREADS"] = "1"
     results: dict[str, dict[str, float]] = {}
     plain_cfg = replace(base, metrics_path=str(work / "plain.jsonl"))
     started = run_plain(plain_cfg)

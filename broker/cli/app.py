@@ -19,13 +19,17 @@ app = typer.Typer(
 app.add_typer(db_cli.app, name="db")
 
 
+_registered: list[str] = []
+
+
 def _register() -> None:
-    """Command groups added by other modules; each import stays light (no SDKs)."""
+    """Add the command groups of ``CLI_MODULES`` (once); each import stays light (no SDKs)."""
     import importlib
 
     for module_name in CLI_MODULES:
-        module = importlib.import_module(module_name)
-        module.register(app)
+        if module_name not in _registered:
+            importlib.import_module(module_name).register(app)
+            _registered.append(module_name)
 
 
 # Each module has ``register(app)``; order is the order in ``--help``.
@@ -52,19 +56,18 @@ def main() -> None:
         _fail("interrupted", 130)
     except SystemExit as exc:
         raise exc
-    except Exception as exc:  # click's own usage errors and aborts, database outages
-        import click
+    except typer.Abort:
+        _fail("aborted", 1)
+    except typer.TyperException as exc:  # usage errors: unknown command, bad option value
+        exc.show()  # type: ignore[attr-defined]
+        sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+    except Exception as exc:  # database outages
         from sqlalchemy.exc import OperationalError
 
         if isinstance(exc, OperationalError):
             from broker.db.engine import first_line
 
             _fail(f"database: cannot connect or query ({first_line(exc)})", 1)
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            _fail("aborted", 1)
         raise
 
 

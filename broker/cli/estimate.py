@@ -89,7 +89,8 @@ def estimate(
     title = "Cheapest feasible option per GPU type"
     if report.kind == "inference":
         title += " (cost per hour)"
-    render(data["options"], columns, Format.table, title=title, headers=HEADERS)
+    rows = [{**row, "gpu": row["gpu"] or "cpu"} for row in data["options"]]
+    render(rows, columns, Format.table, title=title, headers=HEADERS)
     for item in report.infeasible:
         typer.echo(f"  {item.gpu or 'cpu'}: {item.reason}")
     if report.calibrations:
@@ -99,6 +100,9 @@ def estimate(
 def calibrate(
     steps: int = typer.Option(20, "--steps", help="Timed training steps (after 3 warm-up)."),
     preset: str | None = typer.Option(None, "--preset", help="Model preset to train."),
+    threads: int | None = typer.Option(
+        None, "--threads", help="CPU threads for torch (default: torch's, all cores)."
+    ),
     fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
 ) -> None:
     """Train the transformer briefly here; store the achieved FLOP/s for estimates."""
@@ -107,7 +111,7 @@ def calibrate(
     from broker.sdk import Broker
 
     with Broker() as broker:
-        view = broker.calibrate(steps, preset=preset)
+        view = broker.calibrate(steps, preset=preset, threads=threads)
     if fmt is Format.json:
         typer.echo(dump_json(asdict(view)))
         return

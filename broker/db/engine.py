@@ -41,7 +41,7 @@ def redact_url(url: str) -> str:
         from sqlalchemy.engine import make_url
 
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return "<unparseable database URL>"
 
 
@@ -57,7 +57,7 @@ def make_engine(url: str) -> Engine:
             if url.startswith("postgresql://"):
                 url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
             engine = create_engine(url, pool_pre_ping=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         raise ConfigError(
             f"GPUBROKER_DATABASE_URL: not a database URL ({redact_url(url)}); "
             "use sqlite:///PATH or postgresql://USER@HOST/DB"

@@ -2,10 +2,12 @@
 refreshes.
 
 Offers are keyed by (provider, region, zone, instance_type, pricing). Writing many offers
-goes through executemany-style bulk statements (one round of INSERTs for new offers, one of
-UPDATEs by primary key for changed ones): row-at-a-time ORM writes cost ~100x more. A price
-change is recorded in ``price_observations``; offers of a provider missing from a full
-re-import or refresh are marked stale, never deleted, since allocations may point at them.
+goes through executemany-style bulk statements (one INSERT executemany for new offers, one
+UPDATE executemany for changed ones, chunked ``id IN`` UPDATEs for the unchanged and the
+stale): row-at-a-time ORM writes cost ~100x more. A price change is recorded in
+``price_observations`` (the price last seen, at its fetch time, and the new one); offers
+of a provider missing from a full re-import or refresh are marked stale, never deleted,
+since allocations may point at them.
 """
 
 from __future__ import annotations
@@ -19,16 +21,16 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     Select,
+    TypeDecorator,
     and_,
-    bindparam,
     case,
     func,
-    insert,
     literal,
     or_,
     select,
@@ -246,7 +248,7 @@ def _values(record: OfferRecord, canon: _Canon, now: datetime) -> dict[str, Any]
         "region": record.region,
         "zone": record.zone or "",
         "instance_type": record.instance_type,
-        "pricing": Pricing(record.pricing).value,
+        "pricing": str(record.pricing),
         "gpu": gpu,
         "gpu_known": known,
         "gpus_per_node": record.gpus_per_node if gpu else 0,
@@ -255,7 +257,7 @@ def _values(record: OfferRecord, canon: _Canon, now: datetime) -> dict[str, Any]
         "memory_gib": record.memory_gib,
         "price_per_hour": _money(record.price_per_hour),
         "interconnect_gbps": record.interconnect_gbps,
-        "rdma": Fabric(record.rdma).value,
+        "rdma": str(record.rdma),
         "nvlink": bool(record.nvlink),
         "capacity_nodes": record.capacity_nodes,
         "source": record.source[:128],
@@ -311,95 +313,176 @@ def _upsert(
         incoming[_key(values)] = values  # a repeated key: the last line wins
 
     scope = None if regions is None else set(regions) | {k[1] for k in incoming}
-    columns = [
-        OfferRow.id,
-        OfferRow.region,
-        OfferRow.zone,
-        OfferRow.instance_type,
-        OfferRow.pricing,
-        *(getattr(OfferRow, name) for name in _FIELDS),
-    ]
-    query = select(*columns).where(OfferRow.provider == provider)
+    table = OfferRow.__table__
+    query = select(
+        table.c.id,
+        table.c.region,
+        table.c.zone,
+        table.c.instance_type,
+        table.c.pricing,
+        *(table.c[name] for name in _FIELDS),
+    ).where(table.c.provider == provider)
     if scope is not None:
-        query = query.where(OfferRow.region.in_(sorted(scope)))
-    existing: dict[_Key, Any] = {
-        (provider, row.region, row.zone, row.instance_type, row.pricing): row
+        query = query.where(table.c.region.in_(sorted(scope)))
+    existing: dict[_Key, tuple[Any, ...]] = {
+        (provider, row[1], row[2], row[3], row[4]): (row[0], *row[5:])
         for row in session.execute(query)
     }
 
+    compared = itemgetter(*_FIELDS)
+    price_at = 1 + _FIELDS.index("price_per_hour")
+    stale_at = 1 + _FIELDS.index("stale")
     new_rows: list[dict[str, Any]] = []
     changed: list[dict[str, Any]] = []
-    touched: list[dict[str, Any]] = []
-    observations: list[dict[str, Any]] = []
+    touched: dict[datetime | None, list[int]] = defaultdict(list)
+    moved: dict[int, tuple[Decimal | None, Decimal]] = {}  # id -> (old price, new price)
     for key, values in incoming.items():
         row = existing.get(key)
         if row is None:
             new_rows.append(values)
-            continue
-        if any(getattr(row, name) != values[name] for name in _FIELDS):
-            changed.append(
-                {
-                    "id": row.id,
-                    **{name: values[name] for name in _FIELDS},
-                    "fetched_at": now,
-                    "as_of": values["as_of"],
-                }
-            )
+        elif row[1:] != compared(values):
+            changed.append({**{n: values[n] for n in _FIELDS}, "fetched_at": now,
+                            "as_of": values["as_of"], "id": row[0]})  # fmt: skip
             price = values["price_per_hour"]
-            if price is not None and row.price_per_hour != price:
-                observations.append({"offer_id": row.id, "price": price, "observed_at": now})
+            if price is not None and row[price_at] != price:
+                moved[row[0]] = (row[price_at], price)
         else:
-            touched.append({"id": row.id, "fetched_at": now, "as_of": values["as_of"]})
+            touched[values["as_of"]].append(row[0])
 
-    stale_ids: list[dict[str, Any]] = []
+    stale_ids: list[int] = []
     if full:
         wanted = None if regions is None else set(regions)
         stale_ids = [
-            {"id": row.id, "stale": True}
+            row[0]
             for key, row in existing.items()
-            if key not in incoming and not row.stale and (wanted is None or key[1] in wanted)
+            if key not in incoming and not row[stale_at] and (wanted is None or key[1] in wanted)
         ]
 
-    table = OfferRow.__table__
+    observations = _observations(session, moved, now)
     if new_rows:
-        session.execute(insert(table), new_rows)  # executemany: one statement, many rows
-        fresh = {_key(v) for v in new_rows}
-        ids = select(
-            table.c.id,
-            table.c.region,
-            table.c.zone,
-            table.c.instance_type,
-            table.c.pricing,
-            table.c.price_per_hour,
-        ).where(table.c.provider == provider)
-        if scope is not None:
-            ids = ids.where(table.c.region.in_(sorted(scope)))
-        observations.extend(
-            {"offer_id": row.id, "price": row.price_per_hour, "observed_at": now}
-            for row in session.execute(ids)
-            if row.price_per_hour is not None
-            and (provider, row.region, row.zone, row.instance_type, row.pricing) in fresh
-        )  # fmt: skip
-    for batch in (changed, touched, stale_ids):
-        _bulk_update(session, batch)
+        _insert_many(session, table, new_rows, by_key=True)
+    _update_many(session, table, changed)
+    for as_of, ids in touched.items():
+        _update_ids(session, ids, {"fetched_at": now, "as_of": as_of})
+    _update_ids(session, stale_ids, {"stale": True})
     if observations:
-        session.execute(insert(PriceObservationRow.__table__), observations)
-    summary = UpsertSummary(len(new_rows), len(changed), len(stale_ids), len(touched))
+        _insert_many(session, PriceObservationRow.__table__, observations)
+    unchanged = sum(len(ids) for ids in touched.values())
+    summary = UpsertSummary(len(new_rows), len(changed), len(stale_ids), unchanged)
     return summary, list(incoming.values())
 
 
-def _bulk_update(session: Session, rows: list[dict[str, Any]]) -> None:
-    """UPDATE offers by id for rows that all carry the same keys, as one executemany."""
+_KEY_ORDER = itemgetter("provider", "region", "zone", "instance_type", "pricing")
+
+
+def _driver_rows(
+    dialect: Any, table: Any, names: Sequence[str], rows: Iterable[dict[str, Any]]
+) -> list[tuple[Any, ...]]:
+    """Parameter tuples for a driver-level executemany.
+
+    Values go through each column type's own bind processor, exactly as SQLAlchemy would
+    convert them, but without its per-row statement machinery, which costs tens of
+    microseconds a row. Datetime conversion is slow and its values repeat (one fetch time
+    per import), so each distinct value is converted once.
+    """
+    getter = itemgetter(*names)
+    memoised: list[tuple[int, Any, dict[Any, Any]]] = []
+    direct: list[tuple[int, Any]] = []
+    for i, name in enumerate(names):
+        column_type = table.c[name].type
+        proc = column_type._cached_bind_processor(dialect)
+        if proc is None:
+            continue
+        if isinstance(column_type, TypeDecorator):
+            memoised.append((i, proc, {}))
+        else:
+            direct.append((i, proc))
+    params: list[tuple[Any, ...]] = []
+    for row in rows:
+        values = list(getter(row))
+        for i, proc in direct:
+            if values[i] is not None:
+                values[i] = proc(values[i])
+        for i, proc, memo in memoised:
+            value = values[i]
+            if value is not None:
+                hit = memo.get(value)
+                if hit is None:
+                    hit = memo[value] = proc(value)
+                values[i] = hit
+        params.append(tuple(values))
+    return params
+
+
+_KEY_ORDER = itemgetter("provider", "region", "zone", "instance_type", "pricing")
+
+
+def _sqlite_cache(connection: Any) -> None:
+    if connection.dialect.name == "sqlite":
+        connection.exec_driver_sql("PRAGMA cache_size=-131072")  # 128 MiB for big imports
+
+
+def _insert_many(
+    session: Session, table: Any, rows: list[dict[str, Any]], *, by_key: bool = False
+) -> None:
+    """One driver-level INSERT executemany of ``rows`` (which all carry the same keys)."""
+    connection = session.connection()
+    dialect = connection.dialect
+    names = list(rows[0])
+    marker = "?" if dialect.paramstyle == "qmark" else "%s"
+    quote = dialect.identifier_preparer.quote
+    sql = (
+        f"INSERT INTO {quote(table.name)} ({', '.join(quote(n) for n in names)}) "
+        f"VALUES ({', '.join([marker] * len(names))})"
+    )
+    ordered = sorted(rows, key=_KEY_ORDER) if by_key else rows  # keeps index pages warm
+    _sqlite_cache(connection)
+    connection.exec_driver_sql(sql, _driver_rows(dialect, table, names, ordered))
+
+
+def _update_many(session: Session, table: Any, rows: list[dict[str, Any]]) -> None:
+    """One driver-level UPDATE ... WHERE id = ? executemany; ``id`` is each row's last key."""
     if not rows:
         return
+    connection = session.connection()
+    dialect = connection.dialect
+    names = list(rows[0])
+    assert names[-1] == "id"
+    marker = "?" if dialect.paramstyle == "qmark" else "%s"
+    quote = dialect.identifier_preparer.quote
+    sets = ", ".join(f"{quote(n)} = {marker}" for n in names[:-1])
+    sql = f"UPDATE {quote(table.name)} SET {sets} WHERE id = {marker}"
+    _sqlite_cache(connection)
+    connection.exec_driver_sql(sql, _driver_rows(dialect, table, names, rows))
+
+
+def _observations(
+    session: Session, moved: dict[int, tuple[Decimal | None, Decimal]], now: datetime
+) -> list[dict[str, Any]]:
+    """Observation rows for offers whose price moved: the price last seen, at the time it
+    was last fetched, and the new one now, so the series shows both sides of the change."""
     table = OfferRow.__table__
-    names = [name for name in rows[0] if name != "id"]
-    statement = (
-        update(table)
-        .where(table.c.id == bindparam("_id"))
-        .values({name: bindparam(f"_{name}") for name in names})
-    )
-    session.execute(statement, [{f"_{k}": v for k, v in row.items()} for row in rows])
+    rows: list[dict[str, Any]] = []
+    ids = list(moved)
+    for start in range(0, len(ids), 900):
+        chunk = ids[start : start + 900]
+        for offer_id, fetched_at in session.execute(
+            select(table.c.id, table.c.fetched_at).where(table.c.id.in_(chunk))
+        ):
+            old, new = moved[offer_id]
+            if old is not None:
+                rows.append({"offer_id": offer_id, "price": old, "observed_at": fetched_at})
+            rows.append({"offer_id": offer_id, "price": new, "observed_at": now})
+    return rows
+
+
+def _update_ids(session: Session, ids: list[int], values: dict[str, Any]) -> None:
+    """The same values for many offers, in chunks of ``id IN (...)``: far cheaper than one
+    parameter set per row."""
+    table = OfferRow.__table__
+    for start in range(0, len(ids), 900):
+        chunk = ids[start : start + 900]
+        session.execute(update(table).where(table.c.id.in_(chunk)).values(values))
 
 
 def mark_stale(session: Session, provider: str, region: str | None) -> int:

@@ -204,16 +204,34 @@ def calibration_for(
     return max(cpus, key=lambda view: view.measured_at) if cpus else None
 
 
+def calibration_map(db: Database) -> dict[str, Calibration]:
+    """Calibrations for the planner: canonical GPU name -> its newest calibration, and
+    ``"cpu"`` -> this machine's CPU calibration (for the local provider's nodes)."""
+    latest = latest_calibrations(db)
+    mapping = {name: view.calibration for name, view in latest.items() if view.gpu is not None}
+    cpu = calibration_for(latest, None, this_machine=True)
+    if cpu is not None:
+        mapping["cpu"] = cpu.calibration
+    return mapping
+
+
 def run_calibration(
-    db: Database, *, steps: int = 20, preset: str | None = None, device: str = "auto"
+    db: Database,
+    *,
+    steps: int = 20,
+    preset: str | None = None,
+    device: str = "auto",
+    threads: int | None = None,
 ) -> CalibrationView:
     """Train the transformer briefly on this machine and store the achieved FLOP/s."""
     if not 1 <= steps <= 100_000:
         raise UserError("--steps: must be between 1 and 100000")
+    if threads is not None and not 1 <= threads <= 1024:
+        raise UserError("--threads: must be between 1 and 1024")
     from workloads.calibrate import calibrate
 
     try:
-        result = calibrate(steps, preset=preset, device=device)
+        result = calibrate(steps, preset=preset, device=device, threads=threads)
     except ValueError as exc:
         raise UserError(f"calibrate: {exc}") from None
     return save_calibration(
@@ -275,15 +293,15 @@ def _from_row(row: Any) -> _Offer:
 
 
 def current_offers(db: Database, settings: Any, spec: JobSpec | None = None) -> list[_Offer]:
-    """Fresh offers with a GPU we know (or CPU-only), narrowed by the spec's providers,
-    regions and GPU allow-list; the bundled catalog is loaded into an empty database."""
+    """Fresh offers with a GPU we know (or CPU-only), narrowed by the spec's providers and
+    GPU allow-list; the bundled catalog is loaded into an empty database. Region globs are
+    matched later against region or zone (SkyPilot's ``zone`` lands there)."""
     from broker.services.catalog import OfferFilter, ensure_catalog, query_offers
 
     ensure_catalog(db, settings)
     c = spec.constraints if spec is not None else None
     filters = OfferFilter(
         providers=tuple(c.providers) if c else (),
-        regions=tuple(c.regions) if c else (),
         include_stale=False,
     )
     offers = [_from_row(view) for view in query_offers(db, filters)]

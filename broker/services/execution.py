@@ -246,7 +246,8 @@ def ray_runner(ctx: RunContext, monitor: Monitor) -> Outcome:
                 driver.wait()
                 return Outcome(ok=False, stop=reason)
             time.sleep(POLL_S)
-        monitor.poll(force=True)
+        if monitor.poll(force=True) is not None:  # e.g. a cancel that stopped the cluster
+            return Outcome(ok=False, stop=monitor.stop_reason)
         if driver.returncode != 0:
             return Outcome(
                 ok=False, error=monitor.last_error or f"driver exited {driver.returncode}"
@@ -520,7 +521,8 @@ def _wait_running(
         with db.session() as session:
             if jobs_service.load_row(session, job_id).state == JobState.CANCELLED.value:
                 return None
-            nodes = _allocation(session, allocation_id).nodes
+            alloc = _allocation(session, allocation_id)
+            nodes, zone = alloc.nodes, alloc.zone
         mine = [
             r for r in provider.list_instances(settings.owner_tag) if r.request_id == request_id
         ]
@@ -532,7 +534,7 @@ def _wait_running(
             return running
         gone = [r for r in mine if r.state in (InstanceState.PREEMPTED, InstanceState.FAILED)]
         if gone or time.monotonic() > deadline:
-            raise OutOfCapacity(provider.name, "", "nodes did not all reach RUNNING")
+            raise OutOfCapacity(provider.name, zone, "nodes did not all reach RUNNING")
         leases.acquire(db, lease_name(allocation_id), lease_holder(), LEASE_TTL_S)
         time.sleep(POLL_S)
 

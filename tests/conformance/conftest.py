@@ -6,7 +6,6 @@ get a fresh owner tag per test, so tests never see each other's instances.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.util
 from collections.abc import Iterator
@@ -16,11 +15,6 @@ import pytest
 from tests.conformance import harness
 from tests.conformance.harness_aws import aws_cloud  # noqa: F401
 from tests.conformance.harness_gcp import gcp_cloud  # noqa: F401
-
-# The servers the AWS target needs, where those modules exist (else it skips below).
-with contextlib.suppress(ImportError):
-    from tests.support.aws_price_list import aws_price_list_server  # noqa: F401
-    from tests.support.moto_server import moto_server  # noqa: F401
 
 # provider -> (modules it needs, harness module)
 _NEEDS: dict[str, tuple[tuple[str, ...], str]] = {

@@ -4,7 +4,6 @@ moto has no ClientToken idempotency, so a launch that never doubles proves our o
 lookup; capacity, quota, auth and throttling faults are injected (moto cannot make them).
 """
 
-# ruff: noqa: F811  (pytest fixtures are imported by name)
 from __future__ import annotations
 
 import base64
@@ -18,13 +17,6 @@ from broker.errors import AuthError, OutOfCapacity, ProviderError, QuotaExceeded
 from providers.aws.launch import placement_group_name
 from providers.base import TAG_ALLOCATION, TAG_JOB, TAG_NODE, TAG_REQUEST, LaunchRequest
 from tests.support.aws_faults import Answer, FailCalls, LoseResponse, Throttle, inject
-from tests.support.aws_price_list import aws_price_list, aws_price_list_server  # noqa: F401
-from tests.support.moto_server import (  # noqa: F401
-    aws_provider,
-    aws_settings,
-    moto_aws,
-    moto_server,
-)
 
 CANARY = "CANARY-aws-S3cr3t-7f1e"
 

@@ -1,6 +1,5 @@
 """AWS offers through the real boto3 client against moto, with the price-list fixture."""
 
-# ruff: noqa: F811  (pytest fixtures are imported by name)
 from __future__ import annotations
 
 from decimal import Decimal
@@ -13,18 +12,7 @@ from broker.domain import Fabric, Pricing
 from broker.errors import ProviderError, UserError
 from providers.aws.pricing import on_demand_prices
 from tests.support.aws_faults import Throttle, inject
-from tests.support.aws_price_list import (  # noqa: F401
-    PRICES,
-    aws_price_list,
-    aws_price_list_server,
-    serve_price_list,
-)
-from tests.support.moto_server import (  # noqa: F401
-    aws_provider,
-    aws_settings,
-    moto_aws,
-    moto_server,
-)
+from tests.support.aws_price_list import PRICES, serve_price_list
 
 
 @pytest.fixture

@@ -1,6 +1,5 @@
 """AWS quotas (moto has no EC2 Service Quotas: absent, then answered by injection) and check."""
 
-# ruff: noqa: F811  (pytest fixtures are imported by name)
 from __future__ import annotations
 
 from typing import Any
@@ -11,13 +10,6 @@ from broker.domain import Pricing
 from providers.aws.quotas import QUOTA_CODES, nodes_that_fit
 from providers.base import LaunchRequest
 from tests.support.aws_faults import Answer, FailCalls, inject
-from tests.support.aws_price_list import aws_price_list, aws_price_list_server  # noqa: F401
-from tests.support.moto_server import (  # noqa: F401
-    aws_provider,
-    aws_settings,
-    moto_aws,
-    moto_server,
-)
 
 LIMITS = {"L-417A185B": 768.0, "L-DB2E81BA": 64.0, "L-7212CCBC": 384.0, "L-3819A6DF": 32.0}
 

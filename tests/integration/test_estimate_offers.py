@@ -192,5 +192,9 @@ def test_calibrations_are_stored_and_the_newest_wins(database: Any) -> None:
     assert latest["cpu:test"].mfu is None
     assert estimates.calibration_for(latest, None, this_machine=False) is None
     assert estimates.calibration_for(latest, None, this_machine=True).device == "cpu:test"  # type: ignore[union-attr]
+    assert estimates.calibration_map(database) == {
+        "H100-80GB": Calibration("H100-80GB", 5e14, 0.5),
+        "cpu": Calibration("cpu:test", 1e11, None),
+    }
     with pytest.raises(UserError):
         estimates.save_calibration(database, device="x", gpu=None, achieved_flops=0)

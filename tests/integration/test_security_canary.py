@@ -41,6 +41,8 @@ PROVIDER_COMMANDS: list[tuple[tuple[str, ...], list[str]]] = [
     (("offers", "refresh"), [*GCP_REFRESH, "--format", "json"]),
     (("offers",), ["offers", "--format", "json"]),
     (("reconcile",), ["reconcile"]),
+    (("jobs",), ["jobs", "--format", "json"]),
+    (("report",), ["report", "--format", "json"]),
 ]
 
 

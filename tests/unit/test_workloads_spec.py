@@ -51,6 +51,7 @@ def test_overriding_the_shape_drops_the_published_count() -> None:
     shape = ModelShape.model_validate({"preset": "llama-7b", "layers": 16})
     assert shape.params is None
     assert shape.n_params() < ModelShape(preset="llama-7b").n_params() * 0.6
+    assert parse_spec({**training(), "model": "gpt-125m"}).model == ModelShape(preset="gpt-125m")
     longer = ModelShape.model_validate({"preset": "llama-7b", "seq_len": 8192})
     assert longer.n_params() == 6_738_415_616
 
