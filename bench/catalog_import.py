@@ -1,13 +1,14 @@
 """Import 100,000 SkyPilot-format offer lines and time a filtered query over them.
 
 Usage: python bench/catalog_import.py [--rows N] [--database-url URL]
-Prints a table: parse + upsert of a fresh import, a re-import (prices moved), and the
-median of 20 runs of a filtered, sorted query.
+Prints a table: parse + upsert of a fresh import, a re-import where every price moved,
+a re-import of the same file, and the median of 20 runs of a filtered, sorted query.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import tempfile
@@ -64,6 +65,9 @@ def main() -> None:
         report = catalog.import_file(db, path, "skypilot")
         total = report.total
         results.append(("re-import (moved)", report.seconds, f"{total.updated} updated"))
+        report = catalog.import_file(db, path, "skypilot")
+        total = report.total
+        results.append(("re-import (same)", report.seconds, f"{total.unchanged} unchanged"))
         flt = catalog.OfferFilter(
             gpus=("H100",), min_gpus=8, regions=("us-*",), pricing="spot", limit=20
         )
@@ -74,6 +78,8 @@ def main() -> None:
             times.append(time.perf_counter() - started)
         results.append(("filtered query", statistics.median(times), f"{len(rows)} rows"))
         db.dispose()
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"{args.rows} lines, {url.split(':', 1)[0]}, load average {load}")
     print(f"{'step':<20} {'seconds':>9}  detail")
     for step, seconds, detail in results:
         print(f"{step:<20} {seconds:>9.3f}  {detail}")

@@ -133,6 +133,7 @@ class Master:
     pools: PoolIndex
     integer: bool
     dense_share: bool = False
+    integral_total: bool = False
     model: Any = None
     columns: dict[tuple[int, int], Any] = field(default_factory=dict)
     unplaced: list[Any] = field(default_factory=list)
@@ -184,7 +185,8 @@ class Master:
             for v in range(len(self.pools.providers)):
                 self._provider_rows[v] = model.add_linear_constraint(ub=0.0, name=f"share{v}")
             if not self.dense_share:
-                integral = self.integer and self.problem.share_on == "gpus"
+                # CP-SAT wants every variable integer; HiGHS does better with T continuous
+                integral = self.integer and self.integral_total
                 self._total = model.add_variable(lb=0, is_integer=integral, name="total")
                 self._total_row = model.add_linear_constraint(lb=0, ub=0, name="total")
                 self._total_row.set_coefficient(self._total, -1.0)

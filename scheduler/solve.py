@@ -66,7 +66,8 @@ def solve(
     columns = _enrich(problem, classes, pools, duals_columns, greedy)
 
     mip = Master(problem, classes, pools, integer=True,
-                 dense_share=(solver == "cpsat" and problem.share_on == "spend"))
+                 dense_share=(solver == "cpsat" and problem.share_on == "spend"),
+                 integral_total=solver == "cpsat")
     mip.copy_cuts_from(lp_model)
     for cls in classes:
         mine = columns.get(cls.index)

@@ -440,11 +440,13 @@ def spot_overhead(
     """
     lam = max(preemptions_per_hour, 0.0)
     cost, restart = max(checkpoint_hours, 0.0), max(restart_hours, 0.0)
-    tau = interval_hours if interval_hours is not None else optimal_checkpoint_interval(lam, cost)
-    if tau <= 0:
+    if interval_hours is not None and interval_hours <= 0:
         raise ValueError("interval_hours must be > 0")
+    tau = interval_hours if interval_hours is not None else optimal_checkpoint_interval(lam, cost)
     if math.isinf(tau):
         return 0.0
+    if tau == 0:  # free checkpoints taken continuously: only restarts cost time
+        return lam * restart
     return cost / tau + lam * (restart + tau / 2)
 
 

@@ -68,6 +68,7 @@ class Config:
     share_cap: float | None = None
     templates: int | None = None
     gang_nodes: tuple[int, int] = (2, 8)
+    capacity_scale: float = 1.0  # < 1 makes the fleet capacity-tight
 
 
 def _area(region: str) -> str:
@@ -330,10 +331,10 @@ def _scale_capacity(problem: Problem, cfg: Config) -> None:
     wanted = float(demand.sum())
     if wanted <= 0 or supply <= 0:
         return
-    factor = wanted / (cfg.tightness * supply)
+    factor = max(wanted / (cfg.tightness * supply), 1.0) * cfg.capacity_scale
     pools = []
     for p in problem.pools:
-        cap = max(1, round(p.capacity * factor)) if factor > 1 else p.capacity
+        cap = max(1, round(p.capacity * factor))
         pools.append(Pool(**{**p.__dict__, "capacity": cap}))
     problem.pools = pools
 

@@ -401,8 +401,11 @@ def _training_option(
     reason = est.reason
     overhead = 0.0
     if offer.pricing == Pricing.SPOT.value:
+        # The job's own checkpoint interval; writing checkpoints is already in est.hours,
+        # so only restarts and the work lost since the last checkpoint are added (C = 0).
+        interval = job.checkpoint_every * est.step_seconds / 3600
         overhead = spot_overhead(
-            SPOT_PREEMPTIONS_PER_NODE_HOUR * nodes, est.checkpoint_seconds / 3600, RESTART_HOURS
+            SPOT_PREEMPTIONS_PER_NODE_HOUR * nodes, 0.0, RESTART_HOURS, interval or None
         )
     if reason is None and offer.capacity_nodes is not None and nodes > offer.capacity_nodes:
         reason = f"{nodes} nodes exceed the offer's capacity ({offer.capacity_nodes})"

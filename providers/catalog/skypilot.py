@@ -128,28 +128,24 @@ def _offers(
 ) -> None:
     """Append the on-demand offer (price possibly unknown) and the spot offer if sold."""
     net = network_of(provider, instance_type)
-    common = dict(
-        provider=provider,
-        region=region,
-        zone=zone or None,
-        instance_type=instance_type,
-        gpu=gpu,
-        gpus_per_node=gpus,
-        gpu_memory_gib=gpu_memory,
-        vcpus=None if vcpus is None else round(vcpus),
-        memory_gib=memory,
-        interconnect_gbps=net.gbps,
-        rdma=net.fabric,
-        nvlink=net.nvlink,
-        source=source,
-        as_of=as_of,
-    )
+    cores = None if vcpus is None else round(vcpus)
+    zone = zone or None
+    # positional: this runs for every line of files with 100,000s of lines
     if on_demand is not None or spot is None:
         result.records.append(
-            OfferRecord(pricing=Pricing.ON_DEMAND, price_per_hour=on_demand, **common)  # type: ignore[arg-type]
-        )
+            OfferRecord(
+                provider, region, zone, instance_type, gpu, gpus, gpu_memory, cores, memory,
+                Pricing.ON_DEMAND, on_demand, net.gbps, net.fabric, net.nvlink, None, source,
+                as_of,
+            )
+        )  # fmt: skip
     if spot is not None:
-        result.records.append(OfferRecord(pricing=Pricing.SPOT, price_per_hour=spot, **common))  # type: ignore[arg-type]
+        result.records.append(
+            OfferRecord(
+                provider, region, zone, instance_type, gpu, gpus, gpu_memory, cores, memory,
+                Pricing.SPOT, spot, net.gbps, net.fabric, net.nvlink, None, source, as_of,
+            )
+        )  # fmt: skip
 
 
 def _parse_plain(

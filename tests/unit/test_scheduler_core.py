@@ -147,3 +147,15 @@ def test_validator_rejects_a_broken_plan() -> None:
     assert any("above capacity" in v for v in check(problem, both))
     wrong_cost = Plan([Assignment(1, 0)], {2: "x"}, 5.0, 5.0)
     assert any("!= recomputed" in v for v in check(problem, wrong_cost))
+
+
+def test_cpsat_reaches_the_same_optimum_as_highs() -> None:
+    pools = [_pool(i, ["aws", "gcp", "oci"][i % 3], 2 + i % 2, 10.0 + 2 * i) for i in range(5)]
+    jobs = [("ab"[i % 2], i % 3, [(p, 1 + (i + p) % 2, 1.0 + (i * p) % 4) for p in range(5)])
+            for i in range(7)]
+    highs = solve(_problem(pools, jobs, budgets={"a": 400.0}, share=0.5), time_limit=10,
+                  relative_gap=1e-9)
+    problem = _problem(pools, jobs, budgets={"a": 400.0}, share=0.5)
+    cpsat = solve(problem, solver="cpsat", time_limit=10, relative_gap=1e-9)
+    assert check(problem, cpsat) == []
+    assert abs(cpsat.objective - highs.objective) <= 1e-6 * highs.objective

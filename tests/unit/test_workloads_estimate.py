@@ -224,6 +224,7 @@ def test_spot_overhead_and_the_optimal_interval() -> None:
     assert spot_overhead(0.0, cost, restart) == 0.0
     assert spot_overhead(0.0, cost, restart, 2.0) == pytest.approx(cost / 2)
     assert spot_overhead(0.5, cost, restart) > spot_overhead(0.1, cost, restart)
+    assert spot_overhead(lam, 0.0, restart) == pytest.approx(lam * restart)
     with pytest.raises(ValueError):
         spot_overhead(lam, cost, restart, 0.0)
 
