@@ -1,6 +1,7 @@
 """Import 100,000 SkyPilot-format offer lines and time a filtered query over them.
 
-Usage: python bench/catalog_import.py [--rows N] [--database-url URL]
+Usage: python bench/catalog_import.py [--rows N] [--postgres ADMIN_URL]
+(``--postgres``: run in a database of its own, created through ADMIN_URL and dropped after.)
 Prints a table: parse + upsert of a fresh import, a re-import where every price moved,
 a re-import of the same file, and the median of 20 runs of a filtered, sorted query.
 """
@@ -13,6 +14,9 @@ import random
 import statistics
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from broker.db.engine import Database
@@ -50,18 +54,42 @@ def write_rows(path: Path, rows: int, seed: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--database-url")
+    parser.add_argument("--postgres", metavar="ADMIN_URL")
     args = parser.parse_args()
+    if args.postgres:
+        with scratch_postgres(args.postgres) as url:
+            run(args.rows, url)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            run(args.rows, f"sqlite:///{tmp}/bench.db")
+
+
+@contextmanager
+def scratch_postgres(admin_url: str) -> Iterator[str]:
+    from sqlalchemy import create_engine, text
+
+    name = f"gpubroker_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield admin_url.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def run(rows: int, url: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        url = args.database_url or f"sqlite:///{tmp}/bench.db"
         db = Database(url)
         db.ensure_schema()
         path = Path(tmp) / "aws_vms.csv"
         results: list[tuple[str, float, str]] = []
-        write_rows(path, args.rows, seed=1)
+        write_rows(path, rows, seed=1)
         report = catalog.import_file(db, path, "skypilot")
         results.append(("import (new)", report.seconds, f"{report.offers} offers"))
-        write_rows(path, args.rows, seed=2)
+        write_rows(path, rows, seed=2)
         report = catalog.import_file(db, path, "skypilot")
         total = report.total
         results.append(("re-import (moved)", report.seconds, f"{total.updated} updated"))
@@ -74,12 +102,12 @@ def main() -> None:
         times = []
         for _ in range(20):
             started = time.perf_counter()
-            rows = catalog.query_offers(db, flt)
+            found = catalog.query_offers(db, flt)
             times.append(time.perf_counter() - started)
-        results.append(("filtered query", statistics.median(times), f"{len(rows)} rows"))
+        results.append(("filtered query", statistics.median(times), f"{len(found)} rows"))
         db.dispose()
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"{args.rows} lines, {url.split(':', 1)[0]}, load average {load}")
+    print(f"{rows} lines, {url.split(':', 1)[0]}, load average {load}")
     print(f"{'step':<20} {'seconds':>9}  detail")
     for step, seconds, detail in results:
         print(f"{step:<20} {seconds:>9.3f}  {detail}")

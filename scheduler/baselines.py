@@ -35,6 +35,7 @@ class _Ledger:
         self.cap = pools.capacity.astype(np.int64).copy()
         self.quota = np.array([q.limit for q in problem.quotas], dtype=np.float64)
         self.budget = dict(problem.budgets)
+        self.provider_left: np.ndarray | None = None  # share-cap allowance per provider
 
     def max_units(self, cand: int, team: str) -> int:
         c = self.problem.candidates
@@ -46,6 +47,11 @@ class _Ledger:
                 units = min(units, math.floor(self.quota[q] / gpus + 1e-9))
         if team in self.budget and c.cost[cand] > 0:
             units = min(units, math.floor(self.budget[team] / c.cost[cand] + 1e-9))
+        if self.provider_left is not None:
+            weight = _weight(self.problem, cand)
+            left = self.provider_left[self.pools.provider[pool]]
+            if weight > 0 and math.isfinite(left):
+                units = min(units, math.floor(left / weight + 1e-9))
         return max(units, 0)
 
     def take(self, cand: int, team: str, units: int = 1) -> None:
@@ -56,6 +62,8 @@ class _Ledger:
             self.quota[q] -= int(c.gpus[cand]) * units
         if team in self.budget:
             self.budget[team] -= float(c.cost[cand]) * units
+        if self.provider_left is not None:
+            self.provider_left[self.pools.provider[pool]] -= _weight(self.problem, cand) * units
 
 
 def per_job_cheapest(problem: Problem, classes: list[JobClass] | None = None) -> Units:
@@ -82,10 +90,21 @@ def greedy_regret(problem: Problem, classes: list[JobClass] | None = None) -> Un
     return _greedy(problem, classes, regret=True)
 
 
-def _greedy(problem: Problem, classes: list[JobClass] | None, *, regret: bool) -> Units:
+def _greedy(problem: Problem, classes: list[JobClass] | None, *, regret: bool,
+            allowance: np.ndarray | None = None) -> Units:
+    """Greedy placement. Under a share cap, a first pass without it estimates the total
+    weight T, and the second pass gives each provider at most share x T (then repairs)."""
     classes = classes if classes is not None else build_classes(problem)
     pools = PoolIndex.of(problem)
+    if problem.share_cap is not None and allowance is None:
+        first = _greedy(problem, classes, regret=regret,
+                        allowance=np.full(len(pools.providers), np.inf))
+        total = sum(_weight(problem, cand) * n for (_, cand), n in first.items())
+        allowance = np.full(len(pools.providers), 0.98 * problem.share_cap * total)
+        return _greedy(problem, classes, regret=regret, allowance=allowance)
     ledger = _Ledger(problem, pools)
+    if allowance is not None:
+        ledger.provider_left = allowance.astype(np.float64).copy()
     c = problem.candidates
     units: Units = {}
     ptr = {cls.index: c.of_shape(cls.shape).start for cls in classes}
@@ -152,7 +171,8 @@ def _greedy(problem: Problem, classes: list[JobClass] | None, *, regret: bool) -
             left[k] -= 1
             if left[k] > 0:
                 push(cls)
-    if problem.share_cap is not None:
+    if problem.share_cap is not None and allowance is not None and np.isfinite(allowance).all():
+        ledger.provider_left = None
         _repair_share(problem, classes, pools, ledger, units)
     return units
 

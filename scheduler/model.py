@@ -10,7 +10,8 @@ Identical jobs (same shape, team and priority) form one class with a count; a co
 - quota q:           sum gpus_c y[.,c] over pools of q <= limit_q
 - team t:            sum cost_c y[.,c] over classes of t <= budget left_t
 - provider share:    sum w_c y - T = 0 and, per provider v, sum_{c in v} w_c y - s T <= 0
-                     (w = GPUs or cost; the auxiliary total T keeps every row sparse)
+                     (w = GPUs or cost; the auxiliary total T keeps every row sparse;
+                     with few providers the integer model may write them densely instead)
 
 Objective: sum cost_c y + penalty_k u_k. ``reduced_costs`` prices any candidate of a class
 against LP duals, which drives column generation over the full candidate space.
@@ -83,6 +84,7 @@ class PoolIndex:
     providers: list[str]
     quotas_of: list[list[int]]  # quota indices per pool
     price: np.ndarray
+    quota_cap: np.ndarray  # tightest quota limit (GPUs) over each pool, inf where none
 
     @classmethod
     def of(cls, problem: Problem) -> PoolIndex:
@@ -99,12 +101,24 @@ class PoolIndex:
             providers=providers,
             quotas_of=quotas_of,
             price=np.array([p.price_per_hour for p in problem.pools], dtype=np.float64),
+            quota_cap=np.array(
+                [min((problem.quotas[q].limit for q in qs), default=math.inf) for qs in quotas_of],
+                dtype=np.float64,
+            ),
         )
 
 
 def unit_bound(problem: Problem, pools: PoolIndex, cls: JobClass, cand: int) -> int:
+    """Most units of ``cand`` any plan can hold: pool nodes, quota GPUs, team budget."""
     c = problem.candidates
-    fit = int(pools.capacity[c.pool[cand]] // max(int(c.nodes[cand]), 1))
+    pool = int(c.pool[cand])
+    fit = int(pools.capacity[pool] // max(int(c.nodes[cand]), 1))
+    gpus = int(c.gpus[cand])
+    if gpus > 0 and math.isfinite(pools.quota_cap[pool]):
+        fit = min(fit, int(pools.quota_cap[pool] // gpus))
+    budget = problem.budgets.get(cls.team)
+    if budget is not None and c.cost[cand] > 0:
+        fit = min(fit, int(budget // float(c.cost[cand])))
     return min(fit, cls.count) if cls.kind != INFERENCE else fit
 
 
@@ -451,7 +465,10 @@ def reduced_costs(problem: Problem, pools: PoolIndex, cls: JobClass, duals: Dual
         for i in np.flatnonzero(np.isin(pool, cut_pools)):
             for d, value in duals.cuts[int(pool[i])]:
                 rc[i] -= value * (int(nodes[i]) // d)
-    fits = pools.capacity[pool] >= nodes
+    fits = (pools.capacity[pool] >= nodes) & (pools.quota_cap[pool] >= gpus)
+    budget = problem.budgets.get(cls.team)
+    if budget is not None:
+        fits &= cost <= budget
     return np.where(fits, rc, math.inf)
 
 

@@ -1,7 +1,8 @@
 """Solve a placement problem: greedy warm start, column generation, integer solve, checks.
 
 1. Jobs are grouped into classes; the greedy-by-regret plan is the first feasible plan.
-2. Column generation over the *full* candidate space: the LP over the columns found so
+2. Column generation (with valid rounding cuts for gang packing and serving units) over
+   the *full* candidate space: the LP over the columns found so
    far gives duals; every candidate of every class is priced with them (vectorised) and
    the most negative ones join. When none prices out, the LP optimum is the full-space LP
    bound; if the time share for it runs out first, the Lagrangian bound
@@ -10,8 +11,9 @@
    twice its jobs (pruning by cumulative capacity, never a flat top-K), plus the greedy
    plan's columns, so the integer model can always do at least as well as greedy.
 4. The integer model (HiGHS by default, CP-SAT on request; CP-SAT is hinted with the
-   greedy plan) runs to the time limit or the relative gap; the better of it and greedy
-   wins. The plan is checked by ``validate`` before it is returned.
+   greedy plan; HiGHS in MathOpt takes no hint, so the greedy plan is its fallback)
+   runs to the time limit or the relative gap; the better of it and greedy wins. The
+   plan is checked by ``validate`` before it is returned.
 Single-threaded solvers and a fixed seed make the same input give the same plan.
 """
 
@@ -32,6 +34,7 @@ SOLVERS = ("highs", "cpsat")
 PRICE_TOL = 1e-7
 COLUMNS_PER_ROUND = 8
 SERVING_COLUMNS = 200
+DENSE_SHARE_PROVIDERS = 8
 
 
 class InvalidPlan(AssertionError):
@@ -66,7 +69,7 @@ def solve(
     columns = _enrich(problem, classes, pools, duals_columns, greedy)
 
     mip = Master(problem, classes, pools, integer=True,
-                 dense_share=(solver == "cpsat" and problem.share_on == "spend"),
+                 dense_share=_dense_share(problem, solver),
                  integral_total=solver == "cpsat")
     mip.copy_cuts_from(lp_model)
     for cls in classes:
@@ -98,6 +101,16 @@ def solve(
             if job_id in plan.unplaced:
                 plan.unplaced[job_id] = info["reason"]
     return plan
+
+
+def _dense_share(problem: Problem, solver: str) -> bool:
+    """Share rows in the integer model: dense (each column in every provider's row) when
+    providers are few; HiGHS branches far better on them than on the auxiliary total, which
+    the column generation keeps so that pricing stays sparse. CP-SAT cannot hold a
+    continuous total, so it always gets dense rows when the share is on spend."""
+    if solver == "cpsat" and problem.share_on == "spend":
+        return True
+    return len(problem.providers) <= DENSE_SHARE_PROVIDERS
 
 
 def _gap(objective: float, bound: float) -> float:

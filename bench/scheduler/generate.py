@@ -221,71 +221,93 @@ def _deadline(cfg: Config, rng: np.random.Generator) -> float | None:
     return float(rng.uniform(1.5, 4.0)) if rng.random() < cfg.deadline_share else None
 
 
-def _training_rows(shape: int, tpl: _Template, pools: list[Pool], arrays: dict) -> list[tuple]:
-    rows = []
+def _pool_arrays(pools: list[Pool]) -> dict[str, np.ndarray]:
+    return {
+        "gpu": np.array([p.gpu for p in pools]),
+        "spot": np.array([p.pricing == "spot" for p in pools]),
+        "gpn": np.array([p.gpus_per_node for p in pools], dtype=np.int64),
+        "cap": np.array([p.capacity for p in pools], dtype=np.int64),
+        "fabric": np.array([p.interconnect_gbps or 10.0 for p in pools], dtype=np.float64),
+        "price": np.array([p.price_per_hour for p in pools], dtype=np.float64),
+        "area": np.array([_area(p.region) for p in pools]),
+    }
+
+
+def _per_gpu(gpu: np.ndarray, table: dict[str, float]) -> np.ndarray:
+    out = np.zeros(len(gpu), dtype=np.float64)
+    for name, value in table.items():
+        out[gpu == name] = value
+    return out
+
+
+def _training_rows(shape: int, tpl: _Template, arrays: dict) -> dict[str, np.ndarray]:
     h100 = GPUS["H100-80GB"].bf16_tflops
-    best = math.inf
-    for gpu in tpl.gpus_allowed:
-        best = min(best, tpl.gpu_hours_h100 * h100 / GPUS[gpu].bf16_tflops)
+    best = min(tpl.gpu_hours_h100 * h100 / GPUS[g].bf16_tflops for g in tpl.gpus_allowed)
     idx = np.flatnonzero(np.isin(arrays["gpu"], list(tpl.gpus_allowed)) &
                          (arrays["spot"] <= tpl.spot))
-    for p in idx:
-        pool = pools[int(p)]
-        need = tpl.min_gpus[pool.gpu]
-        n_min = max(1, math.ceil(need / pool.gpus_per_node))
-        options = [tpl.fixed_nodes] if tpl.fixed_nodes else [n_min, 2 * n_min]
-        for nodes in options:
-            if nodes < n_min or nodes > pool.capacity:
-                continue
-            if tpl.max_nodes and not tpl.fixed_nodes and nodes > tpl.max_nodes:
-                continue
-            if nodes > 1 and tpl.min_fabric and (pool.interconnect_gbps or 0) < tpl.min_fabric:
-                continue
-            gpus = nodes * pool.gpus_per_node
-            hours = tpl.gpu_hours_h100 * h100 / GPUS[pool.gpu].bf16_tflops / gpus
-            if nodes > 1:
-                hours *= 1 + tpl.comm * 400.0 / (pool.interconnect_gbps or 10.0)
-            # deadline relative to the best full-machine time of the template
-            if tpl.deadline_factor is not None and hours > tpl.deadline_factor * best / max(
-                8, need
-            ):
-                continue
-            overhead = SPOT_OVERHEAD if pool.pricing == "spot" else 0.0
-            cost = pool.price_per_hour * nodes * hours * (1 + overhead)
-            rows.append((shape, int(p), nodes, hours, cost, gpus, -1, 0.0, 0, overhead))
-    return rows
+    gpu, gpn, cap = arrays["gpu"][idx], arrays["gpn"][idx], arrays["cap"][idx]
+    fabric, price, spot = arrays["fabric"][idx], arrays["price"][idx], arrays["spot"][idx]
+    need = _per_gpu(gpu, {g: float(n) for g, n in tpl.min_gpus.items()})
+    tflops = _per_gpu(gpu, {g: GPUS[g].bf16_tflops for g in tpl.gpus_allowed})
+    n_min = np.maximum(1, np.ceil(need / gpn)).astype(np.int64)
+    options = [np.full(len(idx), tpl.fixed_nodes)] if tpl.fixed_nodes else [n_min, 2 * n_min]
+    parts = []
+    for nodes in options:
+        ok = (nodes >= n_min) & (nodes <= cap)
+        if tpl.max_nodes and not tpl.fixed_nodes:
+            ok &= nodes <= tpl.max_nodes
+        if tpl.min_fabric:
+            ok &= ~((nodes > 1) & (fabric < tpl.min_fabric))
+        gpus = nodes * gpn
+        hours = tpl.gpu_hours_h100 * h100 / tflops / gpus
+        hours = np.where(nodes > 1, hours * (1 + tpl.comm * 400.0 / fabric), hours)
+        if tpl.deadline_factor is not None:
+            ok &= ~(hours > tpl.deadline_factor * best / np.maximum(8, need))
+        overhead = np.where(spot, SPOT_OVERHEAD, 0.0)
+        cost = price * nodes * hours * (1 + overhead)
+        parts.append({"pool": idx[ok], "nodes": nodes[ok], "hours": hours[ok],
+                      "cost": cost[ok], "gpus": gpus[ok], "overhead": overhead[ok]})
+    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    out["shape"] = np.full(len(out["pool"]), shape)
+    return out
 
 
-def _serving_rows(shape: int, tpl: _Template, pools: list[Pool], arrays: dict) -> list[tuple]:
-    rows = []
+def _serving_rows(shape: int, tpl: _Template, arrays: dict) -> dict[str, np.ndarray]:
     keys = [a for a, _ in tpl.shares]
+    gpr_table = tpl.gpus_per_replica or {}
     idx = np.flatnonzero(np.isin(arrays["gpu"], list(tpl.gpus_allowed)) &
                          (arrays["spot"] <= tpl.spot))
+    gpu, gpn, price = arrays["gpu"][idx], arrays["gpn"][idx], arrays["price"][idx]
+    gpr = _per_gpu(gpu, {g: float(r) for g, r in gpr_table.items()}).astype(np.int64)
+    ok = gpr <= gpn
+    idx, gpu, gpn, price, gpr = idx[ok], gpu[ok], gpn[ok], price[ok], gpr[ok]
+    replicas = gpn // gpr
     h100_bw = GPUS["H100-80GB"].memory_bandwidth_gbps
-    for p in idx:
-        pool = pools[int(p)]
-        gpr = tpl.gpus_per_replica[pool.gpu]
-        if gpr > pool.gpus_per_node:
-            continue
-        replicas = pool.gpus_per_node // gpr
-        rps = tpl.rps_per_gpu_h100 * gpr * GPUS[pool.gpu].memory_bandwidth_gbps / h100_bw
-        area = keys.index(_area(pool.region))
-        overhead = SPOT_OVERHEAD if pool.pricing == "spot" else 0.0
-        cost = pool.price_per_hour * HORIZON_HOURS * (1 + overhead)
-        rows.append((shape, int(p), 1, HORIZON_HOURS, cost, pool.gpus_per_node, area,
-                     rps * replicas, replicas, overhead))
-    return rows
+    bandwidth = _per_gpu(gpu, {g: GPUS[g].memory_bandwidth_gbps for g in gpr_table})
+    rps = tpl.rps_per_gpu_h100 * gpr * bandwidth / h100_bw
+    area = np.array([keys.index(a) for a in arrays["area"][idx]], dtype=np.int64)
+    overhead = np.where(arrays["spot"][idx], SPOT_OVERHEAD, 0.0)
+    cost = price * HORIZON_HOURS * (1 + overhead)
+    n = len(idx)
+    return {"shape": np.full(n, shape), "pool": idx, "nodes": np.ones(n, dtype=np.int64),
+            "hours": np.full(n, HORIZON_HOURS), "cost": cost, "gpus": gpn, "area": area,
+            "rate": rps * replicas, "replicas": replicas, "overhead": overhead}
 
 
 def build(cfg: Config, pools: list[Pool], rng: np.random.Generator) -> Problem:
     templates = _templates(cfg, rng)
-    arrays = {"gpu": np.array([p.gpu for p in pools]),
-              "spot": np.array([p.pricing == "spot" for p in pools])}
-    rows: list[tuple] = []
+    arrays = _pool_arrays(pools)
+    parts = []
     for shape, tpl in enumerate(templates):
         maker = _serving_rows if tpl.kind == INFERENCE else _training_rows
-        rows.extend(maker(shape, tpl, pools, arrays))
-    candidates = Candidates.from_rows(rows, len(templates))
+        parts.append(maker(shape, tpl, arrays))
+    columns = {k for part in parts for k in part}
+    merged = {}
+    for k in columns:
+        filler = -1 if k == "area" else 0
+        merged[k] = np.concatenate([part.get(k, np.full(len(part["pool"]), filler))
+                                    for part in parts])
+    candidates = Candidates.from_arrays(merged, len(templates))
     # Jobs: templates drawn with gangs rarer; serving templates once each.
     weights = np.array([0.3 if t.kind == INFERENCE else (0.5 if t.fixed_nodes else 1.0)
                         for t in templates])

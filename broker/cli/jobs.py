@@ -146,7 +146,8 @@ def logs(
 
 def _print_event(event: Any, fmt: Format) -> None:
     if fmt is Format.table:
-        payload = " ".join(f"{k}={_short(v)}" for k, v in event.payload.items())
+        items = event.payload.items()
+        payload = " ".join(f"{k}={_short(v)}" for k, v in items if k != "time")
         typer.echo(f"{event.ts:%Y-%m-%d %H:%M:%S} {event.kind:<9} {payload}")
     else:
         record = {"id": event.id, "ts": event.ts, "kind": event.kind, "payload": event.payload}

@@ -425,7 +425,8 @@ def _sqlite_cache(connection: Any) -> None:
 def _insert_many(
     session: Session, table: Any, rows: list[dict[str, Any]], *, by_key: bool = False
 ) -> None:
-    """One driver-level INSERT executemany of ``rows`` (which all carry the same keys)."""
+    """One driver-level INSERT executemany (COPY on PostgreSQL) of ``rows``, which all
+    carry the same keys."""
     connection = session.connection()
     dialect = connection.dialect
     names = list(rows[0])
@@ -436,8 +437,21 @@ def _insert_many(
         f"VALUES ({', '.join([marker] * len(names))})"
     )
     ordered = sorted(rows, key=_KEY_ORDER) if by_key else rows  # keeps index pages warm
+    params = _driver_rows(dialect, table, names, ordered)
+    if dialect.driver == "psycopg":  # COPY is several times faster than INSERTs there
+        columns = ", ".join(quote(n) for n in names)
+        raw = connection.connection.dbapi_connection
+        with (
+            raw.cursor() as cursor,
+            cursor.copy(  # type: ignore[union-attr]
+                f"COPY {quote(table.name)} ({columns}) FROM STDIN"
+            ) as copy,
+        ):
+            for values in params:
+                copy.write_row(values)
+        return
     _sqlite_cache(connection)
-    connection.exec_driver_sql(sql, _driver_rows(dialect, table, names, ordered))
+    connection.exec_driver_sql(sql, params)
 
 
 def _update_many(session: Session, table: Any, rows: list[dict[str, Any]]) -> None:
@@ -639,6 +653,14 @@ def _ordered(query: Select[Any], sort: str) -> Select[Any]:
     return query.order_by(*keys, OfferRow.id)
 
 
+def _pricing(value: object) -> str:
+    try:
+        return Pricing(str(value)).value
+    except ValueError:
+        allowed = ", ".join(p.value for p in Pricing)
+        raise UserError(f"pricing: {value!r} is not one of {allowed}") from None
+
+
 def query_offers(db: Database, filters: OfferFilter) -> list[OfferView]:
     """Offers matching ``filters``, sorted and limited as asked."""
     if filters.sort not in SORTS:
@@ -663,7 +685,7 @@ def query_offers(db: Database, filters: OfferFilter) -> list[OfferView]:
         if filters.regions:
             conditions.append(_region_clause(session, filters.regions))
         if filters.pricing is not None:
-            conditions.append(OfferRow.pricing == Pricing(filters.pricing).value)
+            conditions.append(OfferRow.pricing == _pricing(filters.pricing))
         if filters.max_price is not None:
             conditions.append(OfferRow.price_per_hour <= filters.max_price)
         if filters.min_interconnect is not None:

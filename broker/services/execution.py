@@ -40,6 +40,7 @@ from broker.db.models import AllocationRow, InstanceRow, JobRow, OfferRow, Usage
 from broker.domain import (
     AllocationState,
     InstanceState,
+    JobKind,
     JobState,
     Pricing,
     as_utc,
@@ -420,6 +421,12 @@ def _begin(db: Database, settings: Settings, allocation_id: int) -> tuple[int, b
         job_id = job.id
         if not AllocationState(alloc.state).live or JobState(job.state).terminal:
             done = True
+        elif job.kind != JobKind.TRAINING.value:
+            done = True  # serving is planned and priced, but not run by this executor
+            alloc.state = AllocationState.FAILED.value
+            jobs_service.transition(
+                session, job, JobState.FAILED, f"{job.kind} jobs are planned but not run here"
+            )
         else:
             done = False
             try:

@@ -200,3 +200,17 @@ def test_refresh_never_echoes_an_unexpected_error_text(loaded, monkeypatch) -> N
     report = catalog.refresh(loaded, load_settings({"GPUBROKER_HOME": "/x"}), ["tiny"], ["r1"])
     assert report.errors == 1
     assert "canary" not in str(report.to_dict()) and "RuntimeError" in report.results[0].error
+
+
+def test_sdk_offers_summary_and_import(home: Path, tmp_path: Path) -> None:
+    from broker import Broker
+
+    with Broker() as broker:
+        offers = broker.offers(gpus="H200", pricing="spot", sort="price-per-gpu", limit=3)
+        assert len(offers) == 3 and all(o.gpu == "H200-141GB" for o in offers)
+        per_gpu = [o.price_per_gpu_hour for o in offers]
+        assert per_gpu == sorted(per_gpu)
+        assert {s.gpu for s in broker.offers_summary()} >= {"H100-80GB", "L4", "A10G"}
+        report = broker.import_offers(str(_write(tmp_path, LINES, "vms.csv")), "skypilot", "aws")
+        assert report.providers["aws"].new == 5 and report.providers["aws"].stale > 0
+        assert {c.provider for c in broker.check()} >= {"catalog", "aws", "gcp"}

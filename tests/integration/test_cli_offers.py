@@ -119,3 +119,20 @@ def test_check_names_sources_never_secrets(home: Path, monkeypatch, capsys) -> N
     assert rows["catalog"]["usable"] and rows["aws"]["usable"]
     assert rows["aws"]["credentials"] == "env"
     assert "canary" not in out + err and "AKIACANARY" not in out + err
+
+
+def test_refresh_with_the_fake_provider(home: Path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("providers.fake", reason="the fake provider is not installed")
+    args = ["offers", "refresh", "--provider", "fake", "--regions", "us-east-1,eu-west-1"]
+    code, out, _ = run_cli([*args, "--format", "json"], monkeypatch, capsys)
+    assert code == 0
+    report = json.loads(out)
+    assert [r["region"] for r in report["regions"]] == ["us-east-1", "eu-west-1"]
+    assert all(r["ok"] for r in report["regions"]) and report["new"] > 0
+    assert {"new", "updated", "stale", "errors", "price_flags"} <= set(report)
+    code, out, _ = run_cli(
+        ["offers", "--provider", "fake", "--format", "json"], monkeypatch, capsys
+    )
+    assert {r["region"] for r in json.loads(out)} == {"us-east-1", "eu-west-1"}
+    code, out, _ = run_cli(args, monkeypatch, capsys)
+    assert code == 0 and "new 0," in out and "errors 0" in out
