@@ -139,8 +139,9 @@ def n1_shape(gpu: str, count: int) -> tuple[str, str]:
     """(host machine type, offer instance type) for ``count`` attachable GPUs on N1.
 
     The host gets 8 vCPUs per GPU (n1-standard-8/16/32/64), within every attachable GPU's
-    vCPU limit. The offer's instance type names both parts, ``n1-standard-8+nvidia-tesla-t4x1``,
-    so that offers of different GPUs on the same host stay distinct.
+    vCPU limit. The offer's instance type names both parts, ``n1-standard-8+1xnvidia-tesla-t4``
+    (the GCP adapter's form, which its launcher splits back), so that offers of different
+    GPUs on the same host stay distinct.
     """
     host = f"n1-standard-{8 * count}"
-    return host, f"{host}+{N1_ATTACHABLE[gpu]}x{count}"
+    return host, f"{host}+{count}x{N1_ATTACHABLE[gpu]}"

@@ -44,7 +44,7 @@ def test_gcp_fixed_gpu_price_is_host_plus_gpu_row_of_the_same_zone() -> None:
     fixed = {(r[0], r[7]) for _, r in rows if r[0].startswith(("a2-", "a3-", "a4-", "g2-"))}
     assert fixed <= {(o.instance_type, o.zone) for o in result.records}
     # attachable GPUs on N1 hosts: n1-standard-8 + one T4, priced as both rows together
-    t4 = next(o for o in result.records if o.instance_type == "n1-standard-8+nvidia-tesla-t4x1")
+    t4 = next(o for o in result.records if o.instance_type == "n1-standard-8+1xnvidia-tesla-t4")
     host8 = next(r for _, r in rows if r[0] == "n1-standard-8" and r[7] == t4.zone)
     t4_row = next(r for _, r in rows if r[3] == "T4" and r[4] == "1" and r[7] == t4.zone)
     assert t4.price_per_hour in (Decimal(host8[8]) + Decimal(t4_row[8]), None)
