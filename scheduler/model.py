@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -187,6 +189,7 @@ class Master:
         self._cuts_of: dict[int, list[int]] = {}
         self._columns_of_pool: dict[int, list[tuple[int, Any]]] = {}
         self.values: dict[Any, float] = {}
+        self.duals: Duals | None = None
         self._cover_cut_rows: dict[tuple[int, int, float], Any] = {}
         self._columns_of_area: dict[tuple[int, int], list[tuple[float, Any]]] = {}
         self._quota_rows: dict[int, Any] = {}
@@ -360,7 +363,8 @@ class Master:
     def solve_lp(self) -> tuple[float, Duals]:
         from ortools.math_opt.python import mathopt
 
-        result = mathopt.solve(self.model, mathopt.SolverType.HIGHS)
+        with solver_output_to_stderr():
+            result = mathopt.solve(self.model, mathopt.SolverType.HIGHS)
         if result.termination.reason != mathopt.TerminationReason.OPTIMAL:
             raise RuntimeError(f"LP relaxation ended {result.termination.reason.name}")
         dual = result.dual_values()
@@ -391,6 +395,7 @@ class Master:
         for (k, a, t), row in sorted(self._cover_cut_rows.items()):
             duals.cover_cuts.setdefault(k, []).append((a, t, dual[row]))
         self.values = result.variable_values()
+        self.duals = duals
         return float(result.objective_value()), duals
 
     def solve_mip(
@@ -424,7 +429,8 @@ class Master:
             model_params = mathopt.ModelSolveParameters(
                 solution_hints=[mathopt.SolutionHint(variable_values=values)]
             )
-        result = mathopt.solve(self.model, kind, params=params, model_params=model_params)
+        with solver_output_to_stderr():
+            result = mathopt.solve(self.model, kind, params=params, model_params=model_params)
         reason = result.termination.reason.name.lower()
         if not result.has_primal_feasible_solution():
             return None, None, reason
@@ -433,8 +439,38 @@ class Master:
         return units, float(result.objective_value()), reason
 
 
-def reduced_costs(problem: Problem, pools: PoolIndex, cls: JobClass, duals: Duals) -> np.ndarray:
-    """Reduced cost of every candidate of the class's shape (inf where it cannot fit)."""
+@contextmanager
+def solver_output_to_stderr() -> Iterator[None]:
+    """Send what a native solver prints on standard output to standard error meanwhile,
+    so that a JSON document on stdout (``gpubroker plan --format json``) stays whole."""
+    import ctypes
+    import sys
+
+    try:
+        stdout_fd = sys.stdout.fileno()
+        stderr_fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        yield  # not real files (captured output): nothing native can reach them anyway
+        return
+    sys.stdout.flush()
+    saved = os.dup(stdout_fd)
+    libc = ctypes.CDLL(None)
+    try:
+        os.dup2(stderr_fd, stdout_fd)
+        yield
+    finally:
+        libc.fflush(None)
+        os.dup2(saved, stdout_fd)
+        os.close(saved)
+
+
+def reduced_costs(
+    problem: Problem, pools: PoolIndex, cls: JobClass, duals: Duals, *, linking_only: bool = False
+) -> np.ndarray:
+    """Reduced cost of every candidate of the class's shape (inf where it cannot fit).
+
+    ``linking_only`` prices against the rows shared between classes only (pools, quotas,
+    budgets, share, gang cuts), leaving out the class's own rows (Lagrangian bound)."""
     c = problem.candidates
     rows = c.of_shape(cls.shape)
     sl = slice(rows.start, rows.stop)
@@ -449,7 +485,9 @@ def reduced_costs(problem: Problem, pools: PoolIndex, cls: JobClass, duals: Dual
     if problem.share_cap is not None:
         weight = gpus if problem.share_on == "gpus" else cost
         rc = rc - weight * (duals.total + duals.provider[pools.provider[pool]])
-    if cls.kind == INFERENCE:
+    if linking_only:
+        pass
+    elif cls.kind == INFERENCE:
         area = c.area[sl].astype(np.int64)
         cover = np.array([duals.cover.get((cls.index, a), 0.0) for a in range(len(cls.demand))])
         if len(cover):

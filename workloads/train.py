@@ -208,10 +208,10 @@ def train_loop(cfg: TrainConfig, session: Session) -> dict[str, Any]:
             checkpoint_dir = Path(tempfile.mkdtemp(prefix="gpubroker-ckpt-"))
             _write_checkpoint(checkpoint_dir, model, optimizer, step, tokens_seen)
             last["checkpoint"] = True
-        if session.world_rank == 0:
-            _append_metrics(cfg.metrics_path, {"event": "progress", **last})
         if save:  # a Ray Train report synchronises the workers: only at checkpoints
             session.report(last, checkpoint_dir)
+        if session.world_rank == 0:  # after the report: a checkpoint named here is persisted
+            _append_metrics(cfg.metrics_path, {"event": "progress", **last})
         window_start, window_steps, losses = time.perf_counter(), 0, []
     return last
 
@@ -268,13 +268,20 @@ class RaySession(Session):
         )
 
     def resume_from(self) -> Path | None:
+        """The newer of Ray's restored checkpoint and the newest one persisted in storage.
+
+        A worker killed right after its report may die before the controller registered
+        that checkpoint; it is in storage all the same, so the scan finds it.
+        """
         import ray.train
 
+        found = latest_checkpoint(self.cfg.run_dir)
         checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
-            return None
-        # Local storage: the checkpoint is a folder we can read in place.
-        return Path(checkpoint.path)
+        if checkpoint is not None:  # local storage: a folder read in place
+            restored = latest_checkpoint(checkpoint.path)
+            if restored is not None and (found is None or restored[1] >= found[1]):
+                return restored[0]
+        return found[0] if found else None
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         import ray.train

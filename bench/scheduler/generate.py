@@ -69,6 +69,7 @@ class Config:
     templates: int | None = None
     gang_nodes: tuple[int, int] = (2, 8)
     capacity_scale: float = 1.0  # < 1 makes the fleet capacity-tight
+    big_pools: float = 0.0  # share of 8-GPU high-end pools with room for 16-64-node gangs
 
 
 def _area(region: str) -> str:
@@ -112,6 +113,8 @@ def synthetic_pools(cfg: Config, rng: np.random.Generator) -> list[Pool]:
         fabric = float(rng.choice([400, 800, 1600, 3200])) if high and rng.random() < 0.7 else \
             float(rng.choice([10, 25, 50, 100]))
         capacity = int(min(64, rng.geometric(0.35 if gpn == 8 else 0.2)))
+        if cfg.big_pools and high and rng.random() < cfg.big_pools:
+            capacity = int(rng.integers(16, 65))
         pools.append(Pool(provider, region, zone, itype, pricing, gpu, gpn,
                           round(per_gpu * gpn, 4), capacity, fabric,
                           "efa" if fabric >= 400 else "none"))
@@ -405,6 +408,6 @@ def catalog(cfg: Config, root: Path) -> Problem | None:
 def adversarial(cfg: Config) -> Problem:
     hard = Config(**{**cfg.__dict__, "tightness": 0.97, "gang_share": 0.5,
                      "templates": max(4, int(math.sqrt(cfg.jobs) / 2)), "gang_nodes": (16, 64),
-                     "serving_share": 0.0})
+                     "serving_share": 0.0, "big_pools": 0.5})
     rng = np.random.default_rng(cfg.seed)
     return build(hard, synthetic_pools(hard, rng), rng)

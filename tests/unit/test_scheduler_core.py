@@ -159,3 +159,62 @@ def test_cpsat_reaches_the_same_optimum_as_highs() -> None:
     cpsat = solve(problem, solver="cpsat", time_limit=10, relative_gap=1e-9)
     assert check(problem, cpsat) == []
     assert abs(cpsat.objective - highs.objective) <= 1e-6 * highs.objective
+
+
+@st.composite
+def serving_problems(draw):
+    pools = [Pool(["aws", "gcp"][i % 2], "r", f"z{i}", f"t{i}", "on_demand", "L4", 1,
+                  draw(st.sampled_from([1.0, 1.5, 2.5])), draw(st.integers(1, 3)))
+             for i in range(draw(st.integers(1, 3)))]
+    rows, jobs = [], []
+    for shape in range(draw(st.integers(1, 2))):
+        areas = draw(st.integers(1, 2))
+        for p, pool in enumerate(pools):
+            area = draw(st.integers(0, areas - 1))
+            rate = draw(st.sampled_from([2.0, 5.0, 9.0]))
+            rows.append((shape, p, 1, 24.0, pool.price_per_hour * 24.0, 1, area, rate,
+                         draw(st.integers(1, 2)), 0.0))
+        demand = tuple((f"a{a}", draw(st.sampled_from([3.0, 8.0, 12.0]))) for a in range(areas))
+        jobs.append(Job(id=shape + 1, name=f"s{shape}", team="a", priority=0, shape=shape,
+                        kind=INFERENCE, demand=demand, min_replicas=draw(st.integers(0, 3))))
+    return Problem(jobs=jobs, pools=pools, candidates=Candidates.from_rows(rows, len(jobs)),
+                   n_shapes=len(jobs))
+
+
+def _brute_force_serving(problem: Problem) -> float:
+    c = problem.candidates
+    per_job = []
+    for job in problem.jobs:
+        rows = list(c.of_shape(job.shape))
+        ranges = [range(problem.pools[int(c.pool[i])].capacity + 1) for i in rows]
+        per_job.append([None] + [tuple(zip(rows, counts, strict=True))
+                                 for counts in itertools.product(*ranges) if any(counts)])
+    best = float("inf")
+    for combo in itertools.product(*per_job):
+        assignments = [Assignment(job.id, i, n) for job, pick in zip(problem.jobs, combo,
+                       strict=True) if pick for i, n in pick if n]
+        unplaced = {job.id: "x" for job, pick in zip(problem.jobs, combo, strict=True)
+                    if not pick}
+        cost = sum(float(c.cost[a.candidate]) * a.count for a in assignments)
+        objective = cost + sum(problem.penalty(j) for j in problem.jobs if j.id in unplaced)
+        if not check(problem, Plan(assignments, unplaced, objective, cost)):
+            best = min(best, objective)
+    return best
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(serving_problems())
+def test_serving_plans_are_optimal_and_the_bound_holds(problem: Problem) -> None:
+    from scheduler.bound import lagrangian_bound
+    from scheduler.model import PoolIndex
+    from scheduler.solve import _column_generation
+
+    exact = _brute_force_serving(problem)
+    plan = solve(problem, time_limit=5, relative_gap=1e-9)
+    assert check(problem, plan) == []
+    assert abs(plan.objective - exact) <= 1e-6 * max(1.0, exact)
+    classes, pools = build_classes(problem), PoolIndex.of(problem)
+    lp, _, master = _column_generation(problem, classes, pools, {}, deadline=1e18)
+    strong = lagrangian_bound(problem, classes, pools, master.duals, deadline=1e18)
+    assert lp <= exact + 1e-6 * max(1.0, exact)
+    assert strong is None or strong <= exact + 1e-6 * max(1.0, exact)
