@@ -246,12 +246,9 @@ class Broker:
         states = [state] if isinstance(state, str) else state
         return jobs.list_jobs(self.db, states)
 
-    def job(self, job_id: int) -> JobView:
-        from broker.services import jobs
-
-        return jobs.get(self.db, job_id)
-
-    def job_handle(self, job_id: int) -> JobHandle:
+    def job(self, job_id: int) -> JobHandle:
+        """A handle on a stored job: ``.view()``, ``.state``, ``.wait()``, ``.logs()``,
+        ``.cancel()``. Raises NotFound for an unknown id."""
         from broker.services import jobs
 
         jobs.get(self.db, job_id)

@@ -1,6 +1,7 @@
 """Solve a placement problem: greedy warm start, column generation, integer solve, checks.
 
-1. Jobs are grouped into classes; the greedy-by-regret plan is the first feasible plan.
+1. Jobs are grouped into classes; the better of the greedy-by-regret and first-come
+   plans is the first feasible plan.
 2. Column generation (with valid rounding cuts for gang packing and serving units) over
    the *full* candidate space: the LP over the columns found so
    far gives duals; every candidate of every class is priced with them (vectorised) and
@@ -14,6 +15,9 @@
    greedy plan; HiGHS in MathOpt takes no hint, so the greedy plan is its fallback)
    runs to the time limit or the relative gap; the better of it and greedy wins. The
    plan is checked by ``validate`` before it is returned.
+5. When serving jobs are in the plan, the time left goes to a Lagrangian bound
+   (``scheduler.bound``) that solves each serving job's covering problem in integers;
+   the reported bound is the larger of it and the LP bound.
 Single-threaded solvers and a fixed seed make the same input give the same plan.
 """
 
@@ -24,7 +28,7 @@ import time
 import numpy as np
 
 from broker.errors import ConfigError
-from scheduler.baselines import Units, greedy_regret, units_to_plan
+from scheduler.baselines import Units, first_come, greedy_regret, units_to_plan
 from scheduler.bound import lagrangian_bound
 from scheduler.explain import explain_plan
 from scheduler.model import JobClass, Master, PoolIndex, build_classes, reduced_costs
@@ -39,7 +43,9 @@ DENSE_SHARE_PROVIDERS = 8
 # The integer solver measures its gap against its own (restricted) bound, which is above the
 # full-space LP bound the plan reports; aim it at half the gap asked for.
 MIP_GAP_SHARE = 0.5
+CG_TIME_SHARE = 0.4  # column generation may use this share of the time limit
 MIP_TIME_SHARE = 0.8  # the rest of the time limit may tighten the bound
+LAGRANGIAN_MAX_SERVING = 100  # one small integer solve per serving job: skip beyond
 
 
 class InvalidPlan(AssertionError):
@@ -63,12 +69,16 @@ def solve(
     pools = PoolIndex.of(problem)
     timings: dict[str, float] = {}
 
-    greedy = greedy_regret(problem, classes)
-    greedy_plan = units_to_plan(problem, classes, greedy, solver="greedy")
+    # warm start: the better of greedy-by-regret and first-come failover
+    greedy, greedy_plan = min(
+        ((units, units_to_plan(problem, classes, units, solver="greedy"))
+         for units in (greedy_regret(problem, classes), first_come(problem, classes))),
+        key=lambda pair: pair[1].objective,
+    )
     timings["first_feasible"] = time.perf_counter() - start
 
     lp_bound, duals_columns, lp_model = _column_generation(
-        problem, classes, pools, greedy, deadline=start + 0.4 * time_limit
+        problem, classes, pools, greedy, deadline=start + CG_TIME_SHARE * time_limit
     )
     timings["lp_bound"] = time.perf_counter() - start
     columns = _enrich(problem, classes, pools, duals_columns, greedy)
@@ -81,12 +91,15 @@ def solve(
         mine = columns.get(cls.index)
         if mine is not None and len(mine):
             mip.add_columns(cls, mine)
-    remaining = MIP_TIME_SHARE * time_limit - (time.perf_counter() - start)
+    serving = sum(1 for cls in classes if cls.kind == "inference")
+    bound_later = 0 < serving <= LAGRANGIAN_MAX_SERVING
+    share = MIP_TIME_SHARE if bound_later else 1.0
+    remaining = share * time_limit - (time.perf_counter() - start)
     units, _objective, status = mip.solve_mip(
         solver, time_limit=remaining, relative_gap=relative_gap * MIP_GAP_SHARE, seed=seed,
         hint=greedy,
     )
-    if lp_model.duals is not None and any(cls.kind == "inference" for cls in classes):
+    if lp_model.duals is not None and bound_later:
         # Serving units are whole nodes: the Lagrangian bound closes much of that LP gap.
         stronger = lagrangian_bound(problem, classes, pools, lp_model.duals,
                                     deadline=start + time_limit)
