@@ -12,6 +12,8 @@ rows. What is left splits by class and is solved exactly in integers:
 
 L(mu) = sum_r mu_r b_r + sum_k min_k(mu) is a lower bound on every integer plan; with the
 LP duals it is >= the LP bound (the class problems' own LP relaxations give the LP value).
+With mu = 0 it is still a bound (each class at its cheapest, shared rows ignored): that is
+the fallback when the LP solve returns no duals.
 """
 
 from __future__ import annotations
@@ -26,8 +28,13 @@ from scheduler.problem import INFERENCE, Problem
 
 
 def lagrangian_bound(problem: Problem, classes: list[JobClass], pools: PoolIndex,
-                     duals: Duals, *, deadline: float) -> float | None:
-    """The bound, or None when it cannot be computed in time (or is unbounded)."""
+                     duals: Duals | None, *, deadline: float) -> float | None:
+    """The bound, or None when it cannot be computed in time (or is unbounded).
+
+    ``duals`` None (the LP solve returned none) means all multipliers zero: each class
+    alone at its cheapest, which is still a valid, if weaker, bound."""
+    if duals is None:
+        duals = Duals.zero(problem, pools)
     share = problem.share_cap
     if share is not None and duals.total + share * float(duals.provider.sum()) < -1e-7:
         return None  # the auxiliary total would run off to infinity

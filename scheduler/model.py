@@ -139,6 +139,20 @@ class Duals:
     # inference class -> (demand index, unit t, dual) of cover rounding cuts
     cover_cuts: dict[int, list[tuple[int, float, float]]] = field(default_factory=dict)
 
+    @classmethod
+    def zero(cls, problem: Problem, pools: PoolIndex) -> Duals:
+        """All multipliers zero: what pricing falls back to when a solve has no duals."""
+        return cls(
+            cls_row={},
+            cover={},
+            replicas={},
+            pool=np.zeros(len(problem.pools)),
+            quota=np.zeros(len(problem.quotas)),
+            budget={},
+            total=0.0,
+            provider=np.zeros(len(pools.providers)),
+        )
+
 
 @dataclass
 class Master:
@@ -360,13 +374,19 @@ class Master:
 
     # --- solving --------------------------------------------------------------------
 
-    def solve_lp(self) -> tuple[float, Duals]:
+    def solve_lp(self) -> tuple[float, Duals | None]:
+        """The LP optimum and its duals; duals are None when the solver returns none (an
+        empty model, with no rows, has nothing to price against)."""
         from ortools.math_opt.python import mathopt
 
         with solver_output_to_stderr():
             result = mathopt.solve(self.model, mathopt.SolverType.HIGHS)
         if result.termination.reason != mathopt.TerminationReason.OPTIMAL:
             raise RuntimeError(f"LP relaxation ended {result.termination.reason.name}")
+        self.values = result.variable_values()
+        if not result.has_dual_feasible_solution():
+            self.duals = None
+            return float(result.objective_value()), None
         dual = result.dual_values()
         n_pools = len(self.problem.pools)
         pool = np.zeros(n_pools)
@@ -394,7 +414,6 @@ class Master:
             duals.cuts.setdefault(p, []).append((d, dual[row]))
         for (k, a, t), row in sorted(self._cover_cut_rows.items()):
             duals.cover_cuts.setdefault(k, []).append((a, t, dual[row]))
-        self.values = result.variable_values()
         self.duals = duals
         return float(result.objective_value()), duals
 

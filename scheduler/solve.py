@@ -8,6 +8,8 @@
    the most negative ones join. When none prices out, the LP optimum is the full-space LP
    bound; if the time share for it runs out first, the Lagrangian bound
    (LP + sum of negative reduced costs x their bounds) is reported instead, still valid.
+   A solve that returns no duals (an empty problem) ends pricing at once: the bound is
+   the Lagrangian one at zero multipliers and columns are ranked by cost.
 3. Each class also keeps its cheapest columns by reduced cost until their pools could hold
    twice its jobs (pruning by cumulative capacity, never a flat top-K), plus the greedy
    plan's columns, so the integer model can always do at least as well as greedy.
@@ -31,7 +33,7 @@ from broker.errors import ConfigError
 from scheduler.baselines import Units, first_come, greedy_regret, units_to_plan
 from scheduler.bound import lagrangian_bound
 from scheduler.explain import explain_plan
-from scheduler.model import JobClass, Master, PoolIndex, build_classes, reduced_costs
+from scheduler.model import Duals, JobClass, Master, PoolIndex, build_classes, reduced_costs
 from scheduler.problem import Plan, Problem
 from scheduler.validate import check
 
@@ -172,6 +174,8 @@ def _column_generation(
         master.add_columns(cls, _initial_columns(problem, cls, greedy))
     while True:
         objective, duals = master.solve_lp()
+        if duals is None:
+            return _bound_without_duals(problem, classes, pools, master, deadline)
         lagrange = 0.0
         added = 0
         rcs: dict[int, np.ndarray] = {}
@@ -195,6 +199,18 @@ def _column_generation(
             return objective + lagrange, rcs, master
         if added == 0 and (not cuts or master.add_gang_cuts() + master.add_cover_cuts() == 0):
             return objective, rcs, master
+
+
+def _bound_without_duals(
+    problem: Problem, classes: list[JobClass], pools: PoolIndex, master: Master, deadline: float
+) -> tuple[float, dict[int, np.ndarray], Master]:
+    """No duals to price with (the LP solve returned none; an empty problem has no rows):
+    the bound is the Lagrangian one at zero multipliers, else 0 (costs are never
+    negative), and columns are ranked by cost alone."""
+    zero = Duals.zero(problem, pools)
+    bound = lagrangian_bound(problem, classes, pools, zero, deadline=deadline)
+    rcs = {cls.index: reduced_costs(problem, pools, cls, zero) for cls in classes}
+    return (0.0 if bound is None else bound), rcs, master
 
 
 def _bounds(problem: Problem, pools: PoolIndex, cls: JobClass, cands: np.ndarray) -> np.ndarray:

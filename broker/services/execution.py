@@ -38,13 +38,13 @@ from broker.config import Settings
 from broker.db.engine import Database
 from broker.db.models import AllocationRow, InstanceRow, JobRow, OfferRow, UsageRow
 from broker.domain import (
+    MICRO,
     AllocationState,
     InstanceState,
     JobKind,
     JobState,
     Pricing,
     as_utc,
-    money,
     utcnow,
 )
 from broker.errors import (
@@ -58,7 +58,7 @@ from broker.errors import (
     ProviderError,
 )
 from broker.services import jobs as jobs_service
-from broker.services import leases, ray_cluster
+from broker.services import leases, metering, ray_cluster
 
 if TYPE_CHECKING:
     from providers.base import InstanceRecord, Provider
@@ -69,6 +69,9 @@ CRASH_EXIT_CODE = 71
 LEASE_TTL_S = 120.0
 POLL_S = 0.5
 RUNNING_TIMEOUT_S = 600.0
+# Why an inference job ends FAILED when it is run: its plan (one allocation per pool of
+# its replica mix) is kept for inspection, but no allocation of it is launched.
+SERVING_NOT_RUN = "serving is not run by this version; the plan stands"
 
 
 def crash_point(name: str) -> None:
@@ -421,12 +424,12 @@ def _begin(db: Database, settings: Settings, allocation_id: int) -> tuple[int, b
         job_id = job.id
         if not AllocationState(alloc.state).live or JobState(job.state).terminal:
             done = True
+            if alloc.state == AllocationState.PLANNED.value:
+                alloc.state = AllocationState.RELEASED.value  # its job ended: never launched
         elif job.kind != JobKind.TRAINING.value:
             done = True  # serving is planned and priced, but not run by this executor
-            alloc.state = AllocationState.FAILED.value
-            jobs_service.transition(
-                session, job, JobState.FAILED, f"{job.kind} jobs are planned but not run here"
-            )
+            _release_planned(session, job.id)
+            jobs_service.transition(session, job, JobState.FAILED, SERVING_NOT_RUN)
         else:
             done = False
             try:
@@ -442,6 +445,23 @@ def _begin(db: Database, settings: Settings, allocation_id: int) -> tuple[int, b
     if failed is not None:
         raise failed
     return job_id, not done
+
+
+def _release_planned(session: Any, job_id: int) -> None:
+    """Release every allocation of ``job_id`` that was planned but never launched."""
+    rows = session.scalars(
+        select(AllocationRow)
+        .where(
+            AllocationRow.job_id == job_id,
+            AllocationRow.state == AllocationState.PLANNED.value,
+        )
+        .order_by(AllocationRow.id)
+    ).all()
+    for row in rows:
+        row.state = AllocationState.RELEASED.value
+    jobs_service.record_event(
+        session, job_id, "released", {"allocations": [r.id for r in rows], "reason": "not run"}
+    )
 
 
 def _provision_rows(session: Any, settings: Settings, job: JobRow, alloc: AllocationRow) -> None:
@@ -599,7 +619,10 @@ def _write_usage(
     start, end = as_utc(row.launched_at), as_utc(row.terminated_at)
     lifetime = max(0.0, (end - start).total_seconds())
     price = row.price_per_hour if row.price_per_hour is not None else Decimal(0)
-    cost = price * money(lifetime) / Decimal(3600)
+    # The launch price until the offer's price moves (spot), then each observed price.
+    cost = metering.metered_cost(
+        session, offer_id=alloc.offer_id, price_per_hour=price, start=start, end=end
+    )
     session.add(
         UsageRow(
             instance_id=row.id,
@@ -617,7 +640,7 @@ def _write_usage(
             price_per_hour=price,
             on_demand_price_per_hour=on_demand,
             busy_seconds=None if busy_seconds is None else min(busy_seconds, lifetime),
-            cost=cost.quantize(Decimal("0.000001")),
+            cost=cost.quantize(MICRO),
         )
     )
     try:
@@ -880,7 +903,8 @@ def run_pending(
                 .order_by(AllocationRow.id)
             )
         )
-        job_ids = [_allocation(session, i).job_id for i in ids]
+        # An inference job holds one allocation per pool of its replica mix.
+        job_ids = list(dict.fromkeys(_allocation(session, i).job_id for i in ids))
     for allocation_id in ids:
         run_allocation(db, settings, allocation_id, progress=progress, runner=runner)
     return job_ids
