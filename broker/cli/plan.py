@@ -61,7 +61,10 @@ def plan(
     rows = [
         dict(a, binding=report.explain.get(a["job"], {}).get("binding")) for a in report.allocations
     ]
-    render(rows, COLUMNS, Format.table, title="plan")
+    if rows:
+        render(rows, COLUMNS, Format.table, title="plan")
+    elif not report.unplaced:
+        typer.echo("no pending jobs to plan")
     if report.unplaced:
         render(report.unplaced, ["job", "reason"], Format.table, title="unplaced")
     gap = "-" if report.gap is None else f"{report.gap:.3%}"
@@ -91,6 +94,9 @@ def schedule(
     }
     if fmt is Format.json:
         typer.echo(dump_json(data))
+        return
+    if not result.allocation_ids and not result.unplaced:
+        typer.echo(f"plan {result.plan_id}: no pending jobs to plan")
         return
     typer.echo(f"plan {result.plan_id}: {len(result.allocation_ids)} allocations stored")
     if result.unplaced:

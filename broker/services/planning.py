@@ -4,8 +4,12 @@ Pools are the fresh offers with a known price. A pool's capacity is the provider
 where known, else ``settings.default_pool_capacity``, minus the nodes that live
 allocations already hold there; pools in an active cool-down (a recent OutOfCapacity) are
 left out. Team budgets are what is left in the period (usage plus live allocations'
-estimates are spent). Every plan passes ``scheduler.validate`` before it is shown or
-stored.
+estimates are spent). Stored calibrations (``estimates.calibration_map``) set the
+training hours. Every plan passes ``scheduler.validate`` before it is shown or stored.
+
+``schedule`` also records, in ``plans.detail["per_job_cheapest"]``, what each job would
+cost on its own cheapest candidate with capacity ignored (the per-job rule the reports
+compare spend against), and logs a job event for every job it plans or leaves unplaced.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from broker.config import Settings
 from broker.db.engine import Database
 from broker.db.models import (
     AllocationRow,
+    JobEventRow,
     JobRow,
     OfferRow,
     PlanRow,
@@ -33,6 +38,8 @@ from broker.db.models import (
 )
 from broker.domain import AllocationState, JobState, money, round_cents, utcnow
 from broker.errors import ConfigError, Infeasible, StaleWrite
+from broker.services.jobs import record_event, transition
+from broker.services.metering import BASELINE_KEY
 
 ALLOCATION_KEYS = (
     "job",
@@ -196,6 +203,7 @@ def _solve(
     limit: float,
     share: float | None,
     job_ids: Sequence[int] | None,
+    calibrations: dict[str, Any],
 ) -> tuple[Any, Any, list[JobRow]]:
     from broker.services.budgets import remaining_in
     from scheduler.candidates import build_problem
@@ -218,6 +226,7 @@ def _solve(
         quotas=_quotas(session),
         budgets=budgets,
         max_provider_share=share,
+        calibrations=calibrations,
     )
     plan = solve(
         problem, solver=solver, time_limit=limit, relative_gap=settings.solver_relative_gap
@@ -274,11 +283,13 @@ def plan(
 ) -> PlanReport:
     """Plan the PENDING jobs against current offers; nothing is stored."""
     from broker.services.catalog import ensure_catalog
+    from broker.services.estimates import calibration_map
 
     name, limit, share = _options(settings, solver, time_limit, max_provider_share)
     ensure_catalog(db, settings)
+    calibrations = calibration_map(db)
     with db.session() as session:
-        problem, result, _ = _solve(session, settings, name, limit, share, job_ids)
+        problem, result, _ = _solve(session, settings, name, limit, share, job_ids, calibrations)
     return _report(problem, result, name)
 
 
@@ -291,14 +302,20 @@ def schedule(
     max_provider_share: float | None = None,
     job_ids: Sequence[int] | None = None,
 ) -> ScheduleResult:
-    """Plan and commit in one transaction: PlanRow, PLANNED allocations, jobs -> PLANNED."""
+    """Plan and commit in one transaction: PlanRow, PLANNED allocations, jobs -> PLANNED
+    (each move logged as a state event), and an ``unplaced`` event for each job left pending
+    for a reason other than the one it already shows."""
     from broker.services.catalog import ensure_catalog
+    from broker.services.estimates import calibration_map
 
     name, limit, share = _options(settings, solver, time_limit, max_provider_share)
     ensure_catalog(db, settings)
+    calibrations = calibration_map(db)
     started = time.perf_counter()
     with db.session() as session:
-        problem, result, rows = _solve(session, settings, name, limit, share, job_ids)
+        problem, result, rows = _solve(
+            session, settings, name, limit, share, job_ids, calibrations
+        )
         report = _report(problem, result, name)
         plan_row = PlanRow(
             solver=name,
@@ -311,6 +328,7 @@ def schedule(
             detail={
                 "unplaced": {str(k): v for k, v in result.unplaced.items()},
                 "explain": {str(k): v for k, v in result.explain.items()},
+                BASELINE_KEY: _per_job_cheapest(problem),
                 "wall_seconds": round(time.perf_counter() - started, 3),
             },
         )
@@ -318,7 +336,7 @@ def schedule(
         session.flush()
         by_id = {row.id: row for row in rows}
         ids = []
-        placed: set[int] = set()
+        placed: dict[int, list[tuple[int, str]]] = defaultdict(list)  # job -> (alloc, pool)
         for alloc in report.allocations:
             row = AllocationRow(
                 plan_id=plan_row.id,
@@ -340,18 +358,56 @@ def schedule(
             session.add(row)
             session.flush()
             ids.append(row.id)
-            placed.add(alloc["job"])
-        for job_id in sorted(placed):
+            pool = "/".join(
+                (row.provider, row.region, row.zone or "-", row.instance_type, row.pricing)
+            )
+            placed[alloc["job"]].append((row.id, pool))
+        for job_id, held in sorted(placed.items()):
             job = by_id[job_id]
             if job.state != JobState.PENDING.value:
                 raise StaleWrite(f"job {job_id} changed state while it was planned")
-            job.state = JobState.PLANNED.value
-            job.message = None
-        for job_id, reason in result.unplaced.items():
-            by_id[job_id].message = reason[:1000]
+            _mark_planned(session, job, plan_row.id, held)
+        for job_id, reason in sorted(result.unplaced.items()):
+            job, reason = by_id[job_id], reason[:1000]
+            if job.message != reason:  # a daemon replans often: log only a new reason
+                record_event(session, job_id, "unplaced", {"plan_id": plan_row.id, "reason": reason})
+            job.message = reason
         return ScheduleResult(
             plan_id=plan_row.id, allocation_ids=ids, unplaced=dict(sorted(result.unplaced.items()))
         )
+
+
+def _per_job_cheapest(problem: Any) -> dict[str, str]:
+    """{job id: estimated cost of its per-job-cheapest choice}, in dollars to the cent (as
+    allocations' ``est_cost`` are, so a job planned on that very choice compares equal)."""
+    from scheduler.baselines import per_job_cheapest, units_to_plan
+    from scheduler.model import build_classes
+
+    classes = build_classes(problem)
+    alone = units_to_plan(problem, classes, per_job_cheapest(problem, classes))
+    cost: dict[int, float] = defaultdict(float)
+    for a in alone.assignments:
+        cost[a.job] += float(problem.candidates.cost[a.candidate]) * a.count
+    return {str(job): str(round_cents(money(value))) for job, value in sorted(cost.items())}
+
+
+def _mark_planned(
+    session: Session, job: JobRow, plan_id: int, held: list[tuple[int, str]]
+) -> None:
+    """PENDING -> PLANNED through ``jobs.transition`` (which checks the move and logs the
+    state event); that event then also names the plan, the pool and the allocations."""
+    transition(session, job, JobState.PLANNED)
+    job.message = None
+    event = next(
+        e for e in session.new
+        if isinstance(e, JobEventRow) and e.job_id == job.id and e.kind == "state"
+    )
+    event.payload = {
+        **event.payload,
+        "plan_id": plan_id,
+        "pool": ", ".join(sorted({pool for _, pool in held})),  # a serving job may span pools
+        "allocations": [alloc for alloc, _ in held],
+    }
 
 
 def add_cooldown(

@@ -178,3 +178,219 @@ def test_sdk_submit_wait_plans_through_the_scheduler(home: Path) -> None:
         # The scheduler placed it on the local machine, two nodes, as the spec asks.
         assert (alloc.provider, alloc.nodes, alloc.plan_id is not None) == ("local", 2, True)
         assert broker.job_summary(handle.id).usage_rows == 2
+
+
+# --- against the fake cloud: metering, capacity, serving plans, budgets ------------------
+
+
+def _fake_settings(home: Path, database: Database, fake: object) -> Settings:
+    import dataclasses
+
+    return dataclasses.replace(_settings(home, database), extra={"fake_provider": fake})
+
+
+def _fake_offer(database: Database, fake: object, **pool: str):  # type: ignore[no-untyped-def]
+    """Load the fake's offers into the catalog; the OfferRow of ``pool``."""
+    from broker.db.models import OfferRow
+    from broker.services import catalog
+
+    catalog.upsert_offers(database, fake.list_offers(), provider="fake", full=True)  # type: ignore[attr-defined]
+    with database.session() as session:
+        return session.scalars(
+            select(OfferRow).where(*(getattr(OfferRow, k) == v for k, v in pool.items()))
+        ).one()
+
+
+def test_spot_usage_is_charged_the_observed_prices(database: Database, home: Path) -> None:
+    import dataclasses
+
+    from broker.db.models import PriceObservationRow
+    from broker.services import catalog
+    from providers.fake import FakeProvider
+
+    fake = FakeProvider()
+    settings = _fake_settings(home, database, fake)
+    pool = {"zone": "us-east-1a", "instance_type": "fake-h100x8", "pricing": "spot"}
+    offer = _fake_offer(database, fake, **pool)
+    launch_price = offer.price_per_hour
+    new_price = launch_price * 10
+    job_id = submit(database, constraints={"providers": ["fake"], "spot": True})
+    alloc_id = plan_allocation(
+        database,
+        job_id,
+        provider="fake",
+        region="us-east-1",
+        zone="us-east-1a",
+        instance_type="fake-h100x8",
+        pricing="spot",
+        nodes=1,
+        price=launch_price,
+        offer_id=offer.id,
+    )
+    moved = next(
+        dataclasses.replace(r, price_per_hour=new_price)
+        for r in fake.list_offers()
+        if (r.zone, r.instance_type, r.pricing.value) == tuple(pool.values())
+    )
+
+    def price_moves_mid_run(ctx: execution.RunContext, monitor: execution.Monitor):  # type: ignore[no-untyped-def]
+        time.sleep(0.6)  # a stretch at the launch price, then the spot price jumps
+        catalog.upsert_offers(database, [moved], provider="fake", full=False)
+        time.sleep(0.3)
+        return execution.inprocess_runner(ctx, monitor)
+
+    state = execution.run_allocation(database, settings, alloc_id, runner=price_moves_mid_run)
+
+    assert state is JobState.SUCCEEDED
+    with database.session() as session:
+        (usage,) = session.scalars(select(UsageRow).where(UsageRow.job_id == job_id)).all()
+        changed = session.scalars(
+            select(PriceObservationRow.observed_at).where(
+                PriceObservationRow.offer_id == offer.id,
+                PriceObservationRow.price == new_price,
+            )
+        ).one()
+    start, end = usage.start, usage.end
+    assert start < changed < end
+    before = Decimal(str((changed - start).total_seconds())) / 3600
+    after = Decimal(str((end - changed).total_seconds())) / 3600
+    weighted = launch_price * before + new_price * after
+    flat = launch_price * (before + after)
+    assert usage.price_per_hour == launch_price  # the price at launch is kept as it was
+    assert abs(usage.cost - weighted) < Decimal("0.000002")
+    assert usage.cost - flat > Decimal("0.001")  # not launch price x lifetime
+
+
+def test_out_of_capacity_cools_the_pool_and_runs_elsewhere(database: Database, home: Path) -> None:
+    from broker.db.models import PoolCooldownRow
+    from broker.services import planning
+    from providers.fake import FakeProvider, FaultPlan, LaunchFailure
+
+    _fake_offer(
+        database, FakeProvider(), zone="us-east-1a", instance_type="fake-l4x1", pricing="on_demand"
+    )
+    job_id = submit(database, nodes=2, constraints={"providers": ["fake"]})
+    # Where the planner puts the job first: that zone has no nodes of this type.
+    (first,) = planning.plan(database, _settings(home, database), job_ids=[job_id]).allocations
+    fake = FakeProvider(
+        faults=FaultPlan(
+            launch_failures=(
+                LaunchFailure(
+                    "capacity", zone=first["zone"], instance_type=first["instance_type"], times=None
+                ),
+            )
+        )
+    )
+    settings = _fake_settings(home, database, fake)
+
+    state = execution.run_job(database, settings, job_id, runner=execution.inprocess_runner)
+
+    assert state is JobState.SUCCEEDED
+    assert _states(database, job_id) == [
+        "PENDING",
+        "PLANNED",
+        "PROVISIONING",
+        "PENDING",
+        "PLANNED",
+        "PROVISIONING",
+        "RUNNING",
+        "SUCCEEDED",
+    ]
+    with database.session() as session:
+        failed, ran = session.scalars(select(AllocationRow).order_by(AllocationRow.id)).all()
+        failed_nodes = {r.state for r in failed.instances}
+        cooldowns = [
+            (c.provider, c.region, c.zone, c.instance_type)
+            for c in session.scalars(select(PoolCooldownRow))
+        ]
+        usage = session.scalars(select(UsageRow)).all()
+        ran_instance_ids = {r.id for r in ran.instances}
+    assert (failed.zone, failed.instance_type) == (first["zone"], first["instance_type"])
+    assert failed.state == AllocationState.FAILED.value
+    assert failed_nodes == {InstanceState.FAILED.value}
+    assert cooldowns == [("fake", first["region"], first["zone"], first["instance_type"])]
+    assert (ran.zone, ran.instance_type) != (first["zone"], first["instance_type"])
+    assert ran.state == AllocationState.RELEASED.value
+    assert {u.instance_id for u in usage} == ran_instance_ids  # the failed launch bills nothing
+    assert all(r.state is InstanceState.TERMINATED for r in fake.instances())
+
+
+def _serving_spec() -> dict:  # type: ignore[type-arg]
+    return {
+        "kind": "inference",
+        "name": "serve",
+        "model": {"preset": "llama-7b"},
+        "request_rate": 40,
+        "input_tokens": 512,
+        "output_tokens": 128,
+        "slo": {"ttft_ms": 2000, "tpot_ms": 100},
+        "regions": {"us": 0.5, "europe": 0.5},
+        "min_replicas": 2,
+        "constraints": {"providers": ["fake"]},
+    }
+
+
+@pytest.mark.parametrize("entry", ["run_job", "run_pending"])
+def test_serving_job_releases_every_allocation_of_its_plan(
+    database: Database, home: Path, entry: str
+) -> None:
+    from broker.db.models import PlanRow
+    from providers.fake import FakeProvider
+    from workloads.spec import parse_spec
+
+    fake = FakeProvider()
+    settings = _fake_settings(home, database, fake)
+    _fake_offer(database, fake, zone="us-east-1a", instance_type="fake-l4x1", pricing="on_demand")
+    job_id = jobs.submit(database, parse_spec(_serving_spec())).id
+
+    if entry == "run_job":
+        assert execution.run_job(database, settings, job_id) is JobState.FAILED
+    else:
+        assert execution.run_pending(database, settings) == [job_id]
+
+    view = jobs.get(database, job_id)
+    assert view.state is JobState.FAILED
+    assert view.message == "serving is not run by this version; the plan stands"
+    with database.session() as session:
+        allocs = session.scalars(select(AllocationRow).where(AllocationRow.job_id == job_id)).all()
+        plans = {a.plan_id for a in allocs}
+        assert len(plans) == 1 and session.get(PlanRow, plans.pop()) is not None
+        assert list(session.scalars(select(InstanceRow))) == []
+    assert len({a.region for a in allocs}) >= 2  # one allocation per pool of the mix
+    assert {a.state for a in allocs} == {AllocationState.RELEASED.value}
+    assert fake.stats.calls["launch"] == 0 and fake.instances() == []
+
+
+def test_budget_lowered_after_planning_refuses_the_launch(database: Database, home: Path) -> None:
+    from broker.services import budgets
+    from providers.fake import FakeProvider
+
+    fake = FakeProvider()
+    settings = _fake_settings(home, database, fake)
+    _fake_offer(database, fake, zone="us-east-1a", instance_type="fake-l4x1", pricing="on_demand")
+    budgets.set_budget(database, "default", "1000", "month")
+    job_id = submit(database, steps=2_000_000, nodes=2, constraints={"providers": ["fake"]})
+    (alloc_id,) = execution.schedule_job(database, settings, job_id)
+    with database.session() as session:
+        alloc = session.get(AllocationRow, alloc_id)
+        assert alloc is not None
+        estimate = alloc.est_cost
+    assert estimate > 0
+    budgets.set_budget(database, "default", estimate / 2, "month")
+    trained: list[int] = []
+
+    def must_not_train(ctx: execution.RunContext, monitor: execution.Monitor):  # type: ignore[no-untyped-def]
+        trained.append(ctx.allocation_id)
+        return execution.Outcome(ok=False, error="launched past the budget")
+
+    with pytest.raises(BudgetExceeded, match="team default"):
+        execution.run_allocation(database, settings, alloc_id, runner=must_not_train)
+
+    assert trained == []
+    assert fake.stats.calls["launch"] == 0 and fake.instances() == []
+    view = jobs.get(database, job_id)
+    assert view.state is JobState.FAILED and "budget" in (view.message or "")
+    with database.session() as session:
+        alloc = session.get(AllocationRow, alloc_id)
+        assert alloc is not None and alloc.state == AllocationState.FAILED.value
+        assert list(session.scalars(select(InstanceRow))) == []

@@ -126,3 +126,97 @@ def test_cli_plan_json_over_the_examples(home: Path) -> None:
     bad = subprocess.run([gpubroker, "plan", "--max-provider-share", "1.5"], capture_output=True,
                          text=True, env=env, cwd=ROOT, timeout=60)
     assert bad.returncode == 2 and bad.stderr.startswith("error: --max-provider-share")
+
+
+def test_schedule_with_no_pending_jobs_stores_an_empty_plan(database, settings) -> None:
+    with database.session() as s:
+        s.add(_offer("use1-az1", "50", 2))
+    report = planning.plan(database, settings)
+    assert (report.allocations, report.unplaced) == ([], [])
+    assert (report.objective, report.lp_bound, report.gap, report.validated) == (0, 0, 0.0, True)
+    result = planning.schedule(database, settings)
+    assert (result.allocation_ids, result.unplaced) == ([], {})
+    with database.session() as s:
+        row = s.get(PlanRow, result.plan_id)
+        assert row.validated and (row.objective, row.lp_bound, row.gap) == (0, 0, 0.0)
+
+
+def test_per_job_cheapest_baseline_feeds_the_report(database, settings) -> None:
+    from datetime import timedelta
+
+    from broker.db.models import InstanceRow, UsageRow
+    from broker.domain import utcnow
+    from broker.services.reports import build_report
+
+    with database.session() as s:
+        s.add_all([_offer("use1-az1", "50", 2), _offer("use1-az2", "60", None)])
+        first, second = _jobs(s, _spec("a"), _spec("b"))
+    result = planning.schedule(database, settings)
+    with database.session() as s:
+        detail = s.get(PlanRow, result.plan_id).detail["per_job_cheapest"]
+        allocs = {a.job_id: a for a in s.scalars(select(AllocationRow))}
+        # alone, each job takes az1; together the second one pays az2's price
+        assert allocs[first].zone == "use1-az1" and allocs[second].zone == "use1-az2"
+        assert set(detail) == {str(first), str(second)}
+        assert Decimal(detail[str(first)]) == Decimal(detail[str(second)]) == allocs[first].est_cost
+        baseline, estimate = Decimal(detail[str(second)]), allocs[second].est_cost
+        assert baseline < estimate
+        end = utcnow()
+        inst = InstanceRow(allocation_id=allocs[second].id, provider="aws", region="us-east-1",
+                           zone="use1-az2", instance_type="p5.48xlarge", pricing="on_demand",
+                           request_id="r", state="TERMINATED", price_per_hour=Decimal(60),
+                           launched_at=end - timedelta(hours=1), terminated_at=end)
+        s.add(inst)
+        s.flush()
+        s.add(UsageRow(instance_id=inst.id, job_id=second, team="ml", provider="aws",
+                       region="us-east-1", zone="use1-az2", instance_type="p5.48xlarge",
+                       pricing="on_demand", gpu="H100-80GB", gpus=8, start=inst.launched_at,
+                       end=end, price_per_hour=Decimal(60), cost=Decimal(60)))
+    totals = build_report(database, end - timedelta(hours=2), end + timedelta(minutes=1)).totals
+    assert totals.spend == Decimal(60)
+    assert abs(totals.cheapest_cost - Decimal(60) * baseline / estimate) < Decimal("0.000001")
+    # 60 x 50/60 - 60, up to the estimates' rounding to the cent
+    assert abs(totals.savings_vs_cheapest - Decimal(-10)) < Decimal("0.05")
+
+
+def test_stored_cpu_calibration_sets_planned_hours(database, settings) -> None:
+    from broker.services.estimates import save_calibration
+    from workloads.estimate import Calibration, Hardware, estimate_training
+
+    spec = parse_spec({"kind": "training", "name": "tiny", "team": "ml",
+                       "model": {"preset": "gpt-tiny"}, "steps": 300, "global_batch": 16,
+                       "precision": "fp32", "nodes": 1, "constraints": {"providers": ["local"]}})
+    with database.session() as s:
+        s.add(OfferRow(provider="local", region="local", zone="local-a", instance_type="cpu-2",
+                       gpu=None, gpus_per_node=0, vcpus=2, pricing="on_demand",
+                       price_per_hour=Decimal(0), capacity_nodes=1, source="test"))
+        _jobs(s, spec_to_dict(spec))
+    default = planning.plan(database, settings).allocations[0]["est_hours"]
+    slow = 1e7  # FLOP/s: far below what the uncalibrated estimate assumes for two vCPUs
+    save_calibration(database, device="cpu:test machine", gpu=None, achieved_flops=slow)
+    calibrated = planning.plan(database, settings).allocations[0]["est_hours"]
+    hw = Hardware(gpu=None, gpus_per_node=0, vcpus=2)
+    expected = estimate_training(spec, hw, calibration=Calibration("cpu:test machine", slow, None))
+    assert calibrated == round(expected.hours, 4)
+    assert calibrated > 20 * default
+
+
+def test_schedule_logs_planned_and_unplaced_jobs(database, settings) -> None:
+    from broker.services.jobs import events
+
+    with database.session() as s:
+        s.add(_offer("use1-az1", "50", 2))
+        first, second = _jobs(s, _spec("a", priority=1), _spec("b"))  # room for one gang
+    result = planning.schedule(database, settings)
+    assert result.allocation_ids and second in result.unplaced
+    (planned,) = [e for e in events(database, first) if e.kind == "state"]
+    assert planned.payload == {
+        "state": "PLANNED", "from": "PENDING", "plan_id": result.plan_id,
+        "pool": "aws/us-east-1/use1-az1/p5.48xlarge/on_demand",
+        "allocations": result.allocation_ids,
+    }
+    unplaced = [("unplaced", {"plan_id": result.plan_id, "reason": result.unplaced[second]})]
+    assert [(e.kind, e.payload) for e in events(database, second)] == unplaced
+    again = planning.schedule(database, settings)  # the same reason is not logged twice
+    assert again.unplaced[second] == result.unplaced[second]
+    assert [(e.kind, e.payload) for e in events(database, second)] == unplaced

@@ -47,6 +47,7 @@ def plan_allocation(
     nodes: int = 2,
     price: Decimal = Decimal("0"),
     pricing: str = "on_demand",
+    offer_id: int | None = None,
 ) -> int:
     """What the scheduler commits for one job: PENDING -> PLANNED plus a PLANNED allocation."""
     with db.session() as session:
@@ -58,6 +59,7 @@ def plan_allocation(
         alloc = AllocationRow(
             plan_id=plan.id,
             job_id=job_id,
+            offer_id=offer_id,
             provider=provider,
             region=region,
             zone=zone,

@@ -218,3 +218,37 @@ def test_serving_plans_are_optimal_and_the_bound_holds(problem: Problem) -> None
     strong = lagrangian_bound(problem, classes, pools, master.duals, deadline=1e18)
     assert lp <= exact + 1e-6 * max(1.0, exact)
     assert strong is None or strong <= exact + 1e-6 * max(1.0, exact)
+
+
+def test_no_jobs_is_an_empty_validated_plan() -> None:
+    pools = [_pool(0, "aws", 2, 10.0)]
+    problem = Problem(jobs=[], pools=pools, candidates=Candidates.from_rows([], 0), n_shapes=0)
+    for solver in ("highs", "cpsat"):
+        plan = solve(problem, solver=solver, time_limit=5)
+        assert (plan.assignments, plan.unplaced) == ([], {})
+        assert (plan.objective, plan.lp_bound, plan.gap) == (0.0, 0.0, 0.0)
+        assert check(problem, plan) == []
+
+
+def test_a_solve_without_duals_keeps_a_valid_bound(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from scheduler.bound import lagrangian_bound
+    from scheduler.model import Master, PoolIndex
+
+    solve_lp = Master.solve_lp
+
+    def without_duals(self):  # type: ignore[no-untyped-def]
+        objective, _ = solve_lp(self)
+        self.duals = None
+        return objective, None
+
+    monkeypatch.setattr(Master, "solve_lp", without_duals)
+    # both jobs' cheapest pool holds one of them: the optimum is 21, zero multipliers give 20
+    pools = [_pool(0, "aws", 1, 10.0), _pool(1, "gcp", 1, 11.0)]
+    problem = _problem(pools, [("a", 0, [(0, 1, 1.0), (1, 1, 1.0)]), ("a", 0, [(0, 1, 1.0)])])
+    plan = solve(problem, time_limit=5)
+    assert check(problem, plan) == []
+    assert plan.objective == 21.0 and plan.lp_bound == 20.0
+    assert abs(plan.gap - 1 / 21) < 1e-9
+    bound = lagrangian_bound(problem, build_classes(problem), PoolIndex.of(problem), None,
+                             deadline=1e18)
+    assert bound == 20.0
