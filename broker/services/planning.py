@@ -370,7 +370,8 @@ def schedule(
         for job_id, reason in sorted(result.unplaced.items()):
             job, reason = by_id[job_id], reason[:1000]
             if job.message != reason:  # a daemon replans often: log only a new reason
-                record_event(session, job_id, "unplaced", {"plan_id": plan_row.id, "reason": reason})
+                payload = {"plan_id": plan_row.id, "reason": reason}
+                record_event(session, job_id, "unplaced", payload)
             job.message = reason
         return ScheduleResult(
             plan_id=plan_row.id, allocation_ids=ids, unplaced=dict(sorted(result.unplaced.items()))

@@ -217,6 +217,9 @@ def test_schedule_logs_planned_and_unplaced_jobs(database, settings) -> None:
     }
     unplaced = [("unplaced", {"plan_id": result.plan_id, "reason": result.unplaced[second]})]
     assert [(e.kind, e.payload) for e in events(database, second)] == unplaced
-    again = planning.schedule(database, settings)  # the same reason is not logged twice
-    assert again.unplaced[second] == result.unplaced[second]
+    # az1 is now held: a new reason is logged, the same one again is not
+    again = planning.schedule(database, settings)
+    unplaced.append(("unplaced", {"plan_id": again.plan_id, "reason": again.unplaced[second]}))
+    third = planning.schedule(database, settings)
+    assert third.unplaced[second] == again.unplaced[second] != result.unplaced[second]
     assert [(e.kind, e.payload) for e in events(database, second)] == unplaced
