@@ -137,8 +137,15 @@ def list_jobs(db: Database, states: Sequence[JobState | str] | None = None) -> l
         return [view(row) for row in session.scalars(query)]
 
 
-def transition(session: Session, row: JobRow, new: JobState, message: str | None = None) -> None:
-    """Move ``row`` to ``new`` (checked against JOB_TRANSITIONS) and log the change."""
+def transition(
+    session: Session,
+    row: JobRow,
+    new: JobState,
+    message: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """Move ``row`` to ``new`` (checked against JOB_TRANSITIONS) and log the change, with
+    ``detail`` (e.g. the plan and pool) added to the event's payload."""
     old = JobState(row.state)
     if old == new:
         return
@@ -151,7 +158,7 @@ def transition(session: Session, row: JobRow, new: JobState, message: str | None
     payload: dict[str, Any] = {"state": new.value, "from": old.value}
     if message:
         payload["message"] = message
-    record_event(session, row.id, "state", payload)
+    record_event(session, row.id, "state", {**payload, **(detail or {})})
 
 
 def record_event(session: Session, job_id: int, kind: str, payload: dict[str, Any]) -> None:

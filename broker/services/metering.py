@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from broker.db.models import (
@@ -97,21 +97,37 @@ def _on_demand_price(session: Session, row: UsageRow, cache: dict) -> Decimal | 
 
 
 def _baseline_ratios(session: Session, allocation_ids: Iterable[int]) -> dict[int, Decimal]:
-    """allocation id -> per-job-cheapest cost / the allocation's own estimated cost."""
+    """allocation id -> per-job-cheapest cost / the job's estimated cost in that plan.
+
+    The job's estimate is the sum over all its allocations of the plan (a serving job
+    spans several pools), so each allocation's share of the baseline is in proportion.
+    """
     ids = sorted(set(allocation_ids))
     ratios: dict[int, Decimal] = {}
     for chunk_start in range(0, len(ids), 500):
         chunk = ids[chunk_start : chunk_start + 500]
         rows = session.execute(
-            select(AllocationRow.id, AllocationRow.job_id, AllocationRow.est_cost, PlanRow.detail)
+            select(AllocationRow.id, AllocationRow.job_id, AllocationRow.plan_id, PlanRow.detail)
             .join(PlanRow, AllocationRow.plan_id == PlanRow.id)
             .where(AllocationRow.id.in_(chunk))
         ).all()
-        for alloc_id, job_id, est_cost, detail in rows:
+        plan_ids = sorted({plan_id for _, _, plan_id, _ in rows})
+        job_estimates = {
+            (plan_id, job_id): money(total)
+            for plan_id, job_id, total in session.execute(
+                select(
+                    AllocationRow.plan_id, AllocationRow.job_id, func.sum(AllocationRow.est_cost)
+                )
+                .where(AllocationRow.plan_id.in_(plan_ids))
+                .group_by(AllocationRow.plan_id, AllocationRow.job_id)
+            )
+        }
+        for alloc_id, job_id, plan_id, detail in rows:
             baseline = ((detail or {}).get(BASELINE_KEY) or {}).get(str(job_id))
-            if baseline is None or not est_cost:
+            estimate = job_estimates.get((plan_id, job_id))
+            if baseline is None or not estimate:
                 continue
-            ratios[alloc_id] = money(baseline) / est_cost
+            ratios[alloc_id] = money(baseline) / estimate
     return ratios
 
 

@@ -29,7 +29,6 @@ from broker.config import Settings
 from broker.db.engine import Database
 from broker.db.models import (
     AllocationRow,
-    JobEventRow,
     JobRow,
     OfferRow,
     PlanRow,
@@ -395,20 +394,15 @@ def _per_job_cheapest(problem: Any) -> dict[str, str]:
 def _mark_planned(
     session: Session, job: JobRow, plan_id: int, held: list[tuple[int, str]]
 ) -> None:
-    """PENDING -> PLANNED through ``jobs.transition`` (which checks the move and logs the
-    state event); that event then also names the plan, the pool and the allocations."""
-    transition(session, job, JobState.PLANNED)
-    job.message = None
-    event = next(
-        e for e in session.new
-        if isinstance(e, JobEventRow) and e.job_id == job.id and e.kind == "state"
-    )
-    event.payload = {
-        **event.payload,
+    """PENDING -> PLANNED through ``jobs.transition``, whose state event also names the
+    plan, the pool and the allocations."""
+    detail = {
         "plan_id": plan_id,
         "pool": ", ".join(sorted({pool for _, pool in held})),  # a serving job may span pools
         "allocations": [alloc for alloc, _ in held],
     }
+    transition(session, job, JobState.PLANNED, detail=detail)
+    job.message = None
 
 
 def add_cooldown(

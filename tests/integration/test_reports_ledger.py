@@ -186,3 +186,65 @@ def test_empty_window_and_no_budgets(database) -> None:  # type: ignore[no-untyp
     with database.session() as s:
         s.add(BudgetRow(team="x", amount=Decimal("10"), period="week"))
     assert build_report(database, NOW - timedelta(hours=6), NOW).budgets[0].burn == 0
+
+
+def test_a_job_spread_over_pools_shares_one_baseline(database) -> None:  # type: ignore[no-untyped-def]
+    """A serving job planned on two pools: its per-job-cheapest baseline is for the whole
+    job, so the two allocations' runs together are compared with it once, not twice."""
+    from broker.db.models import AllocationRow, InstanceRow, JobRow, PlanRow, UsageRow
+
+    start, end = NOW - timedelta(hours=2), NOW - timedelta(hours=1)
+    with database.session() as s:
+        job = JobRow(name="serve", kind="inference", spec={}, team="product", state="RUNNING")
+        s.add(job)
+        s.flush()
+        plan = PlanRow(solver="highs", status="optimal", detail={})
+        s.add(plan)
+        s.flush()
+        plan.detail = {"per_job_cheapest": {str(job.id): "90"}}
+        for index, region in enumerate(("us-east-1", "europe-west4")):
+            alloc = AllocationRow(
+                plan_id=plan.id,
+                job_id=job.id,
+                provider="gcp",
+                region=region,
+                instance_type="g2-standard-4",
+                pricing="on_demand",
+                nodes=1,
+                est_hours=1.0,
+                est_cost=Decimal("60"),
+                state="RELEASED",
+            )
+            s.add(alloc)
+            s.flush()
+            inst = InstanceRow(
+                allocation_id=alloc.id,
+                provider="gcp",
+                region=region,
+                instance_type="g2-standard-4",
+                pricing="on_demand",
+                request_id=f"r{index}",
+                state="TERMINATED",
+            )
+            s.add(inst)
+            s.flush()
+            s.add(
+                UsageRow(
+                    instance_id=inst.id,
+                    job_id=job.id,
+                    team="product",
+                    provider="gcp",
+                    region=region,
+                    instance_type="g2-standard-4",
+                    pricing="on_demand",
+                    gpu="L4",
+                    gpus=1,
+                    start=start,
+                    end=end,
+                    price_per_hour=Decimal("60"),
+                    cost=Decimal("60"),
+                )
+            )
+    report = build_report(database, NOW - timedelta(days=1), NOW)
+    assert report.totals.spend == Decimal("120")
+    assert abs(report.totals.cheapest_cost - Decimal("90")) < TOL
