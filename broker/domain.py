@@ -10,7 +10,6 @@ import enum
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 
-USD = Decimal
 CENT = Decimal("0.01")
 MICRO = Decimal("0.000001")
 
