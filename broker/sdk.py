@@ -21,13 +21,7 @@ if TYPE_CHECKING:
 
     from broker.db.engine import Database
     from broker.services.budgets import BudgetView
-    from broker.services.catalog import (
-        GpuSummary,
-        ImportReport,
-        OfferView,
-        RefreshProgress,
-        RefreshReport,
-    )
+    from broker.services.catalog import GpuSummary, ImportReport, OfferView
     from broker.services.check import ProviderCheck
     from broker.services.daemon import Daemon
     from broker.services.estimates import CalibrationView, EstimateReport
@@ -35,6 +29,7 @@ if TYPE_CHECKING:
     from broker.services.jobs import EventView, JobHandle, JobView
     from broker.services.planning import PlanReport, ScheduleResult
     from broker.services.reconcile import ReconcileReport
+    from broker.services.refresh import RefreshProgress, RefreshReport
     from broker.services.reports import Report
     from broker.services.schedules import MadeReport, ScheduleView
     from workloads.spec import JobSpec
@@ -122,10 +117,10 @@ class Broker:
         progress: Callable[[RefreshProgress], None] | None = None,
     ) -> RefreshReport:
         """Refresh offers from live providers, region by region (see ``offers refresh``)."""
-        from broker.services import catalog
+        from broker.services import catalog, refresh
 
         catalog.ensure_catalog(self.db, self.settings)
-        return catalog.refresh(
+        return refresh.refresh(
             self.db, self.settings, list(providers), list(regions) if regions else None, progress
         )
 

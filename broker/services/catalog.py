@@ -1,5 +1,4 @@
-"""The offer catalog: upserts from any source, queries, the per-GPU summary, imports and
-refreshes.
+"""The offer catalog: upserts from any source, queries, the per-GPU summary and imports.
 
 Offers are keyed by (provider, region, zone, instance_type, pricing). Writing many offers
 goes through executemany-style bulk statements (one INSERT executemany for new offers, one
@@ -14,11 +13,10 @@ from __future__ import annotations
 
 import fnmatch
 import re
-import statistics
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from decimal import Decimal
 from operator import itemgetter
@@ -291,11 +289,11 @@ def upsert_offers(
     given): its other offers there are marked stale.
     """
     with db.session() as session:
-        summary, _ = _upsert(session, records, provider=provider, full=full, regions=regions)
+        summary, _ = upsert_in(session, records, provider=provider, full=full, regions=regions)
     return summary
 
 
-def _upsert(
+def upsert_in(
     session: Session,
     records: Iterable[OfferRecord],
     *,
@@ -303,6 +301,7 @@ def _upsert(
     full: bool,
     regions: Sequence[str] | None,
 ) -> tuple[UpsertSummary, list[dict[str, Any]]]:
+    """``upsert_offers`` inside the caller's transaction; also returns the written rows."""
     now = utcnow()
     canon = _Canon()
     incoming: dict[_Key, dict[str, Any]] = {}
@@ -798,10 +797,10 @@ def ensure_catalog(db: Database, settings: Settings) -> UpsertSummary | None:
     try:
         with db.session() as session:
             for name, records in sorted(by_provider.items()):
-                done, _ = _upsert(session, records, provider=name, full=False, regions=None)
+                done, _ = upsert_in(session, records, provider=name, full=False, regions=None)
                 total += done
             if local:
-                done, _ = _upsert(session, local, provider="local", full=True, regions=None)
+                done, _ = upsert_in(session, local, provider="local", full=True, regions=None)
                 total += done
     except IntegrityError:
         return None  # another process loaded the catalog at the same moment
@@ -879,7 +878,7 @@ def import_file(
     done: dict[str, UpsertSummary] = {}
     with db.session() as session:
         for name, records in sorted(by_provider.items()):
-            done[name], _ = _upsert(session, records, provider=name, full=True, regions=None)
+            done[name], _ = upsert_in(session, records, provider=name, full=True, regions=None)
     return ImportReport(
         path=str(path),
         format=fmt,
@@ -890,241 +889,3 @@ def import_file(
         providers=done,
         seconds=time.perf_counter() - started,
     )
-
-
-# --- refresh ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RegionResult:
-    provider: str
-    region: str | None  # None: the provider as a whole
-    ok: bool
-    error: str | None = None
-    offers: int = 0
-    new: int = 0
-    updated: int = 0
-    stale: int = 0
-    unchanged: int = 0
-
-
-@dataclass(frozen=True)
-class PriceFlag:
-    """An offer whose per-GPU price is more than 2x off the median for its GPU and pricing."""
-
-    provider: str
-    region: str
-    zone: str | None
-    instance_type: str
-    pricing: str
-    gpu: str
-    price_per_gpu_hour: Decimal
-    median_per_gpu_hour: Decimal
-    ratio: float
-
-
-@dataclass(frozen=True)
-class RefreshProgress:
-    provider: str
-    region: str | None
-    done: int  # regions finished for this provider
-    total: int
-    result: RegionResult | None = None  # None: the region is starting
-
-
-@dataclass
-class RefreshReport:
-    results: list[RegionResult] = field(default_factory=list)
-    flags: list[PriceFlag] = field(default_factory=list)
-
-    @property
-    def new(self) -> int:
-        return sum(r.new for r in self.results)
-
-    @property
-    def updated(self) -> int:
-        return sum(r.updated for r in self.results)
-
-    @property
-    def stale(self) -> int:
-        return sum(r.stale for r in self.results)
-
-    @property
-    def errors(self) -> int:
-        return sum(not r.ok for r in self.results)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "new": self.new,
-            "updated": self.updated,
-            "stale": self.stale,
-            "errors": self.errors,
-            "regions": [asdict(r) for r in self.results],
-            "price_flags": [asdict(f) for f in self.flags],
-        }
-
-
-def _safe_message(exc: Exception) -> str:
-    """Our errors carry credential-free text; anything else is named by type only, since
-    an SDK's message may echo a request with a secret in it."""
-    if isinstance(exc, BrokerError):
-        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if isinstance(exc, ImportError):
-        return "not available: its adapter module could not be imported"
-    return f"unexpected {type(exc).__name__} from the provider"
-
-
-def _regions_for(
-    name: str, provider: Any, settings: Settings, db: Database, regions: Sequence[str] | None
-) -> list[str | None]:
-    if regions:
-        return list(dict.fromkeys(regions))
-    configured = {"aws": settings.aws_regions, "gcp": settings.gcp_regions}.get(name)
-    if configured:
-        return list(configured)
-    listed = getattr(provider, "regions", None)
-    if callable(listed):
-        listed = listed()
-    if listed:
-        return list(listed)
-    with db.session() as session:
-        known = session.scalars(
-            select(OfferRow.region)
-            .where(OfferRow.provider == name)
-            .distinct()
-            .order_by(OfferRow.region)
-        ).all()
-    return list(known) or [None]
-
-
-def refresh(
-    db: Database,
-    settings: Settings,
-    providers: list[str],
-    regions: list[str] | None,
-    progress: Callable[[RefreshProgress], None] | None = None,
-) -> RefreshReport:
-    """Re-read offers from live providers, one region at a time.
-
-    A failing region is reported, its old offers kept and marked stale, and the other
-    regions still refresh. Offers whose per-GPU price is more than 2x off the median for
-    their GPU are flagged in the report.
-    """
-    from providers import registry
-
-    names = list(dict.fromkeys(registry.LIVE if "all" in providers else providers))
-    for name in names:
-        if name not in registry.names():
-            raise UserError(
-                f"--provider: {name!r} is unknown; known: all, {', '.join(registry.names())}"
-            )
-    report = RefreshReport()
-    seen: list[dict[str, Any]] = []
-    for name in names:
-        try:
-            provider = registry.get(name, settings)
-            todo = _regions_for(name, provider, settings, db, regions)
-        except Exception as exc:  # a provider that cannot even start: all of it is stale
-            with db.session() as session:
-                stale = mark_stale(session, name, None)
-            result = RegionResult(name, None, False, _safe_message(exc), stale=stale)
-            report.results.append(result)
-            if progress:
-                progress(RefreshProgress(name, None, 1, 1, result))
-            continue
-        for index, region in enumerate(todo):
-            if progress:
-                progress(RefreshProgress(name, region, index, len(todo)))
-            result = _refresh_region(db, name, provider, region, seen)
-            report.results.append(result)
-            if progress:
-                progress(RefreshProgress(name, region, index + 1, len(todo), result))
-    report.flags = price_flags(db, seen)
-    return report
-
-
-def _refresh_region(
-    db: Database, name: str, provider: Any, region: str | None, seen: list[dict[str, Any]]
-) -> RegionResult:
-    try:
-        records = list(provider.list_offers([region] if region else None))
-    except Exception as exc:
-        with db.session() as session:
-            stale = mark_stale(session, name, region)
-        return RegionResult(name, region, False, _safe_message(exc), stale=stale)
-    groups: dict[str, list[OfferRecord]] = defaultdict(list)
-    for record in records:
-        groups[record.provider].append(record)
-    total = UpsertSummary()
-    with db.session() as session:
-        for owner, group in groups.items():
-            own = owner == name
-            done, rows = _upsert(
-                session,
-                group,
-                provider=owner,
-                full=own,
-                regions=([region] if region else None) if own else None,
-            )
-            total += done
-            seen.extend(rows)
-        if name not in groups:  # the region answered with nothing: its old offers are gone
-            done, _ = _upsert(
-                session, [], provider=name, full=True, regions=[region] if region else None
-            )
-            total += done
-    return RegionResult(
-        name,
-        region,
-        True,
-        None,
-        len(records),
-        total.new,
-        total.updated,
-        total.stale,
-        total.unchanged,
-    )
-
-
-def price_flags(db: Database, rows: Iterable[dict[str, Any]]) -> list[PriceFlag]:
-    """Flags for ``rows`` whose per-GPU price is more than 2x off the median of the live
-    offers of the same GPU and pricing."""
-    rows = [r for r in rows if r["gpu"] and r["gpus_per_node"] and r["price_per_hour"] is not None]
-    if not rows:
-        return []
-    wanted = {r["gpu"] for r in rows}
-    per_gpu: dict[tuple[str, str], list[Decimal]] = defaultdict(list)
-    with db.session() as session:
-        query = select(
-            OfferRow.gpu, OfferRow.pricing, OfferRow.price_per_hour, OfferRow.gpus_per_node
-        ).where(
-            OfferRow.gpu.in_(sorted(wanted)),
-            OfferRow.gpus_per_node > 0,
-            OfferRow.price_per_hour.is_not(None),
-            OfferRow.stale.is_(False),
-        )
-        for gpu, pricing, price, gpus in session.execute(query):
-            per_gpu[(gpu, pricing)].append(Decimal(price) / gpus)
-    medians = {key: Decimal(statistics.median(values)) for key, values in per_gpu.items()}
-    flags: list[PriceFlag] = []
-    for r in rows:
-        median = medians.get((r["gpu"], r["pricing"]))
-        if not median:
-            continue
-        price = Decimal(r["price_per_hour"]) / r["gpus_per_node"]
-        ratio = float(price / median)
-        if ratio > 2 or ratio < 0.5:
-            flags.append(
-                PriceFlag(
-                    provider=r["provider"],
-                    region=r["region"],
-                    zone=r["zone"] or None,
-                    instance_type=r["instance_type"],
-                    pricing=r["pricing"],
-                    gpu=r["gpu"],
-                    price_per_gpu_hour=price.quantize(MICRO),
-                    median_per_gpu_hour=median.quantize(MICRO),
-                    ratio=round(ratio, 3),
-                )
-            )
-    return flags

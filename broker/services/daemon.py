@@ -68,10 +68,11 @@ def _configured_live_providers(settings: Settings) -> list[str]:
 def default_steps(db: Database, settings: Settings) -> Steps:
     def refresh() -> Any:
         from broker.services import catalog
+        from broker.services import refresh as live_refresh
 
         catalog.ensure_catalog(db, settings)
         live = _configured_live_providers(settings)
-        return catalog.refresh(db, settings, live, None) if live else None
+        return live_refresh.refresh(db, settings, live, None) if live else None
 
     def schedule() -> Any:
         from broker.services import planning

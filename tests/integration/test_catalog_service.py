@@ -13,7 +13,7 @@ from broker.config import load_settings
 from broker.db.models import OfferRow, PriceObservationRow
 from broker.domain import Fabric, Pricing
 from broker.errors import ProviderError, UserError
-from broker.services import catalog
+from broker.services import catalog, refresh
 from providers.base import Capability, OfferRecord
 from tests.conftest import shared_dataset
 
@@ -161,8 +161,8 @@ def test_refresh_isolates_a_failing_region_and_flags_prices(loaded, monkeypatch)
     monkeypatch.setitem(registry._MODULES, "tiny", "tests.unused")
     monkeypatch.setattr(registry, "get", lambda name, settings: state["provider"])
     settings = load_settings({"GPUBROKER_HOME": "/nonexistent-home"})
-    events: list[catalog.RefreshProgress] = []
-    first = catalog.refresh(loaded, settings, ["tiny"], None, events.append)
+    events: list[refresh.RefreshProgress] = []
+    first = refresh.refresh(loaded, settings, ["tiny"], None, events.append)
     assert (first.new, first.errors) == (4, 0)
     assert [(e.region, e.done, e.total) for e in events if e.result] == [
         ("r-good", 1, 2),
@@ -176,7 +176,7 @@ def test_refresh_isolates_a_failing_region_and_flags_prices(loaded, monkeypatch)
     assert "price_flags" in first.to_dict()
 
     state["provider"] = TinyProvider("88", broken="r-bad")
-    second = catalog.refresh(loaded, settings, ["tiny"], None)
+    second = refresh.refresh(loaded, settings, ["tiny"], None)
     results = {r.region: r for r in second.results}
     assert results["r-good"].ok and results["r-good"].updated == 1
     assert not results["r-bad"].ok and results["r-bad"].error == "tiny: r-bad is down"
@@ -197,7 +197,7 @@ def test_refresh_never_echoes_an_unexpected_error_text(loaded, monkeypatch) -> N
 
     monkeypatch.setitem(registry._MODULES, "tiny", "tests.unused")
     monkeypatch.setattr(registry, "get", lambda name, settings: Leaky("1", "none"))
-    report = catalog.refresh(loaded, load_settings({"GPUBROKER_HOME": "/x"}), ["tiny"], ["r1"])
+    report = refresh.refresh(loaded, load_settings({"GPUBROKER_HOME": "/x"}), ["tiny"], ["r1"])
     assert report.errors == 1
     assert "canary" not in str(report.to_dict()) and "RuntimeError" in report.results[0].error
 
