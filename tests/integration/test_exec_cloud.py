@@ -13,7 +13,7 @@ from sqlalchemy import select
 from broker.db.engine import Database
 from broker.db.models import UsageRow
 from broker.domain import JobState
-from broker.services import execution
+from broker.services import execution, runners
 from providers.base import TAG_REQUEST
 from tests.support.aws_price_list import aws_price_list, aws_price_list_server  # noqa: F401
 from tests.support.execution import plan_allocation, submit
@@ -42,7 +42,7 @@ def test_aws_nodes_boot_the_startup_script_and_are_torn_down(
     )
 
     state = execution.run_allocation(
-        database, aws_settings, alloc_id, runner=execution.inprocess_runner
+        database, aws_settings, alloc_id, runner=runners.inprocess_runner
     )
 
     assert state is JobState.SUCCEEDED

@@ -14,7 +14,7 @@ from broker.config import Settings, load_settings
 from broker.db.engine import Database
 from broker.db.models import AllocationRow, InstanceRow, UsageRow
 from broker.domain import AllocationState, InstanceState, JobState
-from broker.services import execution, jobs, leases
+from broker.services import execution, jobs, leases, runners
 from broker.services.reconcile import reconcile
 from providers.base import TAG_ALLOCATION, LaunchRequest
 from providers.local import LocalProvider
@@ -25,11 +25,11 @@ DRIVER = """
 import sys
 from broker.config import load_settings
 from broker.db.engine import Database
-from broker.services import execution
+from broker.services import execution, runners
 settings = load_settings()
 execution.run_allocation(
     Database(settings.database_url), settings, int(sys.argv[1]),
-    runner=execution.inprocess_runner,
+    runner=runners.inprocess_runner,
 )
 """
 
@@ -47,14 +47,14 @@ def _crash(home: Path, alloc_id: int, point: str) -> int:
     return proc.returncode
 
 
-@pytest.mark.parametrize("point", execution.CRASH_POINTS)
+@pytest.mark.parametrize("point", runners.CRASH_POINTS)
 def test_reconcile_after_crash(home: Path, point: str) -> None:
     settings = _settings(home)
     database = Database(settings.database_url)
     job_id = submit(database, steps=400, checkpoint_every=100)
     alloc_id = plan_allocation(database, job_id, nodes=2)
 
-    assert _crash(home, alloc_id, point) == execution.CRASH_EXIT_CODE
+    assert _crash(home, alloc_id, point) == runners.CRASH_EXIT_CODE
 
     provider = LocalProvider(settings)
     with database.session() as session:

@@ -15,7 +15,7 @@ from broker.db.engine import Database
 from broker.db.models import AllocationRow, BudgetRow, InstanceRow, UsageRow
 from broker.domain import AllocationState, InstanceState, JobState
 from broker.errors import BudgetExceeded, ConflictError, StaleWrite
-from broker.services import execution, jobs
+from broker.services import execution, jobs, runners
 from providers.local import LocalProvider
 from tests.support.execution import plan_allocation, submit
 
@@ -34,7 +34,7 @@ def test_allocation_runs_to_success_and_is_metered(database: Database, home: Pat
     alloc_id = plan_allocation(database, job_id, nodes=2, price=Decimal("1.5"))
 
     state = execution.run_allocation(
-        database, settings, alloc_id, runner=execution.inprocess_runner
+        database, settings, alloc_id, runner=runners.inprocess_runner
     )
 
     assert state is JobState.SUCCEEDED
@@ -102,7 +102,7 @@ def test_budget_refuses_the_launch(database: Database, home: Path) -> None:
         session.add(BudgetRow(team="default", amount=Decimal("0.5"), period="month"))
 
     with pytest.raises(BudgetExceeded, match="team default"):
-        execution.run_allocation(database, settings, alloc_id, runner=execution.inprocess_runner)
+        execution.run_allocation(database, settings, alloc_id, runner=runners.inprocess_runner)
 
     assert jobs.get(database, job_id).state is JobState.FAILED
     with database.session() as session:
@@ -168,7 +168,7 @@ def test_sdk_submit_wait_plans_through_the_scheduler(home: Path) -> None:
     with Broker(home=str(home)) as broker:
         handle = broker.submit(tiny_spec(nodes=2))
         assert handle.state is JobState.PENDING
-        handle.runner = execution.inprocess_runner
+        handle.runner = runners.inprocess_runner
         view = handle.wait()
         assert view.state is JobState.SUCCEEDED
         assert [j.id for j in broker.jobs("SUCCEEDED")] == [handle.id]
@@ -237,7 +237,7 @@ def test_spot_usage_is_charged_the_observed_prices(database: Database, home: Pat
         time.sleep(0.6)  # a stretch at the launch price, then the spot price jumps
         catalog.upsert_offers(database, [moved], provider="fake", full=False)
         time.sleep(0.3)
-        return execution.inprocess_runner(ctx, monitor)
+        return runners.inprocess_runner(ctx, monitor)
 
     state = execution.run_allocation(database, settings, alloc_id, runner=price_moves_mid_run)
 
@@ -283,7 +283,7 @@ def test_out_of_capacity_cools_the_pool_and_runs_elsewhere(database: Database, h
     )
     settings = _fake_settings(home, database, fake)
 
-    state = execution.run_job(database, settings, job_id, runner=execution.inprocess_runner)
+    state = execution.run_job(database, settings, job_id, runner=runners.inprocess_runner)
 
     assert state is JobState.SUCCEEDED
     assert _states(database, job_id) == [

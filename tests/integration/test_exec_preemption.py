@@ -12,7 +12,7 @@ from broker.config import load_settings
 from broker.db.engine import Database
 from broker.db.models import AllocationRow, InstanceRow, PoolCooldownRow, UsageRow
 from broker.domain import AllocationState, JobState
-from broker.services import execution, jobs
+from broker.services import execution, jobs, runners
 from tests.support.execution import submit
 
 planning = pytest.importorskip("broker.services.planning", reason="planning service absent")
@@ -39,7 +39,7 @@ def test_preempted_job_replans_elsewhere_and_resumes(
         constraints={"providers": ["fake"], "spot": True},
     )
 
-    def preempt_once(progress: execution.Progress) -> None:
+    def preempt_once(progress: runners.Progress) -> None:
         if progress.step is not None and progress.step >= 40 and not fake_taken:
             listed = fake.list_instances(settings.owner_tag)
             ours = [r for r in listed if r.state.value == "RUNNING"]
@@ -48,7 +48,7 @@ def test_preempted_job_replans_elsewhere_and_resumes(
     fake_taken: list[str] = []
     (first,) = execution.schedule_job(database, settings, job_id)
     state = execution.run_allocation(
-        database, settings, first, progress=preempt_once, runner=execution.inprocess_runner
+        database, settings, first, progress=preempt_once, runner=runners.inprocess_runner
     )
     assert fake_taken and state is JobState.PENDING
     with database.session() as session:
@@ -61,7 +61,7 @@ def test_preempted_job_replans_elsewhere_and_resumes(
     assert states[-2:] == ["PREEMPTED", "PENDING"]
 
     (second,) = execution.schedule_job(database, settings, job_id)
-    state = execution.run_allocation(database, settings, second, runner=execution.inprocess_runner)
+    state = execution.run_allocation(database, settings, second, runner=runners.inprocess_runner)
 
     assert state is JobState.SUCCEEDED
     events = jobs.events(database, job_id)
