@@ -21,10 +21,11 @@ if TYPE_CHECKING:
 
     from broker.db.engine import Database
     from broker.services.budgets import BudgetView
+    from broker.services.calibrations import CalibrationView
     from broker.services.catalog import GpuSummary, ImportReport, OfferView
     from broker.services.check import ProviderCheck
     from broker.services.daemon import Daemon
-    from broker.services.estimates import CalibrationView, EstimateReport
+    from broker.services.estimates import EstimateReport
     from broker.services.execution import JobSummary
     from broker.services.jobs import EventView, JobHandle, JobView
     from broker.services.planning import PlanReport, ScheduleResult
@@ -161,12 +162,12 @@ class Broker:
         self, steps: int = 20, *, preset: str | None = None, threads: int | None = None
     ) -> CalibrationView:
         """Train the transformer briefly here and store the achieved FLOP/s for this device."""
-        from broker.services.estimates import run_calibration
+        from broker.services.calibrations import run_calibration
 
         return run_calibration(self.db, steps=steps, preset=preset, threads=threads)
 
     def calibrations(self) -> list[CalibrationView]:
-        from broker.services.estimates import list_calibrations
+        from broker.services.calibrations import list_calibrations
 
         return list_calibrations(self.db)
 

@@ -4,7 +4,7 @@ Pools are the fresh offers with a known price. A pool's capacity is the provider
 where known, else ``settings.default_pool_capacity``, minus the nodes that live
 allocations already hold there; pools in an active cool-down (a recent OutOfCapacity) are
 left out. Team budgets are what is left in the period (usage plus live allocations'
-estimates are spent). Stored calibrations (``estimates.calibration_map``) set the
+estimates are spent). Stored calibrations (``calibrations.calibration_map``) set the
 training hours. Every plan passes ``scheduler.validate`` before it is shown or stored.
 
 ``schedule`` also records, in ``plans.detail["per_job_cheapest"]``, what each job would
@@ -281,8 +281,8 @@ def plan(
     job_ids: Sequence[int] | None = None,
 ) -> PlanReport:
     """Plan the PENDING jobs against current offers; nothing is stored."""
+    from broker.services.calibrations import calibration_map
     from broker.services.catalog import ensure_catalog
-    from broker.services.estimates import calibration_map
 
     name, limit, share = _options(settings, solver, time_limit, max_provider_share)
     ensure_catalog(db, settings)
@@ -304,8 +304,8 @@ def schedule(
     """Plan and commit in one transaction: PlanRow, PLANNED allocations, jobs -> PLANNED
     (each move logged as a state event), and an ``unplaced`` event for each job left pending
     for a reason other than the one it already shows."""
+    from broker.services.calibrations import calibration_map
     from broker.services.catalog import ensure_catalog
-    from broker.services.estimates import calibration_map
 
     name, limit, share = _options(settings, solver, time_limit, max_provider_share)
     ensure_catalog(db, settings)

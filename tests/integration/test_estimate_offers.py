@@ -11,7 +11,7 @@ import pytest
 from broker.config import Settings
 from broker.domain import Fabric, Pricing, money, round_cents
 from broker.errors import NotFound, UserError
-from broker.services import catalog, estimates
+from broker.services import calibrations, catalog, estimates
 from providers.base import OfferRecord
 from workloads.estimate import Calibration, Hardware, estimate_training
 from workloads.spec import parse_spec
@@ -169,7 +169,7 @@ def test_inference_replicas_per_user_area(loaded: tuple[Any, Settings]) -> None:
 
 
 def test_calibrations_are_stored_and_the_newest_wins(database: Any) -> None:
-    first = estimates.save_calibration(
+    first = calibrations.save_calibration(
         database,
         device="H100-80GB",
         gpu="H100-80GB",
@@ -177,7 +177,7 @@ def test_calibrations_are_stored_and_the_newest_wins(database: Any) -> None:
         peak_flops=989e12,
         mfu=0.30,
     )
-    second = estimates.save_calibration(
+    second = calibrations.save_calibration(
         database,
         device="H100-80GB",
         gpu="H100-80GB",
@@ -185,16 +185,16 @@ def test_calibrations_are_stored_and_the_newest_wins(database: Any) -> None:
         peak_flops=989e12,
         mfu=0.50,
     )
-    estimates.save_calibration(database, device="cpu:test", gpu=None, achieved_flops=1e11)
-    latest = estimates.latest_calibrations(database)
+    calibrations.save_calibration(database, device="cpu:test", gpu=None, achieved_flops=1e11)
+    latest = calibrations.latest_calibrations(database)
     assert latest["H100-80GB"].id == second.id != first.id
     assert latest["H100-80GB"].calibration == Calibration("H100-80GB", 5e14, 0.5)
     assert latest["cpu:test"].mfu is None
-    assert estimates.calibration_for(latest, None, this_machine=False) is None
-    assert estimates.calibration_for(latest, None, this_machine=True).device == "cpu:test"  # type: ignore[union-attr]
-    assert estimates.calibration_map(database) == {
+    assert calibrations.calibration_for(latest, None, this_machine=False) is None
+    assert calibrations.calibration_for(latest, None, this_machine=True).device == "cpu:test"  # type: ignore[union-attr]
+    assert calibrations.calibration_map(database) == {
         "H100-80GB": Calibration("H100-80GB", 5e14, 0.5),
         "cpu": Calibration("cpu:test", 1e11, None),
     }
     with pytest.raises(UserError):
-        estimates.save_calibration(database, device="x", gpu=None, achieved_flops=0)
+        calibrations.save_calibration(database, device="x", gpu=None, achieved_flops=0)

@@ -180,7 +180,7 @@ def test_per_job_cheapest_baseline_feeds_the_report(database, settings) -> None:
 
 
 def test_stored_cpu_calibration_sets_planned_hours(database, settings) -> None:
-    from broker.services.estimates import save_calibration
+    from broker.services.calibrations import save_calibration
     from workloads.estimate import Calibration, Hardware, estimate_training
 
     spec = parse_spec({"kind": "training", "name": "tiny", "team": "ml",
