@@ -457,6 +457,32 @@ class Master:
         units = {key: round(values[var]) for key, var in self.columns.items() if values[var] > 0.5}
         return units, float(result.objective_value()), reason
 
+    def solve_full(
+        self, *, time_limit: float, relative_gap: float, seed: int
+    ) -> tuple[float | None, dict[tuple[int, int], int] | None]:
+        """HiGHS on this integer model for at most ``time_limit`` seconds: its proven dual
+        bound (None if it proved none) and its best solution (None if it found none)."""
+        import datetime
+        import math
+
+        from ortools.math_opt.python import mathopt
+
+        params = mathopt.SolveParameters(
+            time_limit=datetime.timedelta(seconds=max(time_limit, 0.5)),
+            relative_gap_tolerance=relative_gap,
+            random_seed=seed,
+            enable_output=bool(os.environ.get("GPUBROKER_SOLVER_LOG")),
+        )
+        params.highs.int_options["threads"] = 1
+        with solver_output_to_stderr():
+            result = mathopt.solve(self.model, mathopt.SolverType.HIGHS, params=params)
+        bound = float(result.termination.objective_bounds.dual_bound)
+        units = None
+        if result.has_primal_feasible_solution():
+            values = result.variable_values()
+            units = {k: round(values[v]) for k, v in self.columns.items() if values[v] > 0.5}
+        return (bound if math.isfinite(bound) else None), units
+
 
 @contextmanager
 def solver_output_to_stderr() -> Iterator[None]:

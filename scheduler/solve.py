@@ -20,6 +20,11 @@
 5. When serving jobs are in the plan, the time left goes to a Lagrangian bound
    (``scheduler.bound``) that solves each serving job's covering problem in integers;
    the reported bound is the larger of it and the LP bound.
+6. When the full candidate space is small enough to hold as one integer model (with the
+   LP's cuts), the time still left goes to HiGHS on that model: its proven dual bound
+   raises the reported bound (whole nodes per serving area and whole gangs leave an
+   integrality gap no LP bound closes), and its solution replaces the plan when cheaper
+   (pruned columns can miss the optimum where budgets bind; see bench/RESULTS.md).
 Single-threaded solvers and a fixed seed make the same input give the same plan.
 """
 
@@ -48,6 +53,11 @@ MIP_GAP_SHARE = 0.5
 CG_TIME_SHARE = 0.4  # column generation may use this share of the time limit
 MIP_TIME_SHARE = 0.8  # the rest of the time limit may tighten the bound
 LAGRANGIAN_MAX_SERVING = 100  # one small integer solve per serving job: skip beyond
+# The full-space integer bound: at most this many columns, and on a large model only with
+# enough time left for HiGHS's presolve and root LP (10-15 s at 90k columns on one core).
+FULL_BOUND_MAX_COLUMNS = 120_000
+FULL_BOUND_LARGE_COLUMNS = 20_000
+FULL_BOUND_LARGE_MIN_SECONDS = 15.0
 
 
 class InvalidPlan(AssertionError):
@@ -107,11 +117,20 @@ def solve(
                                     deadline=start + time_limit)
         if stronger is not None and stronger > lp_bound:
             lp_bound = stronger
+    full_bound, full_units = _full_space(
+        problem, classes, pools, lp_model, deadline=start + time_limit,
+        relative_gap=relative_gap * MIP_GAP_SHARE, seed=seed,
+    )
+    if full_bound is not None and full_bound > lp_bound:
+        lp_bound = full_bound
     plan = greedy_plan
-    if units is not None:
-        candidate = units_to_plan(problem, classes, units, solver=solver)
-        if candidate.objective <= greedy_plan.objective + 1e-9:
-            plan = candidate
+    for found in (units, full_units):
+        if found is not None:
+            candidate = units_to_plan(problem, classes, found, solver=solver)
+            if candidate.objective < plan.objective - 1e-9 or (
+                plan is greedy_plan and candidate.objective <= plan.objective + 1e-9
+            ):
+                plan = candidate
     plan.solver = solver
     plan.status = status if plan is not greedy_plan else f"{status} (greedy plan kept)"
     plan.lp_bound = min(lp_bound, plan.objective)
@@ -128,6 +147,40 @@ def solve(
             if job_id in plan.unplaced:
                 plan.unplaced[job_id] = info["reason"]
     return plan
+
+
+def _full_space(
+    problem: Problem,
+    classes: list[JobClass],
+    pools: PoolIndex,
+    lp_model: Master,
+    *,
+    deadline: float,
+    relative_gap: float,
+    seed: int,
+) -> tuple[float | None, Units | None]:
+    """HiGHS on the integer model over every candidate: its dual bound and its best
+    solution, each None when the space is too large for the time left or none was found."""
+    ranges = [problem.candidates.of_shape(cls.shape) for cls in classes]
+    columns = sum(r.stop - r.start for r in ranges)
+    left = deadline - time.perf_counter()
+    too_big = columns > FULL_BOUND_MAX_COLUMNS or (
+        columns > FULL_BOUND_LARGE_COLUMNS and left < FULL_BOUND_LARGE_MIN_SECONDS
+    )
+    # Under a share cap HiGHS did not return within minutes on the full M-size model (the
+    # cap rows touch every column), so a capped plan keeps the restricted model's result.
+    if columns == 0 or too_big or left <= 0 or problem.share_cap is not None:
+        return None, None
+    full = Master(problem, classes, pools, integer=True,
+                  dense_share=_dense_share(problem, "highs"))
+    full.copy_cuts_from(lp_model)
+    for cls, rows in zip(classes, ranges, strict=True):
+        if rows.stop > rows.start:
+            full.add_columns(cls, np.arange(rows.start, rows.stop))
+    left = deadline - time.perf_counter()
+    if left <= 0.5:
+        return None, None
+    return full.solve_full(time_limit=left, relative_gap=relative_gap, seed=seed)
 
 
 def _dense_share(problem: Problem, solver: str) -> bool:

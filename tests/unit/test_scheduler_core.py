@@ -242,6 +242,7 @@ def test_a_solve_without_duals_keeps_a_valid_bound(monkeypatch) -> None:  # type
         return objective, None
 
     monkeypatch.setattr(Master, "solve_lp", without_duals)
+    monkeypatch.setattr("scheduler.solve.FULL_BOUND_MAX_COLUMNS", 0)  # the fallback alone
     # both jobs' cheapest pool holds one of them: the optimum is 21, zero multipliers give 20
     pools = [_pool(0, "aws", 1, 10.0), _pool(1, "gcp", 1, 11.0)]
     problem = _problem(pools, [("a", 0, [(0, 1, 1.0), (1, 1, 1.0)]), ("a", 0, [(0, 1, 1.0)])])
@@ -252,3 +253,17 @@ def test_a_solve_without_duals_keeps_a_valid_bound(monkeypatch) -> None:  # type
     bound = lagrangian_bound(problem, build_classes(problem), PoolIndex.of(problem), None,
                              deadline=1e18)
     assert bound == 20.0
+
+
+def test_the_full_space_integer_bound_closes_an_integrality_gap(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A 3-node and a 2-node gang, a cheap pool of 4 nodes: only one fits there, but the LP
+    puts half of the 2-node gang beside the 3-node one (bound 60). The integer model over
+    the full candidate space proves the optimum, 70."""
+    pools = [_pool(0, "aws", 4, 10.0), _pool(1, "gcp", 8, 20.0)]
+    jobs = [("a", 0, [(0, 3, 1.0), (1, 3, 1.0)]), ("a", 0, [(0, 2, 1.0), (1, 2, 1.0)])]
+    plan = solve(_problem(pools, jobs), time_limit=5)
+    assert check(_problem(pools, jobs), plan) == []
+    assert plan.objective == 70.0
+    assert plan.lp_bound == 70.0 and plan.gap == 0.0
+    monkeypatch.setattr("scheduler.solve.FULL_BOUND_MAX_COLUMNS", 0)
+    assert solve(_problem(pools, jobs), time_limit=5).lp_bound == 60.0
