@@ -14,8 +14,12 @@ from pathlib import Path
 
 import pytest
 
-# Session-wide servers shared by every area's tests (one moto server, one price list).
-pytest_plugins = ["tests.support.moto_server", "tests.support.aws_price_list"]
+# Session-wide servers shared by every area's tests (moto, the price list, fake GCE).
+pytest_plugins = [
+    "tests.support.moto_server",
+    "tests.support.aws_price_list",
+    "tests.support.gce_server",
+]
 
 PG_ADMIN_URL = os.environ.get(
     "GPUBROKER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

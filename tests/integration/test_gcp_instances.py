@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,22 +22,10 @@ from providers.base import TAG_OWNER, LaunchRequest, request_tags
 from providers.gcp import GcpProvider, create
 from providers.gcp.errors import RetryPolicy
 from providers.gcp.launch import TAGS_METADATA_KEY, instance_name, labels_for
-from tests.support.gce_server import FakeGce, serve_fake_gce
+from tests.support.gce_server import FakeGce
 
 FAST = RetryPolicy(attempts=4, base_seconds=0.001, cap_seconds=0.005)
 CANARY = "CANARY-7f3e9d-gcp-secret"
-
-
-@pytest.fixture(scope="module")
-def gce_server() -> Iterator[FakeGce]:
-    with serve_fake_gce() as fake:
-        yield fake
-
-
-@pytest.fixture
-def gce(gce_server: FakeGce) -> FakeGce:
-    gce_server.reset()
-    return gce_server
 
 
 @pytest.fixture

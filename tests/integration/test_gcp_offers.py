@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -13,21 +12,9 @@ from broker.errors import AuthError, BrokerError, ProviderError, Throttled
 from providers.base import LaunchRequest, OfferRecord
 from providers.gcp import GcpProvider, create
 from providers.gcp.errors import RetryPolicy
-from tests.support.gce_server import FakeGce, serve_fake_gce
+from tests.support.gce_server import FakeGce
 
 FAST = RetryPolicy(attempts=4, base_seconds=0.001, cap_seconds=0.005)
-
-
-@pytest.fixture(scope="module")
-def gce_server() -> Iterator[FakeGce]:
-    with serve_fake_gce() as fake:
-        yield fake
-
-
-@pytest.fixture
-def gce(gce_server: FakeGce) -> FakeGce:
-    gce_server.reset()
-    return gce_server
 
 
 @pytest.fixture

@@ -18,20 +18,9 @@ us-central1 ``A3 Instance Core`` $0.022/vCPU-h, ``A3 Instance Ram`` $0.002833/Gi
 ``Nvidia H100 80GB GPU`` $9.796550569/GPU-h, so a3-highgpu-8g (208 vCPU, 1872 GiB, 8 GPUs)
 composes to $88.251781/h.
 
-Usage (one server per test session, state reset per test)::
-
-    import pytest
-    from tests.support.gce_server import FakeGce, serve_fake_gce
-
-    @pytest.fixture(scope="session")
-    def gce_server():
-        with serve_fake_gce() as fake:
-            yield fake
-
-    @pytest.fixture
-    def gce(gce_server: FakeGce, home) -> FakeGce:
-        gce_server.reset()               # instances, operations, faults, quotas, capacity
-        return gce_server
+Usage: this module is a pytest plugin (``tests/conftest.py``): ``gce_server`` is one
+server per test session and ``gce`` the same server with its state reset for the test
+(instances, operations, faults, quotas, capacity)::
 
     def test_x(gce, home):
         from providers.gcp import create
@@ -67,6 +56,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
 from werkzeug.serving import WSGIRequestHandler, make_server
@@ -1325,3 +1315,17 @@ def serve_fake_gce() -> Iterator[FakeGce]:
         server.shutdown()
         thread.join(timeout=5)
         server.server_close()
+
+
+@pytest.fixture(scope="session")
+def gce_server() -> Iterator[FakeGce]:
+    """One fake GCE + billing server for the whole test session."""
+    with serve_fake_gce() as fake:
+        yield fake
+
+
+@pytest.fixture
+def gce(gce_server: FakeGce) -> FakeGce:
+    """The session's fake GCE with its state reset for this test."""
+    gce_server.reset()
+    return gce_server
