@@ -425,9 +425,10 @@ class Master:
         relative_gap: float,
         seed: int,
         hint: dict[tuple[int, int], int] | None = None,
-    ) -> tuple[dict[tuple[int, int], int] | None, float | None, str]:
-        """Integer solve; returns (units per column or None, objective, termination)."""
+    ) -> MipResult:
+        """Integer solve within ``time_limit``: the best units found and the proven bound."""
         import datetime
+        import math
 
         from ortools.math_opt.python import mathopt
 
@@ -450,38 +451,26 @@ class Master:
             )
         with solver_output_to_stderr():
             result = mathopt.solve(self.model, kind, params=params, model_params=model_params)
-        reason = result.termination.reason.name.lower()
-        if not result.has_primal_feasible_solution():
-            return None, None, reason
-        values = result.variable_values()
-        units = {key: round(values[var]) for key, var in self.columns.items() if values[var] > 0.5}
-        return units, float(result.objective_value()), reason
-
-    def solve_full(
-        self, *, time_limit: float, relative_gap: float, seed: int
-    ) -> tuple[float | None, dict[tuple[int, int], int] | None]:
-        """HiGHS on this integer model for at most ``time_limit`` seconds: its proven dual
-        bound (None if it proved none) and its best solution (None if it found none)."""
-        import datetime
-        import math
-
-        from ortools.math_opt.python import mathopt
-
-        params = mathopt.SolveParameters(
-            time_limit=datetime.timedelta(seconds=max(time_limit, 0.5)),
-            relative_gap_tolerance=relative_gap,
-            random_seed=seed,
-            enable_output=bool(os.environ.get("GPUBROKER_SOLVER_LOG")),
-        )
-        params.highs.int_options["threads"] = 1
-        with solver_output_to_stderr():
-            result = mathopt.solve(self.model, mathopt.SolverType.HIGHS, params=params)
         bound = float(result.termination.objective_bounds.dual_bound)
-        units = None
+        found = MipResult(
+            units=None,
+            status=result.termination.reason.name.lower(),
+            bound=bound if math.isfinite(bound) else None,
+        )
         if result.has_primal_feasible_solution():
             values = result.variable_values()
-            units = {k: round(values[v]) for k, v in self.columns.items() if values[v] > 0.5}
-        return (bound if math.isfinite(bound) else None), units
+            found.units = {k: round(values[v]) for k, v in self.columns.items() if values[v] > 0.5}
+        return found
+
+
+@dataclass
+class MipResult:
+    """An integer solve's outcome: units per column (None: none found), the solver's
+    termination, and its proven dual bound (None: none proven)."""
+
+    units: dict[tuple[int, int], int] | None
+    status: str
+    bound: float | None
 
 
 @contextmanager

@@ -107,7 +107,7 @@ def solve(
     bound_later = 0 < serving <= LAGRANGIAN_MAX_SERVING
     share = MIP_TIME_SHARE if bound_later else 1.0
     remaining = share * time_limit - (time.perf_counter() - start)
-    units, _objective, status = mip.solve_mip(
+    restricted = mip.solve_mip(
         solver, time_limit=remaining, relative_gap=relative_gap * MIP_GAP_SHARE, seed=seed,
         hint=greedy,
     )
@@ -124,7 +124,7 @@ def solve(
     if full_bound is not None and full_bound > lp_bound:
         lp_bound = full_bound
     plan = greedy_plan
-    for found in (units, full_units):
+    for found in (restricted.units, full_units):
         if found is not None:
             candidate = units_to_plan(problem, classes, found, solver=solver)
             if candidate.objective < plan.objective - 1e-9 or (
@@ -132,6 +132,7 @@ def solve(
             ):
                 plan = candidate
     plan.solver = solver
+    status = restricted.status
     plan.status = status if plan is not greedy_plan else f"{status} (greedy plan kept)"
     plan.lp_bound = min(lp_bound, plan.objective)
     plan.gap = _gap(plan.objective, plan.lp_bound)
@@ -180,7 +181,8 @@ def _full_space(
     left = deadline - time.perf_counter()
     if left <= 0.5:
         return None, None
-    return full.solve_full(time_limit=left, relative_gap=relative_gap, seed=seed)
+    result = full.solve_mip("highs", time_limit=left, relative_gap=relative_gap, seed=seed)
+    return result.bound, result.units
 
 
 def _dense_share(problem: Problem, solver: str) -> bool:
