@@ -57,6 +57,22 @@ def _str_list(raw: Any) -> tuple[str, ...]:
     return tuple(item for item in items if item)
 
 
+def _port(raw: Any) -> int:
+    value = _number(raw, int)
+    if not 1024 <= value <= 65000:
+        raise ValueError("must be a port in 1024-65000")
+    return value
+
+
+def _cidr(raw: Any) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_network(str(raw).strip(), strict=False))
+    except ValueError:
+        raise ValueError("must be a CIDR such as 203.0.113.0/24") from None
+
+
 def _optional_str(raw: Any) -> str | None:
     text = str(raw).strip()
     return text or None
@@ -89,6 +105,11 @@ class Settings:
     max_provider_share: float = 1.0
     # execution
     ray_port: int = 6390
+    ray_dashboard_port: int = 8265
+    ingress_cidr: str | None = None  # who may reach cloud nodes' Ray ports; required to launch
+    cluster_network: str = "public"  # how the broker reaches a head: its public or private IP
+    head_timeout_s: float = 900.0  # from RUNNING nodes to a head that answers
+    workdir_max_mib: float = 100.0
     owner_tag: str = "gpubroker"
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -121,7 +142,12 @@ _FIELDS: dict[str, Callable[[Any], Any]] = {
     "default_pool_capacity": _positive_int,
     "capacity_cooldown_minutes": _positive_float,
     "max_provider_share": _fraction,
-    "ray_port": _positive_int,
+    "ray_port": _port,
+    "ray_dashboard_port": _port,
+    "ingress_cidr": _cidr,
+    "cluster_network": lambda raw: _choice(raw, ("public", "private")),
+    "head_timeout_s": _positive_float,
+    "workdir_max_mib": _positive_float,
     "owner_tag": _optional_str,
 }
 

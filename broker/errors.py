@@ -62,6 +62,10 @@ class ProviderError(BrokerError):
         self.retryable = retryable
 
 
+class ClusterError(BrokerError):
+    """The nodes of an allocation did not form a cluster, or its head did not answer."""
+
+
 class AuthError(ProviderError):
     """Credentials are missing, expired or lack a permission."""
 

@@ -224,13 +224,16 @@ class Broker:
         from broker.services import jobs
         from workloads.spec import load_spec, parse_spec
 
+        base = None
         if isinstance(spec_or_path, str | Path):
             spec = load_spec(spec_or_path)
+            base = Path(spec_or_path).parent
         elif isinstance(spec_or_path, dict):
             spec = parse_spec(spec_or_path)
         else:
             spec = spec_or_path  # type: ignore[assignment]
-        view = jobs.submit(self.db, spec)  # type: ignore[arg-type]
+        spec = jobs.prepare(spec, self.settings, base=base)  # type: ignore[arg-type]
+        view = jobs.submit(self.db, spec)
         handle = jobs.JobHandle(self.db, self.settings, view.id)
         if wait:
             handle.wait(progress)
@@ -255,6 +258,15 @@ class Broker:
         from broker.services import execution
 
         return execution.summary(self.db, self.settings, job_id)
+
+    def job_output(self, job_id: int, offset: int = 0) -> tuple[list[str], int]:
+        """The run's stdout and stderr after byte ``offset`` (kept under the run folder,
+        so also after the nodes are gone), and the offset to read on from."""
+        from broker.services import jobs, ray_jobs
+        from broker.services.runners import run_dir
+
+        jobs.get(self.db, job_id)  # NotFound for an unknown job
+        return ray_jobs.read_output(run_dir(self.settings, job_id), offset)
 
     def job_events(self, job_id: int, after_id: int = 0) -> list[EventView]:
         from broker.services import jobs

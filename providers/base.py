@@ -26,6 +26,9 @@ TAG_JOB = "gpubroker-job"
 TAG_ALLOCATION = "gpubroker-allocation"
 TAG_REQUEST = "gpubroker-request"
 TAG_NODE = "gpubroker-node"
+# Metadata a node's boot script reads besides its tags: the head's private address, which
+# the broker publishes with ``Provider.set_metadata`` once every node of the gang runs.
+META_HEAD = "gpubroker-head"
 
 
 class Capability(enum.Enum):
@@ -86,6 +89,10 @@ class LaunchRequest:
     user_data: str | None = None
     image: str | None = None
     gang: bool = True  # all-or-nothing when nodes > 1
+    # Where the broker reaches the nodes from: TCP ``ports`` are opened to this CIDR only
+    # (besides all traffic between the nodes of the gang). None: no ingress from outside.
+    ingress_cidr: str | None = None
+    ports: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -97,9 +104,10 @@ class InstanceRecord:
     instance_type: str
     state: InstanceState
     pricing: Pricing = Pricing.ON_DEMAND
-    address: str | None = None
+    address: str | None = None  # where the broker reaches it: public when it has one
     launched_at: datetime | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
+    private_address: str | None = None  # where the other nodes of its gang reach it
 
     @property
     def request_id(self) -> str | None:
@@ -125,6 +133,14 @@ class Provider(Protocol):
     def list_instances(self, owner_tag: str) -> list[InstanceRecord]: ...
 
     def terminate(self, instance_ids: Sequence[str], request_id: str) -> None: ...
+
+    def set_metadata(self, instance_ids: Sequence[str], items: Mapping[str, str]) -> None:
+        """Add or replace ``items`` in what the nodes read from their metadata service.
+
+        EC2: instance tags (launched with instance-metadata tags enabled); GCE: instance
+        metadata attributes. Convergent: setting the same items twice is one change.
+        """
+        ...
 
 
 def request_tags(req: LaunchRequest, node_index: int) -> dict[str, str]:

@@ -183,6 +183,8 @@ def min_gpus(job: TrainingJob, gpu: str) -> int | None:
     spec = GPUS.get(gpu)
     if spec is None:
         return None
+    if job.model is None:  # user code: its memory is unknown, one node's GPUs is the unit
+        return job.gpus_per_node or 1
     capacity = _usable_bytes(spec.memory_gib)
     activations = _activation_bytes(job, min(1.0, float(job.global_batch)), True)
     states = float(job.model.n_params()) * STATE_BYTES_PER_PARAM
@@ -281,6 +283,8 @@ def estimate_training(
     job: TrainingJob, hw: Hardware, *, calibration: Calibration | None = None
 ) -> TrainingEstimate:
     """Time, memory and feasibility of ``job`` on ``hw``; ``fits`` False says why."""
+    if job.is_estimated_by_user:
+        return _estimate_given(job, hw)
     if hw.gpu is None:
         return _estimate_cpu(job, hw, calibration)
     spec = GPUS.get(hw.gpu)
@@ -344,6 +348,27 @@ def estimate_training(
         recompute=recompute,
         micro_batch=micro,
         checkpoint_seconds=checkpoint,
+    )
+
+
+def _estimate_given(job: TrainingJob, hw: Hardware) -> TrainingEstimate:
+    """User code: the hours the spec gives (or the default), nothing derived from a model."""
+    problem = _constraint_problem(job, hw, GPUS.get(hw.gpu) if hw.gpu else None)
+    if problem is None and hw.gpu is None and job.constraints.gpus:
+        problem = "a CPU-only node, but constraints.gpus asks for GPUs"
+    hours = job.given_hours(hw.gpu, max(1, hw.nodes))
+    steps = job.steps or 1
+    return TrainingEstimate(
+        fits=problem is None,
+        reason=problem,
+        gpus=hw.gpus if hw.gpu else 0,
+        nodes=max(1, hw.nodes),
+        hours=hours,
+        step_seconds=hours * 3600 / steps,
+        mfu=0.0,
+        memory_per_gpu_gib=0.0,
+        memory_headroom_gib=0.0,
+        flops_total=0.0,
     )
 
 

@@ -147,8 +147,7 @@ class Slo(_Model):
 
 
 class _Job(_Model):
-    name: Name
-    model: ModelShape
+    name: Name = "task"
     constraints: Constraints = Field(default_factory=Constraints)
     priority: int = Field(default=0, ge=-1000, le=1000)
     team: Name = "default"
@@ -163,8 +162,30 @@ class _Job(_Model):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+_TRAIN_TARGET = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+DEFAULT_CODE_HOURS = 1.0
+"""What the planner assumes for user code without ``estimated_hours``."""
+
+
 class TrainingJob(_Job):
+    """The bundled GPT (``model`` + ``tokens``/``steps``) or the user's own code.
+
+    User code is ``run:`` (a shell command on every node, after ``setup:``) or
+    ``train:`` (``package.module:function``, a Ray Train loop with one worker per node);
+    ``workdir:`` is shipped as its working directory, ``envs:`` set for it.
+    """
+
     kind: Literal["training"] = "training"
+    model: ModelShape | None = None
+    run: str | None = Field(default=None, min_length=1, max_length=100_000)
+    setup: str | None = Field(default=None, min_length=1, max_length=100_000)
+    train: str | None = Field(default=None, pattern=_TRAIN_TARGET, max_length=256)
+    workdir: str | None = Field(default=None, min_length=1, max_length=4096)
+    envs: dict[str, str] = Field(default_factory=dict, max_length=256)
+    storage: str | None = Field(default=None, min_length=1, max_length=2048)
+    estimated_hours: float | dict[str, float] | None = None
+    """Hours of user code: one figure, or per node count ("2") or GPU type ("H100")."""
     tokens: int | None = Field(default=None, ge=1, le=10**16)
     steps: int | None = Field(default=None, ge=1, le=10**12)
     global_batch: Positive = Field(default=32, le=10**9)
@@ -177,10 +198,47 @@ class TrainingJob(_Job):
     max_failures: int = Field(default=3, ge=0, le=1000)
     learning_rate: float = Field(default=3e-4, gt=0, le=10)
 
+    @field_validator("envs", mode="before")
+    @classmethod
+    def _env_strings(cls, value: Any) -> Any:
+        if not isinstance(value, Mapping):
+            return value
+        out: dict[str, str] = {}
+        for key, item in value.items():
+            if not isinstance(key, str) or not _ENV_NAME.match(key):
+                raise _Rejected("<key>", "must be an environment variable name")
+            if isinstance(item, bool) or not isinstance(item, str | int | float):
+                raise _Rejected(key, "must be a string or a number")
+            out[key] = str(item)
+        return out
+
+    @field_validator("estimated_hours")
+    @classmethod
+    def _hours(cls, value: float | dict[str, float] | None) -> float | dict[str, float] | None:
+        figures = value.values() if isinstance(value, dict) else [] if value is None else [value]
+        if any(not (0 < hours <= 1e6) for hours in figures):
+            raise ValueError("hours must be in (0, 1000000]")
+        if isinstance(value, dict):
+            for key in value:
+                if not (key.isdigit() or gpu_table.resolve(key).known):
+                    raise _Rejected("<key>", "must be a node count or a known GPU name")
+        return value
+
     @model_validator(mode="after")
     def _length(self) -> TrainingJob:
-        if self.tokens is None and self.steps is None:
-            raise _Rejected("tokens", "give tokens or steps (one of them is required)")
+        if self.run is not None and self.train is not None:
+            raise _Rejected("train", "give run or train, not both")
+        if self.is_code:
+            if self.setup is not None and self.run is None:
+                raise _Rejected("setup", "needs run")
+        else:
+            if self.model is None:
+                raise _Rejected("model", "is required (or give run: or train: for your own code)")
+            if self.tokens is None and self.steps is None:
+                raise _Rejected("tokens", "give tokens or steps (one of them is required)")
+            for field in ("setup", "workdir"):
+                if getattr(self, field) is not None:
+                    raise _Rejected(field, "needs run or train")
         if self.tokens is not None and self.steps is not None:
             raise _Rejected("steps", "give tokens or steps, not both")
         limit = self.constraints.max_nodes
@@ -189,8 +247,32 @@ class TrainingJob(_Job):
         return self
 
     @property
+    def is_code(self) -> bool:
+        """Whether this job runs the user's own code rather than the bundled GPT."""
+        return self.run is not None or self.train is not None
+
+    @property
+    def is_estimated_by_user(self) -> bool:
+        """Whether its hours come from ``estimated_hours`` rather than the model."""
+        return self.estimated_hours is not None or self.model is None
+
+    def given_hours(self, gpu: str | None, nodes: int) -> float:
+        """Hours the user gave for ``nodes`` nodes of ``gpu`` (or the default)."""
+        figure = self.estimated_hours
+        if figure is None:
+            return DEFAULT_CODE_HOURS
+        if not isinstance(figure, dict):
+            return figure
+        by_gpu = {gpu_table.resolve(k).name: v for k, v in figure.items() if not k.isdigit()}
+        if gpu is not None and gpu in by_gpu:
+            return by_gpu[gpu]
+        if str(nodes) in figure:
+            return figure[str(nodes)]
+        return max(figure.values())
+
+    @property
     def tokens_per_step(self) -> int:
-        return self.global_batch * self.model.seq_len
+        return self.global_batch * (self.model.seq_len if self.model else 1)
 
     def total_tokens(self) -> int:
         if self.tokens is not None:
@@ -207,6 +289,7 @@ class TrainingJob(_Job):
 
 class InferenceJob(_Job):
     kind: Literal["inference"] = "inference"
+    model: ModelShape
     request_rate: float = Field(gt=0, le=10**7)
     input_tokens: int = Field(ge=1, le=10**7)
     output_tokens: int = Field(ge=1, le=10**7)
@@ -313,6 +396,8 @@ def _message(error: Mapping[str, Any], root: type[BaseModel]) -> tuple[str, str]
         return _path(loc), str(cause)
     if kind in ("model_type", "model_attributes_type") and loc == ("model",):
         return "model", "must be a preset name or a mapping (preset, layers, d_model, heads, ...)"
+    if kind == "string_pattern_mismatch" and loc == ("train",):
+        return "train", "must be package.module:function"
     if kind == "string_pattern_mismatch" and loc and loc[-1] != "name" and loc[-1] != "team":
         return _path(loc), "must be a short name: letters, digits, '.', '_', '-', '*'"
     return _path(loc), _MESSAGES.get(kind, "is not valid")

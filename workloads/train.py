@@ -1,11 +1,11 @@
-"""Training entry points: Ray Train over the allocated nodes, or one local process.
+"""The bundled GPT's training: one loop for Ray Train and for a single local process.
 
-The broker never imports this module: it runs ``python -m workloads.train CONFIG.json``
-as the Ray driver, in its own process, so a broker crash or a cancel can stop the driver
-and the cluster alike. The same loop (:func:`train_loop`) runs under Ray Train and in
-the single-process path (:func:`run_local`); both write checkpoints in one format,
+On an allocation it runs as the training loop :func:`gpt_worker` of a Ray job
+(``workloads.driver`` in ``train`` mode, one worker per node); in a single process,
+through :func:`run_local`. Both write checkpoints in one format,
 ``<storage>/<name>/checkpoint_*/state.pt`` plus ``meta.json`` with the step, and both
-append progress as JSON lines to ``metrics_path``.
+report progress: as event lines on stdout under Ray (the broker reads them from the
+job's output), or as JSON lines appended to ``metrics_path`` in one process.
 
 On CPU each worker uses gloo and one thread; on GPU, NCCL and bf16 autocast.
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -35,8 +34,8 @@ class TrainConfig:
     """Everything one run needs; written as JSON by the broker for the driver."""
 
     name: str  # the run's folder under storage_path (the job id)
-    storage_path: str
-    metrics_path: str
+    storage_path: str  # a folder, or a storage URI (s3://, gs://, file://)
+    metrics_path: str | None  # None: progress goes to stdout as event lines
     model: dict[str, Any]  # GPTConfig fields
     steps: int
     global_batch: int  # sequences per step over all workers
@@ -65,6 +64,12 @@ class TrainConfig:
     @property
     def run_dir(self) -> Path:
         return Path(self.storage_path) / self.name
+
+    @property
+    def run_uri(self) -> str:
+        from workloads import storage
+
+        return storage.join(self.storage_path, self.name)
 
 
 # --- checkpoints ------------------------------------------------------------------------
@@ -124,7 +129,13 @@ def _device(cfg: TrainConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def _append_metrics(path: str, record: dict[str, Any]) -> None:
+def _append_metrics(path: str | None, record: dict[str, Any]) -> None:
+    if path is None:
+        from workloads.driver import emit
+
+        payload = dict(record)
+        emit(str(payload.pop("event", "progress")), **payload)
+        return
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(record) + "\n")
 
@@ -254,6 +265,15 @@ def run_local(cfg: TrainConfig, should_stop: Callable[[], bool] | None = None) -
 # --- Ray Train --------------------------------------------------------------------------
 
 
+def _local_copy(folder: Path) -> Path:
+    """A copy of a checkpoint folder that outlives Ray's temporary view of it."""
+    import shutil
+
+    target = Path(tempfile.mkdtemp(prefix="gpubroker-resume-"))
+    shutil.copytree(folder, target, dirs_exist_ok=True)
+    return target
+
+
 class RaySession(Session):
     def __init__(self, cfg: TrainConfig) -> None:
         import ray.train
@@ -271,17 +291,25 @@ class RaySession(Session):
         """The newer of Ray's restored checkpoint and the newest one persisted in storage.
 
         A worker killed right after its report may die before the controller registered
-        that checkpoint; it is in storage all the same, so the scan finds it.
+        that checkpoint; it is in storage all the same, so the scan finds it. A job
+        planned again on other nodes starts a new fit and finds its checkpoints there too.
         """
         import ray.train
 
-        found = latest_checkpoint(self.cfg.run_dir)
+        from workloads import storage
+
+        best: tuple[str, int] | None = storage.latest_checkpoint(self.cfg.run_uri)
         checkpoint = ray.train.get_checkpoint()
-        if checkpoint is not None:  # local storage: a folder read in place
-            restored = latest_checkpoint(checkpoint.path)
-            if restored is not None and (found is None or restored[1] >= found[1]):
-                return restored[0]
-        return found[0] if found else None
+        if checkpoint is not None:
+            with checkpoint.as_directory() as folder:
+                restored = latest_checkpoint(folder)
+                if restored is not None and (best is None or restored[1] >= best[1]):
+                    return _local_copy(restored[0])
+        if best is None:
+            return None
+        local = Path(tempfile.mkdtemp(prefix="gpubroker-resume-"))
+        storage.download(best[0], local)
+        return local
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         import ray.train
@@ -296,60 +324,7 @@ class RaySession(Session):
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
 
-def _ray_worker(config: dict[str, Any]) -> None:
+def gpt_worker(config: dict[str, Any]) -> None:
+    """The bundled GPT as a Ray Train loop: ``train: workloads.train:gpt_worker``."""
     cfg = TrainConfig(**config)
     train_loop(cfg, RaySession(cfg))
-
-
-def run_ray(cfg: TrainConfig) -> dict[str, Any]:
-    """Run ``cfg`` with a TorchTrainer whose workers sit one per allocated node."""
-    import ray
-    from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    ray.init(address=cfg.address, _node_ip_address=cfg.node_ip, log_to_driver=False)
-    resources: dict[str, float] = {"CPU": 1}
-    if cfg.resource:
-        resources[cfg.resource] = 1
-    found = latest_checkpoint(cfg.run_dir)
-    trainer = TorchTrainer(
-        _ray_worker,
-        train_loop_config=asdict(cfg),
-        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(
-            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources
-        ),
-        run_config=RunConfig(
-            name=cfg.name,
-            storage_path=cfg.storage_path,
-            failure_config=FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-        ),
-        resume_from_checkpoint=Checkpoint.from_directory(str(found[0])) if found else None,
-    )
-    result = trainer.fit()
-    metrics = dict(result.metrics or {})
-    ray.shutdown()
-    return metrics
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m workloads.train CONFIG.json [--local]``: the driver the broker starts."""
-    args = sys.argv[1:] if argv is None else argv
-    if not args:
-        sys.stderr.write("usage: python -m workloads.train CONFIG.json [--local]\n")
-        return 2
-    cfg = TrainConfig.from_json(args[0])
-    try:
-        metrics = run_local(cfg) if "--local" in args[1:] else run_ray(cfg)
-    except Exception as exc:
-        _append_metrics(
-            cfg.metrics_path, {"event": "failed", "error": f"{type(exc).__name__}: {exc}"}
-        )
-        raise
-    _append_metrics(cfg.metrics_path, {"event": "finished", **metrics})
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -84,7 +84,12 @@ def estimate(
         return
     flops = f", {report.flops_total:.3g} FLOPs" if report.flops_total else ""
     steps = f", {report.steps} steps" if report.steps else ""
-    typer.echo(f"{report.job}: {report.kind}, {report.params / 1e6:,.1f}M parameters{steps}{flops}")
+    size = (
+        f"{report.params / 1e6:,.1f}M parameters"
+        if report.params is not None
+        else "your own code, hours as the spec gives them"
+    )
+    typer.echo(f"{report.job}: {report.kind}, {size}{steps}{flops}")
     columns = TRAINING_COLUMNS if report.kind == "training" else INFERENCE_COLUMNS
     title = "Cheapest feasible option per GPU type"
     if report.kind == "inference":

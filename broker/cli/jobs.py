@@ -124,24 +124,35 @@ def list_jobs(
 def logs(
     job_id: int = typer.Argument(..., help="Job id."),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing until it ends."),
-    fmt: Format = typer.Option(Format.table, "--format", help="table: one line per event."),
+    events: bool = typer.Option(
+        False, "--events", help="The job's events (state changes, progress) instead."
+    ),
+    fmt: Format = typer.Option(Format.table, "--format", help="Events: table or json lines."),
 ) -> None:
-    """Print a job's events: state changes, progress, errors."""
+    """Print a job's output (every node's stdout and stderr), or its events."""
     from broker.sdk import Broker
 
     with Broker() as broker:
-        after = 0
+        cursor = 0
         while True:
-            events = broker.job_events(job_id, after)
-            for event in events:
-                after = event.id
-                _print_event(event, fmt)
-            if not follow or broker.job(job_id).state.value in FINAL:
-                if follow:  # events written between the last read and the final state
-                    for event in broker.job_events(job_id, after):
-                        _print_event(event, fmt)
+            final = broker.job(job_id).state.value in FINAL
+            cursor = _print_since(broker, job_id, cursor, events, fmt)
+            if not follow or final:
                 return
             time.sleep(1.0)
+
+
+def _print_since(broker: Any, job_id: int, cursor: int, events: bool, fmt: Format) -> int:
+    """Print what came after ``cursor`` (an event id, or a byte offset of the output)."""
+    if events:
+        for event in broker.job_events(job_id, cursor):
+            cursor = event.id
+            _print_event(event, fmt)
+        return cursor
+    lines, cursor = broker.job_output(job_id, cursor)
+    for line in lines:
+        typer.echo(line)
+    return cursor
 
 
 def _print_event(event: Any, fmt: Format) -> None:

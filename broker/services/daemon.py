@@ -4,15 +4,16 @@ Each tick:
 1. the *leader* (holder of lease ``daemon-leader``) refreshes offers when the refresh
    interval has passed (a timer lease, so the whole group refreshes once per interval),
    plans pending jobs and reconciles the providers with the database;
-2. every daemon runs planned allocations, each one under a claim lease
-   ``allocation:<id>`` and only while it is still PLANNED, so no allocation is launched
-   by two daemons;
+2. every daemon starts planned allocations, each in a thread of its own under a claim
+   lease ``allocation:<id>`` and only while it is still PLANNED, so no allocation is
+   launched by two daemons and a long run holds up neither the next tick nor the others;
 3. every daemon makes the scheduled reports that are due (``reports`` is unique on
    schedule and due time, so each is made once).
 Several daemons on one PostgreSQL database thus share the work with no double launch;
 if the leader dies its lease expires and another daemon takes over. A background
 heartbeat renews the leases this daemon holds while a long step runs. SIGTERM and SIGINT
-stop the loop after the step in progress; the daemon then gives its leases back.
+stop the loop after the step in progress; the runs already started go on to their end
+(each tears its nodes down), then the daemon gives its leases back.
 
 The steps are injectable (:class:`Steps`) so a test can drive the loop with its own
 planner and executor.
@@ -143,6 +144,7 @@ class Daemon:
         self._stop = threading.Event()
         self._held: set[str] = set()
         self._held_lock = threading.Lock()
+        self._runs: dict[int, threading.Thread] = {}
 
     # --- control ------------------------------------------------------------------------
 
@@ -206,23 +208,40 @@ class Daemon:
         return state == AllocationState.PLANNED.value
 
     def _run_planned(self, report: TickReport) -> None:
+        self._runs = {a: t for a, t in self._runs.items() if t.is_alive()}
         for allocation_id in self._planned_allocations():
             if self.stopping:
                 return
             claim = f"allocation:{allocation_id}"
-            if not self._acquire(claim):
+            if allocation_id in self._runs or not self._acquire(claim):
                 continue
-            try:
-                # Re-read under the claim: another daemon may have run it since we listed it.
-                if self._still_planned(allocation_id):
-                    report.launched.append(allocation_id)
-                    self._step(
-                        report,
-                        f"run allocation {allocation_id}",
-                        lambda a=allocation_id: self.steps.run_allocation(a),
-                    )
-            finally:
+            # Re-read under the claim: another daemon may have run it since we listed it.
+            if not self._still_planned(allocation_id):
                 self._release(claim)
+                continue
+            report.launched.append(allocation_id)
+            thread = threading.Thread(
+                target=self._run_one,
+                args=(report, allocation_id, claim),
+                name=f"allocation-{allocation_id}",
+            )
+            self._runs[allocation_id] = thread
+            thread.start()
+
+    def _run_one(self, report: TickReport, allocation_id: int, claim: str) -> None:
+        try:
+            self._step(
+                report,
+                f"run allocation {allocation_id}",
+                lambda: self.steps.run_allocation(allocation_id),
+            )
+        finally:
+            self._release(claim)
+
+    def wait_for_runs(self) -> None:
+        """Until every run this daemon started has ended."""
+        for thread in list(self._runs.values()):
+            thread.join()
 
     def tick(self, now: datetime | None = None) -> TickReport:
         report = TickReport()
@@ -261,12 +280,15 @@ class Daemon:
             while not self.stopping:
                 tick = self.tick()
                 ticks.append(tick)
+                if once:
+                    self.wait_for_runs()
                 log.info("tick: %s", tick.summary())
                 if once:
                     break
                 self._stop.wait(self.interval)
         finally:
             self._stop.set()
+            self.wait_for_runs()
             with self._held_lock:
                 names = sorted(self._held)
             for name in names:

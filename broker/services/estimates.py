@@ -90,7 +90,7 @@ class Infeasible:
 class EstimateReport:
     job: str
     kind: str
-    params: int
+    params: int | None  # None: user code, whose model the broker does not know
     tokens: int | None
     steps: int | None
     flops_total: float | None
@@ -513,13 +513,14 @@ def estimate_spec(
             raise UserError(f"--nodes: the spec fixes nodes to {spec.nodes}")
         options, infeasible, used = _estimate_training(spec, offers, calibrations, nodes=nodes)
         gpu_types = sorted({o.gpu for o in offers if o.gpu is not None})
+        modelled = not spec.is_estimated_by_user
         return EstimateReport(
             job=spec.name,
             kind="training",
-            params=spec.model.n_params(),
-            tokens=spec.total_tokens(),
-            steps=spec.total_steps(),
-            flops_total=training_flops(spec),
+            params=spec.model.n_params() if spec.model is not None else None,
+            tokens=spec.total_tokens() if modelled else None,
+            steps=spec.total_steps() if modelled else spec.steps,
+            flops_total=training_flops(spec) if modelled else None,
             min_gpus={name: min_gpus(spec, name) for name in gpu_types},
             options=options,
             infeasible=infeasible,

@@ -1,26 +1,30 @@
-"""Run a planned allocation: provision, start Ray, train, tear down, meter (DESIGN §6).
+"""Run a planned allocation: provision, run on its own cluster, tear down, meter (DESIGN §6).
 
 The order is what makes crashes recoverable:
 1. the job and allocation go PROVISIONING and one instance row per node, carrying the
    launch's request id, is committed *before* the provider is called;
-2. ``provider.launch`` (convergent by request id), then the rows get the provider's ids;
-3. once every node runs: a Ray cluster over them, the training, its events streamed
-   into ``job_events``;
-4. teardown (terminate, stop Ray), then one usage row per instance.
+2. ``provider.launch`` (convergent by request id) with the nodes' boot script, then the
+   rows get the provider's ids;
+3. once every node runs, the head's private address is published to the nodes
+   (``Provider.set_metadata``); they form their Ray cluster themselves, and the run goes
+   to the head as a Ray job whose output and events are copied as they come;
+4. teardown (terminate), then one usage row per instance.
 
-The executor holds the lease ``alloc-<id>`` while it works; the reconciler treats an
-allocation whose executor is gone as orphaned. Crash points for tests: set
-``GPUBROKER_CRASH_AT`` to one of ``runners.CRASH_POINTS`` and the process exits right there.
+No node runs anything but its own boot and the run: the broker never trains on a
+stand-in for a node it pays for. The executor holds the lease ``alloc-<id>`` while it
+works; the reconciler treats an allocation whose executor is gone as orphaned. Crash
+points for tests: set ``GPUBROKER_CRASH_AT`` to one of ``runners.CRASH_POINTS``.
 
-The trainer is a *runner*: :func:`ray_runner` (the product path, Ray Train in a driver
-process over the allocated nodes) or :func:`inprocess_runner` (the same loop and
-checkpoint format in this process, world size 1), which tests pick explicitly; both live
-in :mod:`broker.services.runners`.
+The run is carried out by a *runner* (:mod:`broker.services.runners`): the Ray job on the
+cluster, or, in tests, the bundled loop in this process with no cluster booted.
 """
 
 from __future__ import annotations
 
+import fcntl
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -45,13 +49,14 @@ from broker.errors import (
     BrokerError,
     BudgetExceeded,
     CapacityError,
+    ConfigError,
     ConflictError,
     Infeasible,
     NotFound,
     OutOfCapacity,
 )
 from broker.services import jobs as jobs_service
-from broker.services import leases, metering, ray_cluster
+from broker.services import leases, metering, node_boot, ray_jobs
 from broker.services.runners import (
     LEASE_TTL_S,
     POLL_S,
@@ -65,7 +70,8 @@ from broker.services.runners import (
     crash_point,
     lease_holder,
     lease_name,
-    ray_runner,
+    needs_cluster,
+    ray_job_runner,
     run_dir,
 )
 
@@ -73,6 +79,8 @@ if TYPE_CHECKING:
     from providers.base import InstanceRecord, Provider
 
 RUNNING_TIMEOUT_S = 600.0
+# Providers whose nodes are reached over the internet: a launch needs ``ingress_cidr``.
+NEEDS_INGRESS = ("aws", "gcp")
 # Why an inference job ends FAILED when it is run: its plan (one allocation per pool of
 # its replica mix) is kept for inspection, but no allocation of it is launched.
 SERVING_NOT_RUN = "serving is not run by this version; the plan stands"
@@ -210,7 +218,11 @@ def _provision_rows(session: Any, settings: Settings, job: JobRow, alloc: Alloca
 
 
 def _launch(
-    db: Database, settings: Settings, allocation_id: int, provider: Provider
+    db: Database,
+    settings: Settings,
+    allocation_id: int,
+    provider: Provider,
+    cluster: node_boot.ClusterSpec | None,
 ) -> list[InstanceRecord]:
     from providers.base import TAG_ALLOCATION, TAG_JOB, LaunchRequest
 
@@ -225,20 +237,14 @@ def _launch(
             pricing=Pricing(alloc.pricing),
             owner=settings.owner_tag,
             tags={TAG_JOB: str(alloc.job_id), TAG_ALLOCATION: str(alloc.id)},
-            user_data=_user_data(settings, alloc),
+            user_data=node_boot.boot_script(cluster) if cluster is not None else None,
+            ingress_cidr=settings.ingress_cidr if cluster is not None else None,
+            ports=cluster.ports if cluster is not None else (),
         )
     records = provider.launch(request)
     crash_point("after_cloud_create")
     _record_launch(db, allocation_id, records)
     return records
-
-
-def _user_data(settings: Settings, alloc: AllocationRow) -> str | None:
-    if alloc.provider in ("local", "fake"):
-        return None
-    from broker.services import cloud_init
-
-    return cloud_init.startup_script(settings, f"gpubroker-{cluster_key(alloc.id)}")
 
 
 def _record_launch(db: Database, allocation_id: int, records: list[InstanceRecord]) -> None:
@@ -251,7 +257,7 @@ def _record_launch(db: Database, allocation_id: int, records: list[InstanceRecor
                 continue
             row.provider_instance_id = record.instance_id
             row.state = record.state.value
-            row.address = record.address
+            row.address = record.address or record.private_address
             row.launched_at = row.launched_at or record.launched_at or utcnow()
 
 
@@ -292,7 +298,6 @@ def teardown(
     """
     from providers import registry
 
-    ray_cluster.stop(settings, cluster_key(allocation_id))
     with db.session() as session:
         alloc = _allocation(session, allocation_id)
         provider_name = alloc.provider
@@ -427,6 +432,38 @@ def run_allocation(
     PENDING comes back when the job lost its nodes (capacity or preemption) and should be
     planned again; the pool is put on cool-down first.
     """
+    cluster = needs_cluster(runner or ray_job_runner)
+    with db.session() as session:
+        provider = _allocation(session, allocation_id).provider
+    if cluster and provider in NEEDS_INGRESS and settings.ingress_cidr is None:
+        raise ConfigError(
+            f"GPUBROKER_INGRESS_CIDR: required to launch on {provider} (the addresses the "
+            "broker reaches the nodes' Ray ports from, e.g. 203.0.113.7/32)"
+        )
+    with _machine_turn(settings, provider if cluster else None):
+        return _run_begun(db, settings, allocation_id, progress, runner)
+
+
+@contextmanager
+def _machine_turn(settings: Settings, provider: str | None) -> Iterator[None]:
+    """Local clusters take turns: their heads share this machine's Ray ports."""
+    if provider != "local":
+        yield
+        return
+    path = settings.home / "local" / "cluster.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _run_begun(
+    db: Database,
+    settings: Settings,
+    allocation_id: int,
+    progress: ProgressFn | None,
+    runner: Runner | None,
+) -> JobState:
     job_id, go = _begin(db, settings, allocation_id)
     if not go:
         return JobState(jobs_service.get(db, job_id).state)
@@ -458,10 +495,19 @@ def _provision_and_train(
         price = alloc.price_at_plan if alloc.price_at_plan is not None else Decimal(0)
         spec = dict(jobs_service.load_row(session, job_id).spec)
     _notify(progress, job_id, JobState.PROVISIONING, f"launching on {provider_name}")
+    run = runner or ray_job_runner
+    cluster = (
+        node_boot.cluster_spec(settings, provider_name, cluster_key(allocation_id))
+        if needs_cluster(run)
+        else None
+    )
+    head: ray_jobs.Head | None = None
     try:
         provider = registry.get(provider_name, settings)
-        _launch(db, settings, allocation_id, provider)
+        _launch(db, settings, allocation_id, provider, cluster)
         running = _wait_running(db, settings, allocation_id, job_id, provider)
+        if running is not None and cluster is not None:
+            head = _publish_head(settings, provider, running, cluster)
     except CapacityError as exc:
         teardown(db, settings, allocation_id)
         _cooldown(db, settings, allocation_id, str(exc), whole_zone=False)
@@ -489,14 +535,17 @@ def _provision_and_train(
         job_id=job_id,
         allocation_id=allocation_id,
         spec=spec,
-        addresses=[_node_address(r, i) for i, r in enumerate(running)],
+        nodes=len(running),
         gpu=gpu,
         gpus_per_node=gpus_per_node,
+        provider=provider_name,
+        head=head,
+        cluster=cluster,
     )
     monitor = Monitor(ctx, provider, [r.instance_id for r in running], progress, price)
     started = time.monotonic()
     try:
-        outcome = (runner or ray_runner)(ctx, monitor)
+        outcome = run(ctx, monitor)
     except BrokerError as exc:
         outcome = Outcome(ok=False, error=str(exc))
     busy = time.monotonic() - started
@@ -511,15 +560,22 @@ def _provision_and_train(
     return _finish(db, allocation_id, JobState.FAILED, AllocationState.FAILED, outcome.error)
 
 
-def _node_address(record: InstanceRecord, index: int) -> str:
-    """Where Ray runs node ``index``: its loopback address, or a simulated one.
+def _publish_head(
+    settings: Settings,
+    provider: Provider,
+    running: list[InstanceRecord],
+    cluster: node_boot.ClusterSpec,
+) -> ray_jobs.Head:
+    """Tell every node where its head is (node 0's private address); where we reach it."""
+    from providers.base import META_HEAD
 
-    Nodes of remote providers join the head from their startup script; on this machine
-    the training of such an allocation runs on simulated loopback nodes.
-    """
-    if record.address and record.address.startswith("127."):
-        return record.address
-    return f"127.0.0.{index + 2}"
+    node = running[0]
+    private = node.private_address or node.address
+    reach = node.address if settings.cluster_network == "public" else private
+    if private is None or reach is None:
+        raise BrokerError(f"node {node.instance_id} has no address to reach its head at")
+    provider.set_metadata([r.instance_id for r in running], {META_HEAD: private})
+    return ray_jobs.Head(f"http://{reach}:{cluster.dashboard_port}", cluster.token)
 
 
 def _notify(progress: ProgressFn | None, job_id: int, state: JobState, message: str) -> None:

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
@@ -94,6 +95,25 @@ def guarded(db: Database) -> Iterator[Session]:
             yield session
     except StaleDataError:
         raise StaleWrite("the job or allocation changed under us; reload and retry") from None
+
+
+def prepare(spec: JobSpec, settings: Settings, *, base: Path | None = None) -> JobSpec:
+    """Check what a spec names outside itself (workdir, ``train:`` target, storage URI)
+    before it is stored; the workdir becomes an absolute path (relative ones are taken
+    from ``base``, the spec file's folder, else the current directory)."""
+    from workloads import code, storage
+
+    if spec.kind != "training":
+        return spec
+    if spec.storage is not None:
+        storage.parse(spec.storage)
+    workdir = None
+    if spec.workdir is not None:
+        limit = int(settings.workdir_max_mib * 2**20)
+        workdir = code.resolve_workdir(spec.workdir, limit, base=base)
+    if spec.train is not None:
+        code.check_train_target(spec.train, workdir)
+    return spec.model_copy(update={"workdir": workdir}) if workdir else spec
 
 
 def submit(db: Database, spec: JobSpec) -> JobView:

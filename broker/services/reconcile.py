@@ -5,8 +5,8 @@ One pass:
    its holder process on this host is dead) is torn down and marked ORPHANED; the job
    goes back to PENDING (via PREEMPTED when it was running) to be planned again;
 2. every instance a provider lists under our owner tag that no live allocation owns is
-   terminated, so a half-launched gang is never left behind;
-3. every Ray cluster of ours whose allocation is no longer live is stopped.
+   terminated (with its Ray processes: they run on the node), so a half-launched gang is
+   never left behind.
 After it: no leaked instances, no live allocation without an executor, and every gang
 either complete (its executor still runs it) or absent.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sqlalchemy import select
 
@@ -24,7 +25,7 @@ from broker.db.engine import Database
 from broker.db.models import AllocationRow, InstanceRow
 from broker.domain import AllocationState, InstanceState, JobState, utcnow
 from broker.errors import BrokerError, ConflictError
-from broker.services import execution, leases, ray_cluster
+from broker.services import execution, leases
 from broker.services import jobs as jobs_service
 
 _STARTED = (AllocationState.PROVISIONING.value, AllocationState.ACTIVE.value)
@@ -35,7 +36,6 @@ class ReconcileReport:
     terminated: list[str] = field(default_factory=list)  # "provider:instance id"
     orphaned_allocations: list[int] = field(default_factory=list)
     requeued_jobs: list[int] = field(default_factory=list)
-    stopped_clusters: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, list[object]]:
@@ -43,9 +43,17 @@ class ReconcileReport:
             "terminated": list(self.terminated),
             "orphaned_allocations": list(self.orphaned_allocations),
             "requeued_jobs": list(self.requeued_jobs),
-            "stopped_clusters": list(self.stopped_clusters),
             "errors": list(self.errors),
         }
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2 :].split()[0] not in ("Z", "X")
 
 
 def executor_alive(db: Database, allocation_id: int) -> bool:
@@ -55,7 +63,7 @@ def executor_alive(db: Database, allocation_id: int) -> bool:
         return False
     host, _, pid = holder.rpartition(":")
     if host == socket.gethostname() and pid.isdigit():
-        return ray_cluster.alive(int(pid))
+        return _pid_alive(int(pid))
     return True  # another host's executor: trust its unexpired lease
 
 
@@ -134,15 +142,6 @@ def reconcile(
             report.terminated.extend(f"{name}:{i}" for i in sorted(ids))
             _mark_terminated(db, name, ids)
 
-    for key in ray_cluster.known_keys(settings):
-        allocation_id = int(key[1:]) if key[1:].isdigit() else None
-        if allocation_id is not None and allocation_id in live:
-            continue
-        try:
-            if ray_cluster.stop(settings, key):
-                report.stopped_clusters.append(key)
-        except BrokerError as exc:
-            report.errors.append(str(exc))
     return report
 
 

@@ -1,11 +1,12 @@
-"""One training attempt of an allocation and the watcher beside it.
+"""One attempt of a run on an allocation, and the watcher beside it.
 
-A *runner* trains: :func:`ray_runner` (the product path, Ray Train in a driver process over
-the allocated nodes) or :func:`inprocess_runner` (the same loop and checkpoint format in
-this process, world size 1), which tests pick explicitly. The :class:`Monitor` streams the
-run's metrics into ``job_events``, renews the executor's lease, and says when to stop
-(a cancel, or a node the provider took away). Crash points for tests live here too: set
-``GPUBROKER_CRASH_AT`` to one of :data:`CRASH_POINTS` and the process exits right there.
+A *runner* carries out the run once the nodes are up: :data:`ray_job_runner` (the product
+path: the run as a Ray job submitted to the head of the cluster the nodes formed from
+their boot script) or :data:`inprocess_runner` (the bundled GPT's loop in this process,
+world size 1, with no cluster at all), which tests pick explicitly. The :class:`Monitor`
+files the run's events into ``job_events``, renews the executor's lease, and says when to
+stop (a cancel, or a node the provider took away). Crash points for tests live here too:
+set ``GPUBROKER_CRASH_AT`` to one of :data:`CRASH_POINTS` and the process exits there.
 """
 
 from __future__ import annotations
@@ -13,14 +14,13 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from broker.config import Settings
 from broker.db.engine import Database
@@ -32,9 +32,10 @@ from broker.errors import (
     ProviderError,
 )
 from broker.services import jobs as jobs_service
-from broker.services import leases, ray_cluster
+from broker.services import leases, ray_jobs
 
 if TYPE_CHECKING:
+    from broker.services.node_boot import ClusterSpec
     from providers.base import Provider
 
 CRASH_ENV = "GPUBROKER_CRASH_AT"
@@ -98,9 +99,12 @@ class RunContext:
     job_id: int
     allocation_id: int
     spec: dict[str, Any]
-    addresses: list[str]
+    nodes: int
     gpu: str | None
     gpus_per_node: int
+    provider: str = "local"
+    head: ray_jobs.Head | None = None  # None: the runner needs no cluster
+    cluster: ClusterSpec | None = None
 
     @property
     def run_dir(self) -> Path:
@@ -121,29 +125,38 @@ class Outcome:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-Runner = Callable[[RunContext, "Monitor"], Outcome]
+class Runner(Protocol):
+    """Carries out one attempt; ``needs_cluster``: whether the nodes must boot Ray.
+
+    A plain function is a runner too; the executor boots a cluster for it.
+    """
+
+    def __call__(self, ctx: RunContext, monitor: Monitor) -> Outcome: ...
 
 
-def train_config(ctx: RunContext, **ray: Any) -> Any:
-    """The ``workloads.train.TrainConfig`` for this job (imports the training module)."""
-    from providers.local import detect_machine
+def needs_cluster(runner: Runner) -> bool:
+    return bool(getattr(runner, "needs_cluster", True))
+
+
+def train_config(ctx: RunContext, *, metrics_path: str | None, storage_path: str) -> Any:
+    """The ``workloads.train.TrainConfig`` of the bundled GPT for this job."""
     from workloads.gpus import resolve
     from workloads.spec import parse_spec
     from workloads.train import TrainConfig
 
     spec = parse_spec(ctx.spec)
+    assert spec.kind == "training" and spec.model is not None
     peak = None
-    # The training runs on this machine's nodes: GPUs only where this machine has them.
-    use_gpu = bool(ctx.gpu) and ctx.gpus_per_node > 0 and detect_machine().gpus > 0
+    use_gpu = bool(ctx.gpu) and ctx.gpus_per_node > 0
     if use_gpu and ctx.gpu:
         resolved = resolve(ctx.gpu)
         if resolved.spec is not None:
-            peak = resolved.spec.bf16_tflops * 1e12
+            peak = resolved.spec.bf16_tflops * 1e12 * ctx.gpus_per_node
     steps = spec.total_steps()
     return TrainConfig(
         name=ctx.run_dir.name,
-        storage_path=str(ctx.run_dir.parent),
-        metrics_path=str(ctx.metrics_path),
+        storage_path=storage_path,
+        metrics_path=metrics_path,
         model={
             "n_layer": spec.model.layers,
             "n_head": spec.model.heads,
@@ -158,73 +171,157 @@ def train_config(ctx: RunContext, **ray: Any) -> Any:
         report_every=max(1, min(25, steps // 20)),
         data=spec.data,
         precision=spec.precision,
-        max_failures=spec.max_failures,
+        num_workers=ctx.nodes,
         use_gpu=use_gpu,
+        max_failures=spec.max_failures,
         peak_flops_per_worker=peak,
-        **ray,
     )
 
 
-def inprocess_runner(ctx: RunContext, monitor: Monitor) -> Outcome:
-    """The training loop in this process (world size 1): fast, no Ray; for tests."""
-    from workloads.train import Stopped, run_local
+class InProcessRunner:
+    """The bundled GPT's loop in this process (world size 1): fast, no cluster; for tests."""
 
-    cfg = train_config(ctx)
-    ctx.run_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        metrics = run_local(cfg, should_stop=lambda: monitor.poll() is not None)
-    except Stopped:
-        monitor.poll(force=True)
-        return Outcome(ok=False, stop=monitor.stop_reason or "stopped")
-    except Exception as exc:  # the training itself failed: the job fails, we tear down
-        return Outcome(ok=False, error=f"{type(exc).__name__}: {exc}")
-    monitor.poll(force=True)
-    return Outcome(ok=True, metrics=metrics)
+    needs_cluster = False
 
+    def __call__(self, ctx: RunContext, monitor: Monitor) -> Outcome:
+        from workloads.train import Stopped, run_local
 
-def ray_runner(ctx: RunContext, monitor: Monitor) -> Outcome:
-    """Ray Train over the allocated nodes: a local cluster, the driver in its own process."""
-    settings = ctx.settings
-    key = cluster_key(ctx.allocation_id)
-    cpus = max(1, (os.cpu_count() or 1) // max(1, len(ctx.addresses)))
-    ctx.run_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        cluster = ray_cluster.start(settings, key, ctx.addresses, cpus_per_node=cpus)
-        monitor.event("ray", {"address": cluster.address, "nodes": cluster.addresses})
         cfg = train_config(
-            ctx,
-            num_workers=len(ctx.addresses),
-            resource=cluster.resource,
-            address=cluster.address,
-            node_ip=cluster.head_ip,
+            ctx, metrics_path=str(ctx.metrics_path), storage_path=str(ctx.run_dir.parent)
         )
-        config_path = ctx.run_dir / f"train-a{ctx.allocation_id}.json"
-        cfg.to_json(config_path)
-        with open(ctx.run_dir / "driver.log", "ab") as log:
-            driver = subprocess.Popen(
-                [sys.executable, "-m", "workloads.train", str(config_path)],
-                env=ray_cluster.ray_env(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        ray_cluster.record_driver(settings, cluster, driver.pid)
-        while driver.poll() is None:
-            reason = monitor.poll()
-            if reason is not None:
-                driver.kill()
-                driver.wait()
-                return Outcome(ok=False, stop=reason)
-            time.sleep(POLL_S)
-        if monitor.poll(force=True) is not None:  # e.g. a cancel that stopped the cluster
+        ctx.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            metrics = run_local(cfg, should_stop=lambda: monitor.poll() is not None)
+        except Stopped:
+            monitor.poll(force=True)
+            return Outcome(ok=False, stop=monitor.stop_reason or "stopped")
+        except Exception as exc:  # the training itself failed: the job fails, we tear down
+            return Outcome(ok=False, error=f"{type(exc).__name__}: {exc}")
+        monitor.poll(force=True)
+        return Outcome(ok=True, metrics=metrics)
+
+
+inprocess_runner = InProcessRunner()
+
+
+def run_spec(ctx: RunContext) -> Any:
+    """The ``workloads.driver.RunSpec`` of this job: a command, a loop, or the GPT."""
+    from workloads.driver import RunSpec
+    from workloads.spec import parse_spec
+
+    spec = parse_spec(ctx.spec)
+    assert spec.kind == "training" and ctx.cluster is not None
+    storage = spec.storage or default_storage(ctx)
+    common = {
+        "resource": ctx.cluster.resource,
+        "nodes": ctx.nodes,
+        "gpus_per_node": ctx.gpus_per_node if ctx.gpu else 0,
+        "envs": dict(spec.envs),
+        "name": ctx.run_dir.name,
+        "storage": storage,
+        "max_failures": spec.max_failures,
+        "join_timeout_s": ctx.settings.head_timeout_s,
+    }
+    if spec.run is not None:
+        return RunSpec(mode="command", setup=spec.setup, run=spec.run, **common)
+    if spec.train is not None:
+        return RunSpec(mode="train", train=spec.train, **common)
+    cfg = train_config(ctx, metrics_path=None, storage_path=storage or str(ctx.run_dir.parent))
+    return RunSpec(mode="train", train=GPT_LOOP, config=asdict(cfg), **common)
+
+
+GPT_LOOP = "workloads.train:gpt_worker"
+
+
+def default_storage(ctx: RunContext) -> str | None:
+    """Where checkpoints go without ``storage:``: the runs folder when every node is this
+    machine; on cloud nodes, nowhere shared (a lost node's work cannot resume elsewhere)."""
+    return f"file://{ctx.run_dir.parent.resolve()}" if ctx.provider == "local" else None
+
+
+class RayJobRunner:
+    """The run as a Ray job on the allocation's own cluster, followed until it ends."""
+
+    needs_cluster = True
+
+    def __call__(self, ctx: RunContext, monitor: Monitor) -> Outcome:
+        from workloads.spec import parse_spec
+
+        assert ctx.head is not None
+        spec = parse_spec(ctx.spec)
+        assert spec.kind == "training"
+        client = ray_jobs.connect(
+            ctx.head, ctx.settings.head_timeout_s, give_up=lambda: monitor.poll() is not None
+        )
+        if client is None:
             return Outcome(ok=False, stop=monitor.stop_reason)
-        if driver.returncode != 0:
-            return Outcome(
-                ok=False, error=monitor.last_error or f"driver exited {driver.returncode}"
-            )
-        return Outcome(ok=True, metrics=monitor.last_metrics)
-    finally:
-        ray_cluster.stop(settings, key)
+        run = run_spec(ctx)
+        submission = client.submit_job(
+            entrypoint=ray_jobs.ENTRYPOINT,
+            runtime_env=ray_jobs.runtime_env(run.to_env(), dict(spec.envs), spec.workdir),
+        )
+        monitor.event("ray_job", {"submission_id": submission, "head": ctx.head.url})
+        output = ray_jobs.OutputCopy(
+            ctx.run_dir, f"allocation {ctx.allocation_id}, Ray job {submission}"
+        )
+        return _follow(client, submission, output, monitor)
+
+
+ray_job_runner = RayJobRunner()
+
+
+def _follow(client: Any, submission: str, output: ray_jobs.OutputCopy, monitor: Monitor) -> Outcome:
+    """Copy the job's output and events until it ends or must stop."""
+    from ray.job_submission import JobStatus
+
+    failures = 0
+    while True:
+        reason = monitor.poll()
+        if reason is not None:
+            _stop(client, submission)
+            _copy(client, submission, output, monitor)
+            return Outcome(ok=False, stop=reason)
+        try:
+            status = client.get_job_status(submission)
+            _copy(client, submission, output, monitor)
+            failures = 0
+        except Exception:  # a head that went away: the monitor sees the lost node next
+            failures += 1
+            if failures > MAX_HEAD_FAILURES:
+                return Outcome(ok=False, error="lost the connection to the Ray head")
+            time.sleep(POLL_S)
+            continue
+        if status == JobStatus.SUCCEEDED:
+            monitor.poll(force=True)
+            return Outcome(ok=True, metrics=monitor.last_metrics)
+        if status in (JobStatus.FAILED, JobStatus.STOPPED):
+            if monitor.poll(force=True) is not None:  # e.g. a node lost mid-run
+                return Outcome(ok=False, stop=monitor.stop_reason)
+            info = client.get_job_info(submission)
+            code = getattr(info, "driver_exit_code", None)
+            tail = " | ".join(output.tail(5))
+            what = f"exited with code {code}" if code is not None else str(status.value).lower()
+            return Outcome(ok=False, error=f"the run {what}; last output: {tail}"[:2000])
+        time.sleep(POLL_S)
+
+
+MAX_HEAD_FAILURES = 20
+
+
+def _copy(client: Any, submission: str, output: ray_jobs.OutputCopy, monitor: Monitor) -> None:
+    lines = output.update(client.get_job_logs(submission))
+    monitor.feed(ray_jobs.parse_events(lines))
+
+
+def _stop(client: Any, submission: str) -> None:
+    """Stop the Ray job and wait a little for it to end (teardown follows either way)."""
+    try:
+        client.stop_job(submission)
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline and not client.get_job_status(submission).is_terminal():
+            time.sleep(POLL_S)
+    except Exception:  # the head is gone already: teardown stops what is left
+        return
 
 
 # --- the monitor ------------------------------------------------------------------------
@@ -253,6 +350,11 @@ class Monitor:
         self._offset = ctx.metrics_path.stat().st_size if ctx.metrics_path.exists() else 0
         self._last_poll = 0.0
         self._progress_seen = False
+        self._fed: list[dict[str, Any]] = []
+
+    def feed(self, records: list[dict[str, Any]]) -> None:
+        """Events that arrived another way than the metrics file (a Ray job's output)."""
+        self._fed.extend(records)
 
     def event(self, kind: str, payload: dict[str, Any]) -> None:
         with self.ctx.db.session() as session:
@@ -281,7 +383,7 @@ class Monitor:
         if not force and now - self._last_poll < POLL_S:
             return self.stop_reason
         self._last_poll = now
-        records = self._read_new()
+        records, self._fed = self._fed + self._read_new(), []
         ctx = self.ctx
         with ctx.db.session() as session:
             for record in records:

@@ -46,7 +46,7 @@ def test_submit_list_logs_cancel_reconcile(home: Path) -> None:
     assert lines[0].startswith("id,name,kind,team,state") and len(lines) == 2
     assert ",CANCELLED," in lines[1]
 
-    logs = _run(home, "logs", str(job["id"]), "--format", "json")
+    logs = _run(home, "logs", str(job["id"]), "--events", "--format", "json")
     states = [json.loads(line)["payload"]["state"] for line in logs.stdout.splitlines()]
     assert states == ["PENDING", "CANCELLED"]
 

@@ -215,14 +215,22 @@ def test_examples_are_valid(tmp_path: Path) -> None:
     assert names == [
         "gpt-125m-pretrain.yaml",
         "gpt-tiny-local.yaml",
+        "hello-ranks.yaml",
         "llama-70b-pretrain.yaml",
         "llama-7b-finetune.yaml",
         "llama-7b-serve.yaml",
+        "user-train.yaml",
     ]
+    hello = load_spec(EXAMPLES / "hello-ranks.yaml")  # a SkyPilot task, unchanged
+    assert isinstance(hello, TrainingJob) and hello.is_code and hello.nodes == 2
+    assert hello.run is not None and "$SKYPILOT_NODE_RANK" in hello.run
+    own = load_spec(EXAMPLES / "user-train.yaml")
+    assert isinstance(own, TrainingJob) and own.train == "loop:train_fn"
     tiny = load_spec(EXAMPLES / "gpt-tiny-local.yaml")
     assert isinstance(tiny, TrainingJob)
     assert tiny.nodes == 2 and tiny.constraints.providers == ["local"]
-    assert tiny.model.preset == "gpt-tiny" and tiny.precision == "fp32"
+    assert tiny.model is not None and tiny.model.preset == "gpt-tiny"
+    assert tiny.precision == "fp32"
     assert tiny.total_steps() >= 3 * tiny.checkpoint_every
     assert isinstance(load_spec(EXAMPLES / "llama-7b-serve.yaml"), InferenceJob)
     big = load_spec(EXAMPLES / "llama-70b-pretrain.yaml")

@@ -1,19 +1,26 @@
-"""This machine as a provider: free nodes simulated on loopback addresses.
+"""This machine as a provider: nodes on loopback addresses that boot like cloud nodes.
 
 Each node is an address 127.0.0.2, 127.0.0.3, ... (Ray rewrites 127.0.0.1 to the host's
-routable address, so it is left out). Launched nodes live in a JSON state file under the
-broker home, guarded by a file lock, so a launch is convergent by request id across
-processes and the reconciler sees what a crashed broker left behind. ``preempt`` takes a
-node away, the local equivalent of a spot reclaim, for recovery tests and drills.
+routable address, so it is left out). A launch with user data boots each node the way a
+cloud does: the script runs as a process of its own, reading its metadata (index, own
+address, later the head's address) from files under the node's folder, which
+``set_metadata`` writes; its Ray processes use a temp dir of their own, which is how
+``terminate`` finds and stops exactly them. Launched nodes live in a JSON state file
+under the broker home, guarded by a file lock, so a launch is convergent by request id
+across processes and the reconciler sees what a crashed broker left behind. ``preempt``
+takes a node away (its processes too), the local equivalent of a spot reclaim.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,7 +30,7 @@ from typing import Any
 
 from broker.config import Settings
 from broker.domain import InstanceState, Pricing, as_utc, utcnow
-from broker.errors import NotFound, OutOfCapacity
+from broker.errors import NotFound, OutOfCapacity, ProviderError
 from providers.base import (
     TAG_NODE,
     TAG_OWNER,
@@ -35,12 +42,18 @@ from providers.base import (
     QuotaRecord,
     request_tags,
 )
+from providers.local import processes
 
 NAME = "local"
 REGION = "local"
 ZONE = "local"
 DEFAULT_NODES = 4
 _HELD = (InstanceState.PENDING.value, InstanceState.RUNNING.value)
+# Ray sizes: each raylet on one host would count the whole machine's memory otherwise.
+NODE_MEMORY_BYTES = 2 * 1024**3
+OBJECT_STORE_BYTES = 96 * 1024**2
+# Variables of the broker's own process that must not leak into a node's boot.
+_PRIVATE_ENV = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "GPUBROKER_CRASH_AT")
 
 
 @dataclass(frozen=True)
@@ -87,6 +100,7 @@ class LocalProvider:
         self.settings = settings
         self.nodes = nodes
         self.state_path = settings.home / "local" / "instances.json"
+        self.nodes_dir = settings.home / "local" / "nodes"
 
     @property
     def instance_type(self) -> str:
@@ -149,6 +163,7 @@ class LocalProvider:
             state=InstanceState(raw["state"]),
             pricing=Pricing(raw["pricing"]),
             address=raw.get("address"),
+            private_address=raw.get("address"),
             launched_at=as_utc(datetime.fromisoformat(launched)) if launched else None,
             tags=dict(raw["tags"]),
         )
@@ -169,6 +184,7 @@ class LocalProvider:
             short = len(free) < len(missing)
             if short and req.gang:
                 for raw in mine.values():  # all or nothing: give back what the gang holds
+                    self._halt(raw)
                     raw["state"] = InstanceState.TERMINATED.value
                 mine = {}
             creating = [] if short and req.gang else missing  # a short gang creates nothing
@@ -186,12 +202,83 @@ class LocalProvider:
                 }
                 instances[instance_id] = raw
                 mine[index] = raw
+                if req.user_data:
+                    raw["temp_dir"] = self._temp_dir(instance_id)
+                    raw["boot_pid"] = self._boot(raw, req)
             records = [self._record(mine[i]) for i in sorted(mine)]
         if short and req.gang:
             raise OutOfCapacity(
                 NAME, ZONE, f"{len(free)} of {self.nodes} local nodes free, need {len(missing)}"
             )
         return records
+
+    # --- booting -----------------------------------------------------------------------
+
+    def _temp_dir(self, instance_id: str) -> str:
+        # Ray's unix sockets live under the temp dir; keep the path short.
+        digest = hashlib.sha1(f"{self.settings.home.resolve()}:{instance_id}".encode())
+        return f"/tmp/gbr-{digest.hexdigest()[:10]}"
+
+    def _node_dir(self, instance_id: str) -> Path:
+        return self.nodes_dir / instance_id
+
+    def _boot(self, raw: dict[str, Any], req: LaunchRequest) -> int:
+        """Run the node's user data as its own process; returns the boot script's pid."""
+        folder = self._node_dir(raw["id"])
+        shutil.rmtree(folder, ignore_errors=True)
+        (folder / "meta").mkdir(parents=True)
+        self._write_metadata(raw["id"], {**raw["tags"], "local-ipv4": raw["address"]})
+        script = folder / "boot.sh"
+        script.write_text(req.user_data or "")
+        cpus = max(1, (os.cpu_count() or 1) // max(1, req.nodes))
+        env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
+        env.update(
+            GPUBROKER_METADATA_DIR=str(folder / "meta"),
+            GPUBROKER_PYTHON=sys.executable,
+            GPUBROKER_RAY_ARGS=(
+                f"--temp-dir={raw['temp_dir']} --num-cpus={cpus} "
+                f"--memory={NODE_MEMORY_BYTES} --object-store-memory={OBJECT_STORE_BYTES}"
+            ),
+        )
+        with open(folder / "boot.log", "ab") as log:
+            proc = subprocess.Popen(
+                ["bash", str(script)],
+                cwd=folder,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return proc.pid
+
+    def _write_metadata(self, instance_id: str, items: Mapping[str, str]) -> None:
+        folder = self._node_dir(instance_id) / "meta"
+        folder.mkdir(parents=True, exist_ok=True)
+        for key, value in items.items():
+            tmp = folder / f".{key}.tmp"
+            tmp.write_text(value)
+            tmp.replace(folder / key)
+
+    @staticmethod
+    def _halt(raw: dict[str, Any]) -> None:
+        """Stop every process of a booted node (nothing to do for one never booted)."""
+        if not raw.get("temp_dir"):
+            return
+        roots = [raw["boot_pid"]] if raw.get("boot_pid") else []
+        left = processes.stop([raw["temp_dir"]], roots)
+        if left:
+            raise ProviderError(f"local node {raw['id']}: processes {left} did not stop")
+        shutil.rmtree(raw["temp_dir"], ignore_errors=True)
+
+    def set_metadata(self, instance_ids: Sequence[str], items: Mapping[str, str]) -> None:
+        with self._state() as state:
+            for instance_id in instance_ids:
+                raw = state["instances"].get(instance_id)
+                if raw is None:
+                    raise NotFound(f"local instance {instance_id} does not exist")
+                raw["tags"].update(items)
+                self._write_metadata(instance_id, items)
 
     def list_instances(self, owner_tag: str) -> list[InstanceRecord]:
         with self._state() as state:
@@ -207,6 +294,7 @@ class LocalProvider:
             for instance_id in instance_ids:
                 raw = state["instances"].get(instance_id)
                 if raw is not None:
+                    self._halt(raw)
                     raw["state"] = InstanceState.TERMINATED.value
 
     def preempt(self, instance_id: str) -> None:
@@ -215,6 +303,7 @@ class LocalProvider:
             raw = state["instances"].get(instance_id)
             if raw is None:
                 raise NotFound(f"local instance {instance_id} does not exist")
+            self._halt(raw)
             raw["state"] = InstanceState.PREEMPTED.value
 
 

@@ -1,0 +1,249 @@
+"""The Ray job every run is: ``python -m workloads.driver`` on the allocation's head node.
+
+The broker submits it through the Ray Jobs API with the run described as JSON in the
+``GPUBROKER_RUN`` variable and this package shipped as a ``py_modules`` entry, so the
+nodes need nothing of the broker but Ray and torch. It waits until every node of the
+allocation has joined (each carries the custom resource ``<resource>-<rank>``), then:
+
+- ``command``: runs ``setup`` then ``run`` with bash on every node at once, one Ray task
+  pinned per node, with the node's GPUs, in the job's working directory, streaming each
+  line back prefixed ``[node <rank>]``; the job fails with the first non-zero exit code;
+- ``train``: runs ``package.module:function`` under Ray Train's ``TorchTrainer`` with one
+  worker per node and that node's GPUs, checkpoints under the run's storage.
+
+Lines starting with :data:`EVENT_MARK` carry JSON events (progress, checkpoints) that the
+broker files as job events; everything else is the program's own output.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+RUN_ENV = "GPUBROKER_RUN"
+EVENT_MARK = "GPUBROKER_EVENT "
+JOIN_TIMEOUT_S = 900.0
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class RunSpec:
+    """What the broker asks the driver to do (the JSON in ``GPUBROKER_RUN``)."""
+
+    mode: str  # "command" or "train"
+    resource: str  # the allocation's custom resource
+    nodes: int
+    gpus_per_node: int = 0
+    setup: str | None = None
+    run: str | None = None
+    envs: dict[str, str] = field(default_factory=dict)
+    train: str | None = None  # package.module:function
+    config: dict[str, Any] = field(default_factory=dict)  # the training loop's config
+    name: str = "run"
+    storage: str | None = None  # checkpoints: s3://, gs://, file:// or a path
+    max_failures: int = 0
+    join_timeout_s: float = JOIN_TIMEOUT_S
+
+    def to_env(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_env(cls, text: str) -> RunSpec:
+        return cls(**json.loads(text))
+
+
+def emit(kind: str, **payload: Any) -> None:
+    """Print one event line for the broker (flushed: the broker follows it live)."""
+    print(EVENT_MARK + json.dumps({"event": kind, **payload}), flush=True)
+
+
+# --- the cluster --------------------------------------------------------------------------
+
+
+def wait_for_nodes(spec: RunSpec) -> list[str]:
+    """The node addresses by rank, once every node has joined the cluster."""
+    import ray
+
+    deadline = time.monotonic() + spec.join_timeout_s
+    while True:
+        found: dict[int, str] = {}
+        for node in ray.nodes():
+            if not node.get("Alive"):
+                continue
+            for name in node.get("Resources", {}):
+                prefix = f"{spec.resource}-"
+                if name.startswith(prefix) and name[len(prefix) :].isdigit():
+                    found[int(name[len(prefix) :])] = node["NodeManagerAddress"]
+        if all(rank in found for rank in range(spec.nodes)):
+            return [found[rank] for rank in range(spec.nodes)]
+        if time.monotonic() > deadline:
+            missing = sorted(set(range(spec.nodes)) - set(found))
+            raise TimeoutError(f"nodes {missing} did not join within {spec.join_timeout_s:g} s")
+        time.sleep(1.0)
+
+
+def node_env(spec: RunSpec, rank: int, ips: list[str]) -> dict[str, str]:
+    """The variables a node's command sees (ours and SkyPilot's names)."""
+    listing = "\n".join(ips)
+    return {
+        **spec.envs,
+        "GPUBROKER_NODE_RANK": str(rank),
+        "GPUBROKER_NUM_NODES": str(len(ips)),
+        "GPUBROKER_NODE_IPS": listing,
+        "GPUBROKER_HEAD_IP": ips[0],
+        "SKYPILOT_NODE_RANK": str(rank),
+        "SKYPILOT_NUM_NODES": str(len(ips)),
+        "SKYPILOT_NODE_IPS": listing,
+        "SKYPILOT_NUM_GPUS_PER_NODE": str(spec.gpus_per_node),
+    }
+
+
+# --- command mode -------------------------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    """In the child: be killed when the Ray worker that started it dies (a cancel)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, 9)
+
+
+def _node_lines(env: dict[str, str], setup: str | None, run: str) -> Iterator[tuple[str, Any]]:
+    """Run ``setup`` then ``run`` on this node: ("line", text) items, then ("exit", code)."""
+    full = {**os.environ, **env}
+    for command in (setup, run):
+        if command is None:
+            continue
+        proc = subprocess.Popen(
+            ["bash", "-c", command],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=full,
+            text=True,
+            errors="replace",
+            preexec_fn=_die_with_parent,
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            yield ("line", line.rstrip("\n"))
+        code = proc.wait()
+        if code != 0:
+            yield ("exit", code)
+            return
+    yield ("exit", 0)
+
+
+def run_commands(spec: RunSpec, ips: list[str]) -> int:
+    """``setup`` and ``run`` on every node at once; the first non-zero exit code, or 0."""
+    import ray
+
+    if spec.run is None:
+        raise ValueError("command mode needs run")
+    task = ray.remote(num_cpus=0)(_node_lines)
+    codes: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def follow(rank: int) -> None:
+        options: dict[str, Any] = {"resources": {f"{spec.resource}-{rank}": 0.001}}
+        if spec.gpus_per_node:
+            options["num_gpus"] = spec.gpus_per_node
+        stream = task.options(num_returns="streaming", **options).remote(
+            node_env(spec, rank, ips), spec.setup, spec.run
+        )
+        for ref in stream:
+            kind, value = ray.get(ref)
+            if kind == "exit":
+                codes[rank] = int(value)
+                continue
+            with lock:
+                print(f"[node {rank}] {value}", flush=True)
+
+    threads = [threading.Thread(target=follow, args=(rank,)) for rank in range(spec.nodes)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    failed = {rank: code for rank, code in sorted(codes.items()) if code != 0}
+    missing = [rank for rank in range(spec.nodes) if rank not in codes]
+    if missing:
+        print(f"nodes {missing} ended without an exit code", file=sys.stderr, flush=True)
+        return 1
+    if failed:
+        rank, code = next(iter(failed.items()))
+        print(f"node {rank}: the command exited with code {code}", file=sys.stderr, flush=True)
+        return code
+    return 0
+
+
+# --- train mode ---------------------------------------------------------------------------
+
+
+def load_target(target: str) -> Any:
+    """The function ``package.module:function`` names (the working dir is importable)."""
+    module_name, _, attribute = target.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    module = importlib.import_module(module_name)
+    return getattr(module, attribute)
+
+
+def run_train(spec: RunSpec) -> dict[str, Any]:
+    """The training loop under a TorchTrainer, one worker per node; its last metrics."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from workloads import storage
+
+    if spec.train is None:
+        raise ValueError("train mode needs train")
+    loop = load_target(spec.train)
+    resources: dict[str, float] = {"CPU": 1, spec.resource: 1}
+    use_gpu = spec.gpus_per_node > 0
+    if use_gpu:
+        resources["GPU"] = spec.gpus_per_node
+    run_config: dict[str, Any] = {
+        "name": spec.name,
+        "failure_config": FailureConfig(max_failures=spec.max_failures),
+        "checkpoint_config": CheckpointConfig(num_to_keep=2),
+    }
+    if spec.storage:
+        filesystem, path = storage.filesystem(spec.storage)
+        run_config.update(storage_path=path, storage_filesystem=filesystem)
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config=spec.config or None,
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=spec.nodes, use_gpu=use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(**run_config),
+    )
+    result = trainer.fit()
+    return dict(result.metrics or {})
+
+
+def main() -> int:
+    import ray
+
+    spec = RunSpec.from_env(os.environ[RUN_ENV])
+    ray.init(log_to_driver=True)
+    ips = wait_for_nodes(spec)
+    emit("cluster", nodes=ips)
+    if spec.mode == "command":
+        return run_commands(spec, ips)
+    metrics = run_train(spec)
+    emit("finished", **{k: v for k, v in metrics.items() if isinstance(v, int | float | str)})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
