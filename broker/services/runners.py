@@ -16,6 +16,7 @@ import os
 import socket
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
@@ -351,10 +352,20 @@ class Monitor:
         self._last_poll = 0.0
         self._progress_seen = False
         self._fed: list[dict[str, Any]] = []
+        self._recent: deque[str] = deque(maxlen=256)
 
     def feed(self, records: list[dict[str, Any]]) -> None:
-        """Events that arrived another way than the metrics file (a Ray job's output)."""
-        self._fed.extend(records)
+        """Events that arrived another way than the metrics file (a Ray job's output).
+
+        Ray may forward a restarted worker group's lines twice; a record equal to a recent
+        one (they carry their own timestamp) is that echo, not a new event.
+        """
+        for record in records:
+            key = json.dumps(record, sort_keys=True)
+            if key in self._recent:
+                continue
+            self._recent.append(key)
+            self._fed.append(record)
 
     def event(self, kind: str, payload: dict[str, Any]) -> None:
         with self.ctx.db.session() as session:
