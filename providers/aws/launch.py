@@ -1,4 +1,5 @@
-"""The pieces of an EC2 launch: idempotency tokens, tags, network interfaces, records.
+"""The pieces of an EC2 launch: idempotency tokens, tags, network interfaces, security
+group rules, records.
 
 Pure helpers; ``provider.AwsProvider.launch`` strings them together with the calls.
 """
@@ -7,12 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from broker.domain import InstanceState, Pricing, as_utc
 from providers.aws.instance_types import GpuShape
-from providers.base import InstanceRecord, LaunchRequest, request_tags
+from providers.base import TAG_OWNER, TAG_REQUEST, InstanceRecord, LaunchRequest, request_tags
 
 PROVIDER = "aws"
 _TOKEN_MAX = 64  # EC2 ClientToken: at most 64 ASCII characters
@@ -35,6 +37,25 @@ _STATES: Mapping[str, InstanceState] = {
 }
 GONE = frozenset({InstanceState.TERMINATING, InstanceState.TERMINATED, InstanceState.PREEMPTED})
 LISTED_STATES = ("pending", "running", "shutting-down", "stopping", "stopped")
+# States in which an instance still holds its security group.
+HOLDING_STATES = ("pending", "running", "stopping", "stopped")
+# A node reads its tags (``gpubroker-node``, ``gpubroker-head``) from the metadata service.
+METADATA_OPTIONS = {
+    "HttpTokens": "required",
+    "HttpEndpoint": "enabled",
+    "InstanceMetadataTags": "enabled",
+}
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    """Where and how the nodes of one launch call run (the same for every node)."""
+
+    image: str
+    zone: str | None = None
+    placement_group: str | None = None
+    interfaces: list[dict[str, Any]] | None = None  # EFA: they carry subnet and group
+    security_group: str | None = None
 
 
 def client_token(request_id: str, node: int, generation: int = 0) -> str:
@@ -51,7 +72,9 @@ def client_token(request_id: str, node: int, generation: int = 0) -> str:
     return f"{digest}:{node}:{generation}"
 
 
-def placement_group_name(request_id: str) -> str:
+def group_name(request_id: str) -> str:
+    """The request's placement group and security group name: ``gpubroker-<request id>``
+    with what neither accepts replaced (a hash when too long)."""
     name = "gpubroker-" + _GROUP_NAME.sub("-", request_id)
     if len(name) <= 255:
         return name
@@ -85,19 +108,55 @@ def efa_interfaces(shape: GpuShape, subnet_id: str, group_id: str) -> list[dict[
     ]
 
 
-def run_params(
-    req: LaunchRequest,
-    node: int,
-    generation: int,
-    *,
-    image: str,
-    zone: str | None,
-    placement_group: str | None,
-    interfaces: list[dict[str, Any]] | None,
-) -> dict[str, Any]:
+def group_tags(req: LaunchRequest) -> list[dict[str, str]]:
+    """The tags of the groups made for a request: how terminate knows they are its own."""
+    return [{"Key": TAG_OWNER, "Value": req.owner}, {"Key": TAG_REQUEST, "Value": req.request_id}]
+
+
+def ingress_permissions(group_id: str, cidr: str, ports: Iterable[int]) -> list[dict[str, Any]]:
+    """TCP ``ports`` from ``cidr``, and every protocol between members of the group."""
+    permissions: list[dict[str, Any]] = [
+        {
+            "IpProtocol": "tcp",
+            "FromPort": port,
+            "ToPort": port,
+            "IpRanges": [{"CidrIp": cidr}],
+        }
+        for port in sorted(set(ports))
+    ]
+    permissions.append({"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": group_id}]})
+    return permissions
+
+
+def _permission_keys(permissions: Iterable[Mapping[str, Any]]) -> set[tuple[Any, ...]]:
+    """One comparable key per (protocol, ports, source) of ``IpPermissions``."""
+    keys: set[tuple[Any, ...]] = set()
+    for permission in permissions:
+        protocol = str(permission.get("IpProtocol"))
+        ports = (
+            (None, None)
+            if protocol == "-1"
+            else (permission.get("FromPort"), permission.get("ToPort"))
+        )
+        for cidr in permission.get("IpRanges") or []:
+            keys.add((protocol, *ports, "cidr", cidr.get("CidrIp")))
+        for pair in permission.get("UserIdGroupPairs") or []:
+            keys.add((protocol, *ports, "group", pair.get("GroupId")))
+    return keys
+
+
+def missing_permissions(
+    wanted: list[dict[str, Any]], existing: Iterable[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """Those of ``wanted`` the group lacks (EC2 refuses a call repeating any rule)."""
+    have = _permission_keys(existing)
+    return [p for p in wanted if not _permission_keys([p]) <= have]
+
+
+def run_params(req: LaunchRequest, node: int, generation: int, plan: NodePlan) -> dict[str, Any]:
     tags = node_tags(req, node)
     params: dict[str, Any] = {
-        "ImageId": image,
+        "ImageId": plan.image,
         "InstanceType": req.instance_type,
         "MinCount": 1,
         "MaxCount": 1,
@@ -107,14 +166,18 @@ def run_params(
             {"ResourceType": "volume", "Tags": tags},
         ],
         "InstanceInitiatedShutdownBehavior": "terminate",
+        "MetadataOptions": dict(METADATA_OPTIONS),
     }
     placement: dict[str, str] = {}
-    if interfaces:
-        params["NetworkInterfaces"] = interfaces  # the subnet fixes the zone
-    elif zone:
-        placement["AvailabilityZone"] = zone
-    if placement_group:
-        placement["GroupName"] = placement_group
+    if plan.interfaces:
+        params["NetworkInterfaces"] = plan.interfaces  # the subnet fixes the zone
+    else:
+        if plan.zone:
+            placement["AvailabilityZone"] = plan.zone
+        if plan.security_group:
+            params["SecurityGroupIds"] = [plan.security_group]
+    if plan.placement_group:
+        placement["GroupName"] = plan.placement_group
     if placement:
         params["Placement"] = placement
     if req.user_data:
@@ -148,4 +211,5 @@ def instance_record(item: Mapping[str, Any], region: str) -> InstanceRecord:
         address=item.get("PublicIpAddress") or item.get("PrivateIpAddress"),
         launched_at=as_utc(launched) if launched is not None else None,
         tags=tags,
+        private_address=item.get("PrivateIpAddress"),
     )

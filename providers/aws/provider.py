@@ -8,6 +8,9 @@ Launch promises, as every adapter keeps them:
   terminated and ``OutOfCapacity`` names the zone;
 - multi-node gangs on EFA types get a cluster placement group and EFA interfaces; when the
   endpoint cannot make the group, the gang launches without it (and says so in the log);
+- a request with ``ingress_cidr`` runs in a security group of its own (see ``network``),
+  deleted by ``terminate`` once no node of the request holds it;
+- ``set_metadata`` writes instance tags, which nodes read from the metadata service;
 - errors leave as ``broker.errors`` types built from AWS error codes, never SDK text.
 """
 
@@ -17,7 +20,8 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,6 +29,7 @@ from broker.config import Settings
 from broker.domain import Pricing, utcnow
 from broker.errors import BrokerError, OutOfCapacity, ProviderError, UserError
 from providers.aws import launch as ln
+from providers.aws import network as net
 from providers.aws import offers as of
 from providers.aws.check import AwsCheck, check_credentials
 from providers.aws.clients import Clients
@@ -76,6 +81,9 @@ class AwsProvider:
         self._regions_cache: list[str] | None = None
         self._where: dict[str, str] = {}  # instance id -> region
         self._no_placement_groups: set[str] = set()
+        # Seconds between tries to delete a request's security group that its shutting-down
+        # nodes still hold (EC2 answers DependencyViolation until they are gone).
+        self.group_delete_waits: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
 
     # --- plumbing ----------------------------------------------------------------------
 
@@ -263,34 +271,18 @@ class AwsProvider:
         if not missing:
             return [alive[node] for node in range(req.nodes)]
 
-        # None for a type without GPUs: it still launches, without EFA or a GPU image.
-        shape = self.gpu_shapes(region).get(req.instance_type)
         zone = req.zone or next((r.zone for r in alive.values() if r.zone), None)
-        efa = req.nodes > 1 and shape is not None and shape.efa
-        group = interfaces = None
-        if efa and shape is not None:
-            zone = zone or self._first_zone(region, req.instance_type)
-            group = self._placement_group(region, req)
-            interfaces = self._efa_interfaces(region, zone, shape)
-        image = req.image or ln.default_image(shape)
+        plan = self._plan(req, zone)
         quota = quota_code(req.instance_type, req.pricing)
 
         created: list[InstanceRecord] = []
         node = missing[0]
         try:
             for node in missing:
-                record = self._run_node(
-                    req,
-                    node,
-                    gone[node],
-                    image,
-                    zone,
-                    group,
-                    interfaces,
-                    quota.code if quota else None,
-                )
+                record = self._run_node(req, node, gone[node], plan, quota.code if quota else None)
                 created.append(record)
-                zone = zone or record.zone  # the rest of the gang goes where the first went
+                if plan.zone is None:  # the rest of the gang goes where the first went
+                    plan = replace(plan, zone=record.zone)
         except BrokerError as exc:
             if req.gang and req.nodes > 1:
                 got = self._release_request(req, [*alive.values(), *created])
@@ -301,33 +293,47 @@ class AwsProvider:
                         f"gang of {req.nodes} {req.instance_type} short of node "
                         f"{node}; released the {len(got)} it had",
                     ) from None
+            elif req.ingress_cidr and not alive and not created:
+                self._drop_security_groups(region, {req.request_id})  # unless a lost node holds it
             raise
         nodes = {**alive, **{r.node_index: r for r in created if r.node_index is not None}}
         return [nodes[node] for node in range(req.nodes)]
 
+    def _plan(self, req: LaunchRequest, zone: str | None) -> ln.NodePlan:
+        """Image, zone, groups and interfaces of the nodes this launch call creates."""
+        region = req.region
+        # None for a type without GPUs: it still launches, without EFA or a GPU image.
+        shape = self.gpu_shapes(region).get(req.instance_type)
+        efa = req.nodes > 1 and shape is not None and shape.efa
+        if efa:
+            zone = zone or self._first_zone(region, req.instance_type)
+        ec2 = self.client("ec2", region)
+        subnet = None
+        if zone and (efa or req.ingress_cidr):
+            subnet = net.default_subnet(ec2, region, zone)
+        security_group = None
+        if req.ingress_cidr:
+            vpc = subnet["VpcId"] if subnet else net.default_vpc(ec2, region)
+            security_group = net.ensure_security_group(ec2, req, vpc, req.ingress_cidr)
+        plan = ln.NodePlan(
+            image=req.image or ln.default_image(shape), zone=zone, security_group=security_group
+        )
+        if not (efa and shape is not None and subnet is not None):
+            return plan
+        group = security_group or net.default_group(ec2, region, subnet["VpcId"])
+        return replace(
+            plan,
+            placement_group=self._placement_group(region, req),
+            interfaces=ln.efa_interfaces(shape, subnet["SubnetId"], group),
+        )
+
     def _run_node(
-        self,
-        req: LaunchRequest,
-        node: int,
-        generation: int,
-        image: str,
-        zone: str | None,
-        group: str | None,
-        interfaces: list[dict[str, Any]] | None,
-        quota: str | None,
+        self, req: LaunchRequest, node: int, generation: int, plan: ln.NodePlan, quota: str | None
     ) -> InstanceRecord:
         ec2 = self.client("ec2", req.region)
         for _ in range(_RELAUNCH_TRIES):
-            params = ln.run_params(
-                req,
-                node,
-                generation,
-                image=image,
-                zone=zone,
-                placement_group=group,
-                interfaces=interfaces,
-            )
-            with aws_call("RunInstances", req.region, zone=zone, quota=quota):
+            params = ln.run_params(req, node, generation, plan)
+            with aws_call("RunInstances", req.region, zone=plan.zone, quota=quota):
                 answer = ec2.run_instances(**params)
             record = ln.instance_record(answer["Instances"][0], req.region)
             self._where[record.instance_id] = req.region
@@ -346,7 +352,7 @@ class AwsProvider:
         """A cluster placement group for the request, or None where none can be made."""
         if region in self._no_placement_groups:
             return None
-        name = ln.placement_group_name(req.request_id)
+        name = ln.group_name(req.request_id)
         # One try only: a gang without the group still runs, and an endpoint without
         # placement groups should not cost the backoff of every retry.
         ec2 = self.clients.client("ec2", region, attempts=1)
@@ -359,10 +365,7 @@ class AwsProvider:
                         TagSpecifications=[
                             {
                                 "ResourceType": "placement-group",
-                                "Tags": [
-                                    {"Key": TAG_OWNER, "Value": req.owner},
-                                    {"Key": TAG_REQUEST, "Value": req.request_id},
-                                ],
+                                "Tags": ln.group_tags(req),
                             }
                         ],
                     )
@@ -376,78 +379,104 @@ class AwsProvider:
             return None
         return name
 
-    def _efa_interfaces(self, region: str, zone: str, shape: GpuShape) -> list[dict[str, Any]]:
-        ec2 = self.client("ec2", region)
-        with aws_call("DescribeSubnets", region, zone=zone):
-            subnets = ec2.describe_subnets(
-                Filters=[
-                    {"Name": "default-for-az", "Values": ["true"]},
-                    {"Name": "availability-zone", "Values": [zone]},
-                ]
-            ).get("Subnets", [])
-        if not subnets:
-            raise ProviderError(PROVIDER, f"no default subnet in {zone} for the EFA interfaces")
-        subnet = subnets[0]
-        with aws_call("DescribeSecurityGroups", region, zone=zone):
-            groups = ec2.describe_security_groups(
-                Filters=[
-                    {"Name": "vpc-id", "Values": [subnet["VpcId"]]},
-                    {"Name": "group-name", "Values": ["default"]},
-                ]
-            ).get("SecurityGroups", [])
-        if not groups:
-            raise ProviderError(PROVIDER, f"no default security group in {zone}")
-        return ln.efa_interfaces(shape, subnet["SubnetId"], groups[0]["GroupId"])
-
     def _release_request(self, req: LaunchRequest, known: list[InstanceRecord]) -> list[str]:
         """Roll a gang back: terminate every node of the request, the ones we know and any
-        a lost answer hid from us (found by tag). Best effort: the rollback must not hide
-        the error that caused it. Returns the ids released."""
+        a lost answer hid from us (found by tag), then its security group. Best effort: the
+        rollback must not hide the error that caused it. Returns the ids released."""
         ids = {r.instance_id for r in known}
         try:
             found = self._describe(req.region, _request_filters(req))
             ids |= {r.instance_id for r in found if r.state not in ln.GONE}
-            if ids:
-                self._terminate_in(req.region, sorted(ids))
+            self._terminate_ids(req.region, sorted(ids))
         except BrokerError as exc:
             self._note(f"could not release {len(ids)} nodes in {req.region}: {exc}")
+        else:
+            if req.ingress_cidr:
+                self._drop_security_groups(req.region, {req.request_id})
         return sorted(ids)
 
     def terminate(self, instance_ids: Sequence[str], request_id: str) -> None:
-        """Terminate the instances; ones already gone or unknown are fine.
+        """Terminate the instances; ones already gone or unknown are fine. Then delete the
+        security group of their request (and of ``request_id``) once no node holds it.
+
+        ``request_id`` is not needed to find the instances on EC2 (see ``_locate``)."""
+        for region, records in self._locate(instance_ids).items():
+            self._terminate_ids(region, [r.instance_id for r in records if r.state not in ln.GONE])
+            requests = {r.request_id for r in records if r.request_id}
+            self._drop_security_groups(region, requests | ({request_id} if request_id else set()))
+
+    def set_metadata(self, instance_ids: Sequence[str], items: Mapping[str, str]) -> None:
+        """Write ``items`` as tags of the instances (nodes read them from the metadata
+        service); instances that carry them already are left alone."""
+        located = self._locate(instance_ids)
+        found = {r.instance_id for records in located.values() for r in records}
+        lost = [i for i in dict.fromkeys(instance_ids) if i not in found]
+        if lost:
+            raise ProviderError(PROVIDER, f"set metadata: no instance {', '.join(lost)}")
+        tags = [{"Key": key, "Value": value} for key, value in items.items()]
+        for region, records in located.items():
+            stale = [
+                r.instance_id
+                for r in records
+                if any(r.tags.get(key) != value for key, value in items.items())
+            ]
+            ec2 = self.client("ec2", region)
+            for start in range(0, len(stale), _ID_CHUNK):
+                with aws_call("CreateTags", region):
+                    ec2.create_tags(Resources=stale[start : start + _ID_CHUNK], Tags=tags)
+
+    def _locate(self, instance_ids: Sequence[str]) -> dict[str, list[InstanceRecord]]:
+        """The records of the instances, by region; unknown ids are left out.
 
         Instances are looked for where this provider last saw them, then in every region
-        of ``regions()``; ``request_id`` is not needed to find them on EC2."""
+        of ``regions()`` (EC2 instance ids do not name their region)."""
         remaining = list(dict.fromkeys(instance_ids))
         if not remaining:
-            return
+            return {}
         known = [self._where[i] for i in remaining if i in self._where]
-        candidates = list(dict.fromkeys([*known, *self.regions()]))
-        for region in candidates:
+        located: dict[str, list[InstanceRecord]] = {}
+        for region in dict.fromkeys([*known, *self.regions()]):
             if not remaining:
                 break
-            found = self._terminate_in(region, remaining)
-            remaining = [i for i in remaining if i not in found]
+            records: list[InstanceRecord] = []
+            for start in range(0, len(remaining), _ID_CHUNK):
+                chunk = remaining[start : start + _ID_CHUNK]
+                records += self._describe(region, [{"Name": "instance-id", "Values": chunk}])
+            if records:
+                located[region] = records
+                seen = {r.instance_id for r in records}
+                remaining = [i for i in remaining if i not in seen]
+        return located
 
-    def _terminate_in(self, region: str, instance_ids: Sequence[str]) -> set[str]:
-        """Terminate those of ``instance_ids`` living in ``region``; returns the ids found."""
-        found: set[str] = set()
-        live: list[str] = []
+    def _terminate_ids(self, region: str, instance_ids: Sequence[str]) -> None:
+        ec2 = self.client("ec2", region)
         for start in range(0, len(instance_ids), _ID_CHUNK):
             chunk = list(instance_ids[start : start + _ID_CHUNK])
-            for record in self._describe(region, [{"Name": "instance-id", "Values": chunk}]):
-                found.add(record.instance_id)
-                if record.state not in ln.GONE:
-                    live.append(record.instance_id)
-        ec2 = self.client("ec2", region)
-        for start in range(0, len(live), _ID_CHUNK):
             with aws_call("TerminateInstances", region):
                 try:
-                    ec2.terminate_instances(InstanceIds=live[start : start + _ID_CHUNK])
+                    ec2.terminate_instances(InstanceIds=chunk)
                 except Exception as exc:
                     if error_code(exc) not in NOT_FOUND_CODES:
                         raise
-        return found
+
+    def _drop_security_groups(self, region: str, request_ids: set[str]) -> None:
+        """Delete the security groups of these requests that no node holds any more.
+
+        Best effort: a group that stays is noted, never a reason to fail a terminate."""
+        ec2 = self.client("ec2", region)
+        for request_id in sorted(request_ids):
+            holding = [
+                {"Name": f"tag:{TAG_REQUEST}", "Values": [request_id]},
+                {"Name": "instance-state-name", "Values": list(ln.HOLDING_STATES)},
+            ]
+            try:
+                groups = net.request_groups(ec2, region, request_id)
+                if not groups or self._describe(region, holding):
+                    continue
+                for group in groups:
+                    net.delete_group(ec2, region, group, self.group_delete_waits)
+            except BrokerError as exc:
+                self._note(f"security group of request {request_id} in {region} kept: {exc}")
 
 
 def _request_filters(req: LaunchRequest) -> list[dict[str, Any]]:

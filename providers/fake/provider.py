@@ -10,7 +10,10 @@ It keeps the promises of ``providers.base`` the way a real adapter must:
   create" never doubles. Like a cloud's idempotency key (EC2 ``ClientToken``), this
   lookup sees the truth even while ``list_instances`` lags behind;
 - throttled calls are retried inside with bounded full-jitter backoff; ``stats`` counts
-  calls, attempts and throttles so tests can bound the retries.
+  calls, attempts and throttles so tests can bound the retries;
+- ``set_metadata`` writes the items into the instances' tags, as EC2 does (its nodes read
+  tags from the metadata service); every node has a private ``10.x`` address, stable for
+  its life, which is also where the broker reaches it.
 
 Same seed, same calls -> same instance ids, same throttles, same results (timestamps come
 from the clock given; ``ManualClock`` makes those repeatable too).
@@ -176,6 +179,19 @@ class FakeProvider:
             ]
 
         return self._call("list_instances", run)
+
+    def set_metadata(self, instance_ids: Sequence[str], items: Mapping[str, str]) -> None:
+        """Add or replace ``items`` in the instances' tags; an unknown id changes nothing
+        and raises ``ProviderError``."""
+
+        def run(state: CloudState) -> None:
+            unknown = [i for i in instance_ids if i not in state.instances]
+            if unknown:
+                raise ProviderError(self.name, f"set metadata: no instance {', '.join(unknown)}")
+            for instance_id in instance_ids:
+                state.instances[instance_id].tags.update(items)
+
+        self._call("set_metadata", run)
 
     def terminate(self, instance_ids: Sequence[str], request_id: str) -> None:
         """Terminate the instances; ids already terminated or unknown are left alone."""
@@ -440,4 +456,5 @@ class FakeProvider:
             address=inst.address,
             launched_at=inst.launched_at,
             tags=dict(inst.tags),
+            private_address=inst.address,
         )

@@ -7,7 +7,7 @@ Nothing from ``google.*`` is imported at module level, so importing this package
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from broker.config import Settings
@@ -73,6 +73,13 @@ class GcpProvider:
 
     def terminate(self, instance_ids: Sequence[str], request_id: str) -> None:
         self._launcher().terminate(instance_ids, request_id)
+
+    def set_metadata(self, instance_ids: Sequence[str], items: Mapping[str, str]) -> None:
+        """Instance metadata attributes, merged into what each instance has (see
+        ``metadata``)."""
+        from providers.gcp.metadata import set_metadata
+
+        set_metadata(self.session, instance_ids, items)
 
     def check(self, *, probe: bool = True) -> dict[str, Any]:
         """Usable or not, with which credential source and endpoints; never a secret.

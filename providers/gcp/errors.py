@@ -51,6 +51,10 @@ class _Conflict(Exception):
     """A 409: the resource already exists (never leaves ``call``)."""
 
 
+class _Stale(Exception):
+    """A 412: a fingerprint the write carried is out of date (never leaves ``call``)."""
+
+
 class _Retryable(Exception):
     """A failure worth another try; ``detail`` is our words for it."""
 
@@ -101,7 +105,7 @@ def _reasons(exc: Any) -> list[str]:
 def translate(exc: BaseException, *, what: str, zone: str | None = None) -> Exception | None:
     """Our error for an SDK/transport exception; None when ``exc`` is not one of theirs.
 
-    Retryable failures, 404 and 409 come back as private markers that ``call`` resolves.
+    Retryable failures, 404, 409 and 412 come back as private markers that ``call`` resolves.
     """
     from google.api_core import exceptions as api
     from google.auth import exceptions as auth
@@ -147,6 +151,8 @@ def translate(exc: BaseException, *, what: str, zone: str | None = None) -> Exce
         return _Missing()
     if status == 409:
         return _Conflict()
+    if status == 412:
+        return _Stale()
     if status in _RETRYABLE_STATUS:
         return _Retryable(f"server error, HTTP {status}", throttled=True)
     return ProviderError(PROVIDER, f"{what}: request rejected (HTTP {status or 'unknown'})")
@@ -172,13 +178,14 @@ def call(
     zone: str | None = None,
     if_missing: Any = _UNSET,
     if_conflict: Any = _UNSET,
+    if_stale: Any = _UNSET,
     sleep: Callable[[float], None] = time.sleep,
 ) -> T:
     """Run ``fn``, retrying rate limits, 5xx and unreachable endpoints; translate errors.
 
-    ``if_missing`` / ``if_conflict``, when given, are returned for a 404 / 409 instead of
-    an error. The error is raised outside the ``except`` block so it carries no link to
-    the SDK exception, whose text may hold what we promise never to show.
+    ``if_missing`` / ``if_conflict`` / ``if_stale``, when given, are returned for a 404 /
+    409 / 412 instead of an error. The error is raised outside the ``except`` block so it
+    carries no link to the SDK exception, whose text may hold what we promise never to show.
     """
     for attempt in range(policy.attempts):
         error: Exception | None = None
@@ -198,6 +205,10 @@ def call(
             if if_conflict is not _UNSET:
                 return if_conflict  # type: ignore[no-any-return]
             error = ProviderError(PROVIDER, f"{what}: conflict (HTTP 409)")
+        elif isinstance(error, _Stale):
+            if if_stale is not _UNSET:
+                return if_stale  # type: ignore[no-any-return]
+            error = ProviderError(PROVIDER, f"{what}: precondition failed (HTTP 412)")
         elif isinstance(error, _Retryable):
             if attempt + 1 < policy.attempts:
                 sleep(policy.delay(attempt))

@@ -9,9 +9,13 @@ and verbatim as the metadata item ``gpubroker-tags`` so a listing returns them e
 Each insert passes a ``requestId`` (see ``request_uuid``), so a retried call is the same
 call to GCE; a repeated launch finds the named nodes and creates only the missing.
 
+Each node also carries the metadata item ``gpubroker-node`` (its index), which its boot
+script reads from the metadata service; ``metadata.set_metadata`` adds more later.
+
 Operations are polled with ``ZoneOperationsClient.wait`` (the extended-operation
 ``result()`` ignores a custom endpoint). Multi-node gangs of families that support it get
-a compact placement policy (one per request, deleted with the last node).
+a compact placement policy, and a request with ``ingress_cidr`` gets its firewall rules
+(see ``firewalls``): one of each per request, deleted with the last node.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import time
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -27,19 +30,26 @@ from typing import Any
 
 from broker.domain import InstanceState, Pricing
 from broker.errors import BrokerError, CapacityError, ProviderError, UserError
-from providers.base import TAG_OWNER, TAG_REQUEST, InstanceRecord, LaunchRequest, request_tags
-from providers.gcp import families
-from providers.gcp.errors import PROVIDER, call, operation_error
+from providers.base import (
+    TAG_NODE,
+    TAG_OWNER,
+    TAG_REQUEST,
+    InstanceRecord,
+    LaunchRequest,
+    request_tags,
+)
+from providers.gcp import families, firewalls
+from providers.gcp import operations as ops
+from providers.gcp.errors import PROVIDER, call
+from providers.gcp.operations import request_uuid
 from providers.gcp.session import Session
 
 TAGS_METADATA_KEY = "gpubroker-tags"
 STARTUP_METADATA_KEY = "startup-script"
 DEFAULT_IMAGE = "projects/debian-cloud/global/images/family/debian-12"
 BOOT_DISK_GB = 200
-OPERATION_DEADLINE_S = 1800.0
 _LABEL_OK = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _VALUE_OK = re.compile(r"^[a-z0-9_-]{0,63}$")
-_NAMESPACE = uuid.UUID("6c0b7f0e-3f38-4d5e-9a52-4b1e8e2a7c11")
 
 _STATES = {
     "PROVISIONING": InstanceState.PENDING,
@@ -79,24 +89,18 @@ def labels_for(tags: dict[str, str]) -> dict[str, str]:
     return {label_key(key): label_value(value) for key, value in tags.items()}
 
 
+def request_stem(request_id: str) -> str:
+    """``gpb-<hash>``: what the names of a request's resources start with, and the network
+    tag its nodes carry when it opens ingress."""
+    return f"gpb-{_digest(request_id, 16)}"
+
+
 def instance_name(request_id: str, node: int) -> str:
-    return f"gpb-{_digest(request_id, 16)}-{node}"
+    return f"{request_stem(request_id)}-{node}"
 
 
 def policy_name(request_id: str) -> str:
-    return f"gpb-{_digest(request_id, 16)}-compact"
-
-
-def request_uuid(*parts: object) -> str:
-    """A GCE ``requestId``: the same parts give the same UUID.
-
-    Inserts derive it from (request, node, a nonce per ``launch`` call): every retry inside
-    the call is then one request to GCE, while a later call gets a fresh one. Without the
-    nonce GCE would replay the first call's operation for up to an hour, failure included,
-    so a launch retried after capacity came back would fail again; across calls, the
-    deterministic instance names (409 on a duplicate) are what prevent double nodes.
-    """
-    return str(uuid.uuid5(_NAMESPACE, "/".join(str(part) for part in parts)))
+    return f"{request_stem(request_id)}-compact"
 
 
 def _region_of(zone: str) -> str:
@@ -170,10 +174,11 @@ class Launcher:
             machine_type = families.n1_shape(
                 machine_type, attached[0].accelerator_count, _last(attached[0].accelerator_type)
             )
-        address = None
+        address = private = None
         for interface in instance.network_interfaces:
+            private = interface.network_i_p or None
             nat = [config.nat_i_p for config in interface.access_configs if config.nat_i_p]
-            address = nat[0] if nat else interface.network_i_p or None
+            address = nat[0] if nat else private
             break
         spot = instance.scheduling.provisioning_model == "SPOT"
         return InstanceRecord(
@@ -187,6 +192,7 @@ class Launcher:
             address=address,
             launched_at=_parse_time(instance.creation_timestamp),
             tags=tags,
+            private_address=private,
         )
 
     def list_instances(self, owner_tag: str) -> list[InstanceRecord]:
@@ -204,53 +210,6 @@ class Launcher:
             if record.request_id == request_id and record.node_index is not None:
                 found[record.node_index] = instance
         return found
-
-    # --- operations ------------------------------------------------------------------
-
-    def _wait(self, op: Any, *, zone: str | None, region: str | None, what: str) -> Any:
-        from google.cloud import compute_v1
-
-        done = compute_v1.Operation.Status.DONE
-        deadline = time.monotonic() + OPERATION_DEADLINE_S
-        project = self.session.project
-        while op.status != done:
-            if time.monotonic() > deadline:
-                raise ProviderError(
-                    PROVIDER, f"{what}: operation did not finish in time", retryable=True
-                )
-            name = op.name
-            if zone is not None:
-                client = self.session.compute("ZoneOperationsClient")
-                op = call(
-                    lambda c=client, n=name: c.wait(
-                        project=project, zone=zone, operation=n, retry=None, timeout=150.0
-                    ),
-                    what=what,
-                    policy=self.session.policy,
-                    zone=zone,
-                )
-            else:
-                client = self.session.compute("RegionOperationsClient")
-                op = call(
-                    lambda c=client, n=name: c.wait(
-                        project=project, region=region, operation=n, retry=None, timeout=150.0
-                    ),
-                    what=what,
-                    policy=self.session.policy,
-                )
-        return op
-
-    @staticmethod
-    def _failure(op: Any, *, what: str, zone: str | None) -> BrokerError | None:
-        errors = list(op.error.errors) if op.error else []
-        if not errors:
-            return None
-        return operation_error(
-            [error.code for error in errors],
-            [error.message for error in errors],
-            what=what,
-            zone=zone,
-        )
 
     # --- launch ----------------------------------------------------------------------
 
@@ -330,11 +289,11 @@ class Launcher:
             if_conflict=None,
         )
         if op is not None:
-            failure = self._failure(
-                self._wait(op, zone=None, region=region, what=what), what=what, zone=zone
+            error = ops.failure(
+                ops.wait(self.session, op, region=region, what=what), what=what, zone=zone
             )
-            if failure is not None:
-                raise failure
+            if error is not None:
+                raise error
         return f"projects/{self.session.project}/regions/{region}/resourcePolicies/{name}"
 
     def _instance(self, req: LaunchRequest, node: int, zone: str, policy: str | None) -> Any:
@@ -343,7 +302,10 @@ class Launcher:
         machine_type, accelerator, count = families.split_shape(req.instance_type)
         family = families.family_of(machine_type)
         tags = request_tags(req, node)
-        items = [compute_v1.Items(key=TAGS_METADATA_KEY, value=json.dumps(tags, sort_keys=True))]
+        items = [
+            compute_v1.Items(key=TAGS_METADATA_KEY, value=json.dumps(tags, sort_keys=True)),
+            compute_v1.Items(key=TAG_NODE, value=str(node)),
+        ]
         if req.user_data:
             items.append(compute_v1.Items(key=STARTUP_METADATA_KEY, value=req.user_data))
         spot = req.pricing is Pricing.SPOT
@@ -393,6 +355,8 @@ class Launcher:
             ]
         if policy is not None:
             instance.resource_policies = [policy]
+        if req.ingress_cidr:
+            instance.tags = compute_v1.Tags(items=[request_stem(req.request_id)])
         return instance
 
     def _insert(
@@ -434,8 +398,8 @@ class Launcher:
         for _, op in started:
             what = f"create instance in {zone}"
             try:
-                failure = self._failure(
-                    self._wait(op, zone=zone, region=None, what=what), what=what, zone=zone
+                failure = ops.failure(
+                    ops.wait(self.session, op, zone=zone, what=what), what=what, zone=zone
                 )
             except (CapacityError, ProviderError) as exc:
                 failure = exc
@@ -455,6 +419,8 @@ class Launcher:
         family = families.family_of(machine_type)
         policy = None
         nonce = uuid.uuid4().hex  # one per call: see request_uuid
+        if req.ingress_cidr and any(node not in existing for node in range(req.nodes)):
+            firewalls.ensure(self.session, req, request_stem(req.request_id), nonce)
         for attempt in range(2):
             missing = [node for node in range(req.nodes) if node not in existing]
             if not missing:
@@ -465,7 +431,7 @@ class Launcher:
             existing = self._by_request(req.request_id)
             if failures:
                 if req.gang or not existing:
-                    self._release(list(existing.values()))
+                    self._release(req, list(existing.values()))
                     raise _first(failures)
                 break
         else:
@@ -475,18 +441,25 @@ class Launcher:
 
     # --- terminate -------------------------------------------------------------------
 
-    def _release(self, instances: Sequence[Any]) -> None:
+    def _release(self, req: LaunchRequest, instances: Sequence[Any]) -> None:
+        """Roll a failed launch back: its nodes, and then (as ``terminate`` does once the
+        last node is gone) its firewall rules, which no node holds when none was made."""
         ids = [self.record(instance).instance_id for instance in instances]
         if ids:
             self.terminate(ids, request_uuid("release", *ids))
+        elif req.ingress_cidr:
+            firewalls.delete(self.session, request_stem(req.request_id))
 
     def terminate(self, instance_ids: Sequence[str], request_id: str) -> None:
+        """Delete the instances (ones gone already are fine), then the placement policy and
+        firewall rules of their requests once no node of those requests is left."""
         from google.cloud import compute_v1
 
         client = self.session.compute("InstancesClient")
         project = self.session.project
         started: list[tuple[str, Any]] = []
         policies: set[str] = set()
+        opened: set[str] = set()  # requests whose nodes carry their firewall rules' tag
         for instance_id in instance_ids:
             zone, name, number = split_instance_id(instance_id)
             found = call(
@@ -500,6 +473,9 @@ class Launcher:
             if found is None or (number is not None and str(found.id) != number):
                 continue  # gone already, or a later node now carries the name
             policies.update(url for url in found.resource_policies if _last(url).startswith("gpb-"))
+            owner_request = self.record(found).request_id
+            if owner_request and request_stem(owner_request) in found.tags.items:
+                opened.add(owner_request)
             request = compute_v1.DeleteInstanceRequest(
                 project=project,
                 zone=zone,
@@ -516,14 +492,17 @@ class Launcher:
                 started.append((zone, op))
         for zone, op in started:
             what = f"delete instance in {zone}"
-            op = self._wait(op, zone=zone, region=None, what=what)
+            op = ops.wait(self.session, op, zone=zone, what=what)
             codes = [error.code for error in op.error.errors] if op.error else []
             if codes and "RESOURCE_NOT_FOUND" not in codes:
-                failure = self._failure(op, what=what, zone=zone)
+                failure = ops.failure(op, what=what, zone=zone)
                 if failure is not None:
                     raise failure
         for url in sorted(policies):
             self._delete_policy(url)
+        for owner_request in sorted(opened):
+            if not self._by_request(owner_request):
+                firewalls.delete(self.session, request_stem(owner_request))
 
     def _delete_policy(self, url: str) -> None:
         """Best effort: a policy still used by other nodes of the gang stays until they go."""
@@ -544,7 +523,7 @@ class Launcher:
                 if_missing=None,
             )
             if op is not None:
-                self._wait(op, zone=None, region=region, what="delete placement policy")
+                ops.wait(self.session, op, region=region, what="delete placement policy")
         except ProviderError:
             return
 

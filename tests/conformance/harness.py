@@ -56,6 +56,10 @@ class Target:
     reply never arrives (a timeout after create).
     ``foreign()``: creates an instance outside our tags through the cloud's own API
     (None where the cloud has no API besides the provider's own).
+    ``metadata(record)``: what that node reads from its metadata service (None: the tags
+    of the record the provider lists for it, as on EC2).
+    ``ingress(request_id)``: the rules the cloud holds opening a request's nodes, each as
+    ``"tcp:PORT from CIDR"`` or ``"all from gang"`` (None: the cloud makes none).
     """
 
     name: str
@@ -67,6 +71,8 @@ class Target:
     failures: Mapping[str, Injector]
     lost_reply: Injector
     foreign: Callable[[], str] | None = None
+    metadata: Callable[[InstanceRecord], Mapping[str, str]] | None = None
+    ingress: Callable[[str], list[str]] | None = None
     pricing: Pricing = Pricing.ON_DEMAND
     owner: str = field(default_factory=lambda: f"conformance-{uuid.uuid4().hex[:8]}")
 
@@ -77,6 +83,8 @@ class Target:
         request_id: str | None = None,
         owner: str | None = None,
         gang: bool = True,
+        ingress_cidr: str | None = None,
+        ports: tuple[int, ...] = (),
     ) -> LaunchRequest:
         return LaunchRequest(
             request_id=request_id or f"req-{uuid.uuid4().hex[:12]}",
@@ -88,11 +96,16 @@ class Target:
             owner=owner or self.owner,
             tags={"gpubroker-job": "1", "gpubroker-allocation": "1"},
             gang=gang,
+            ingress_cidr=ingress_cidr,
+            ports=ports,
         )
 
     def live(self, owner: str | None = None) -> list[InstanceRecord]:
         """Our instances the provider lists that are still pending or running."""
         return [i for i in self.provider.list_instances(owner or self.owner) if i.state in LIVE]
+
+    def node_metadata(self, record: InstanceRecord) -> Mapping[str, str]:
+        return record.tags if self.metadata is None else self.metadata(record)
 
 
 def fake_target() -> Target:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from providers.base import TAG_REQUEST
 from tests.conformance.harness import CANARIES, Target
 
 REGION = "us-east-1"
@@ -109,6 +110,13 @@ def target(request: pytest.FixtureRequest) -> Iterator[Target]:
         operation, code, status = FAULTS[kind]
         return inject(provider, _EveryCall(operation, code, status, from_call))
 
+    def ingress(request_id: str) -> list[str]:
+        ec2 = provider.client("ec2", REGION)
+        groups = ec2.describe_security_groups(
+            Filters=[{"Name": f"tag:{TAG_REQUEST}", "Values": [request_id]}]
+        )["SecurityGroups"]
+        return sorted(rule for group in groups for rule in _rules(group))
+
     def foreign() -> str:
         ec2 = provider.client("ec2", REGION)
         made = ec2.run_instances(
@@ -127,4 +135,20 @@ def target(request: pytest.FixtureRequest) -> Iterator[Target]:
         failures={kind: (lambda kind=kind: fault(kind)) for kind in FAULTS},
         lost_reply=lambda: inject(provider, _LostReply()),
         foreign=foreign,
+        ingress=ingress,
     )
+
+
+def _rules(group: dict[str, Any]) -> list[str]:
+    """A security group's ingress rules in the words of ``Target.ingress``."""
+    lines: list[str] = []
+    for permission in group["IpPermissions"]:
+        protocol = permission["IpProtocol"]
+        opened = "all" if protocol == "-1" else f"{protocol}:{permission.get('FromPort')}"
+        sources = [f"from {cidr['CidrIp']}" for cidr in permission.get("IpRanges", [])]
+        sources += [
+            f"from {'gang' if pair['GroupId'] == group['GroupId'] else pair['GroupId']}"
+            for pair in permission.get("UserIdGroupPairs", [])
+        ]
+        lines += [f"{opened} {source}" for source in sources]
+    return lines

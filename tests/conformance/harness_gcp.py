@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from providers.base import InstanceRecord
 from tests.conformance.harness import CANARIES, Target
 
 REGION = "us-central1"
@@ -77,6 +78,17 @@ def target(request: pytest.FixtureRequest) -> Iterator[Target]:
         gce.add_instance(ZONE, "someone-elses-vm", labels={"team": "other"})
         return f"{ZONE}/someone-elses-vm"
 
+    def metadata(record: InstanceRecord) -> dict[str, str]:
+        zone, name, _ = record.instance_id.split("/")
+        return dict(gce.metadata(zone, name))
+
+    def ingress(request_id: str) -> list[str]:
+        from providers.gcp.launch import request_stem
+
+        stem = request_stem(request_id)
+        rules = [rule for rule in gce.firewalls() if rule["name"].startswith(f"{stem}-")]
+        return sorted(line for rule in rules for line in _rules(rule, stem))
+
     failures: dict[str, Any] = {
         "capacity": lambda: capacity(0),
         "quota": no_quota,
@@ -92,4 +104,21 @@ def target(request: pytest.FixtureRequest) -> Iterator[Target]:
         failures=failures,
         lost_reply=lambda: http_error(503, method="POST", path="/instances", after=True),
         foreign=foreign,
+        metadata=metadata,
+        ingress=ingress,
     )
+
+
+def _rules(rule: dict[str, Any], stem: str) -> list[str]:
+    """A firewall rule in the words of ``Target.ingress``; one that reaches other instances
+    than the request's (by network tag) says so."""
+    if rule.get("targetTags") != [stem] or rule.get("direction") != "INGRESS":
+        return [f"{rule['name']} reaches {rule.get('targetTags')}"]
+    sources = [f"from {cidr}" for cidr in rule.get("sourceRanges", [])]
+    sources += [f"from {'gang' if tag == stem else tag}" for tag in rule.get("sourceTags", [])]
+    lines: list[str] = []
+    for allowed in rule["allowed"]:
+        protocol = allowed["IPProtocol"]
+        opened = [f"{protocol}:{port}" for port in allowed.get("ports", [])] or [protocol]
+        lines += [f"{what} {source}" for what in opened for source in sources]
+    return lines

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from broker.errors import BrokerError, OutOfCapacity, ProviderError
-from providers.base import TAG_OWNER, TAG_REQUEST
+from providers.base import META_HEAD, TAG_NODE, TAG_OWNER, TAG_REQUEST
 from tests.conformance.harness import CANARIES, FAILURE_TYPES, Target
 
 
@@ -77,6 +77,37 @@ def test_gang_request_succeeds_whole_once_capacity_is_back(target: Target) -> No
     got = target.provider.launch(req)
     assert sorted(r.node_index for r in got) == [0, 1, 2]
     assert _ids(target.live()) == _ids(got)
+
+
+def test_nodes_have_private_addresses_and_read_the_metadata_set(target: Target) -> None:
+    req = target.request(2)
+    got = target.provider.launch(req)
+    private = {r.instance_id: r.private_address for r in got}
+    assert all(private.values()) and len(set(private.values())) == 2
+    head = {META_HEAD: str(got[0].private_address)}
+    for _ in range(2):  # the second time changes nothing
+        target.provider.set_metadata(list(private), head)
+    listed = target.live()
+    assert {r.instance_id: r.private_address for r in listed} == private
+    for record in listed:
+        seen = target.node_metadata(record)
+        assert seen[META_HEAD] == head[META_HEAD] and seen[TAG_NODE] == str(record.node_index)
+        assert record.request_id == req.request_id  # what the listing relies on survived
+
+
+def test_ingress_is_open_to_the_cidr_until_the_last_node_goes(target: Target) -> None:
+    if target.ingress is None:
+        pytest.skip(f"{target.name} makes no ingress resources")
+    req = target.request(2, ingress_cidr="203.0.113.0/24", ports=(6390, 8265))
+    opened = ["all from gang", "tcp:6390 from 203.0.113.0/24", "tcp:8265 from 203.0.113.0/24"]
+    got = target.provider.launch(req)
+    assert target.ingress(req.request_id) == opened
+    target.provider.launch(req)
+    assert target.ingress(req.request_id) == opened  # a repeated launch doubles nothing
+    target.provider.terminate([got[0].instance_id], req.request_id)
+    assert target.ingress(req.request_id) == opened  # node 1 still runs behind them
+    target.provider.terminate([got[1].instance_id], req.request_id)
+    assert target.ingress(req.request_id) == []
 
 
 def test_terminate_is_idempotent(target: Target) -> None:

@@ -14,11 +14,20 @@ import pytest
 
 from broker.domain import InstanceState, Pricing
 from broker.errors import AuthError, OutOfCapacity, ProviderError, QuotaExceeded, Throttled
-from providers.aws.launch import placement_group_name
-from providers.base import TAG_ALLOCATION, TAG_JOB, TAG_NODE, TAG_REQUEST, LaunchRequest
+from providers.aws.launch import group_name
+from providers.base import (
+    META_HEAD,
+    TAG_ALLOCATION,
+    TAG_JOB,
+    TAG_NODE,
+    TAG_OWNER,
+    TAG_REQUEST,
+    LaunchRequest,
+)
 from tests.support.aws_faults import Answer, FailCalls, LoseResponse, Throttle, inject
 
 CANARY = "CANARY-aws-S3cr3t-7f1e"
+OPEN = {"ingress_cidr": "203.0.113.0/24", "ports": (6390, 8265)}
 
 
 def _request(request_id: str = "alloc-1", **changes: Any) -> LaunchRequest:
@@ -44,6 +53,13 @@ def _live_for_request(provider: Any, request_id: str, region: str = "us-east-1")
         ]
     )
     return sorted(i["InstanceId"] for r in answer["Reservations"] for i in r["Instances"])
+
+
+def _groups(provider: Any, request_id: str) -> list[dict[str, Any]]:
+    """The security groups EC2 holds tagged with the request."""
+    return provider.client("ec2", "us-east-1").describe_security_groups(
+        Filters=[{"Name": f"tag:{TAG_REQUEST}", "Values": [request_id]}]
+    )["SecurityGroups"]
 
 
 @pytest.fixture
@@ -180,12 +196,17 @@ def test_efa_gang_asks_for_its_cluster_placement_group(
             "<strategy>cluster</strategy></placementGroup></CreatePlacementGroupResponse>"
         )
 
-    req = _request("efa-2", instance_type="p5.48xlarge", zone="us-east-1a")
+    req = _request("efa-2", instance_type="p5.48xlarge", zone="us-east-1a", **OPEN)
     with inject(aws_provider, Answer("CreatePlacementGroup", created)) as answer:
         aws_provider.launch(req)
     assert answer.calls[0]["Strategy"] == "cluster"
-    group = placement_group_name("efa-2")
+    group = group_name("efa-2")
     assert all(p["Placement"]["GroupName"] == group for p in run_params)
+    # The EFA interfaces carry the request's security group (EC2 takes no other there).
+    [security_group] = _groups(aws_provider, "efa-2")
+    interfaces = [i for p in run_params for i in p["NetworkInterfaces"]]
+    assert {g for i in interfaces for g in i["Groups"]} == {security_group["GroupId"]}
+    assert all("SecurityGroupIds" not in p for p in run_params)
 
 
 def test_spot_launch_with_user_data(aws_provider: Any) -> None:
@@ -278,3 +299,77 @@ def test_no_error_text_carries_the_secret(
         assert CANARY not in str(failure) and CANARY not in repr(failure)
         assert CANARY not in "".join(traceback.format_exception(failure))
     assert CANARY not in caplog.text and CANARY not in " ".join(provider.notes)
+
+
+def test_ingress_nodes_run_in_the_request_group_with_metadata_tags_on(
+    aws_provider: Any, run_params: list[dict[str, Any]]
+) -> None:
+    nodes = aws_provider.launch(_request("open-1", **OPEN))
+    [group] = _groups(aws_provider, "open-1")
+    assert group["GroupName"] == group_name("open-1")
+    assert {t["Key"]: t["Value"] for t in group["Tags"]} == {
+        TAG_OWNER: "gpubroker",
+        TAG_REQUEST: "open-1",
+    }
+    ec2 = aws_provider.client("ec2", "us-east-1")
+    answer = ec2.describe_instances(InstanceIds=[n.instance_id for n in nodes])
+    described = {i["InstanceId"]: i for r in answer["Reservations"] for i in r["Instances"]}
+    for node in nodes:
+        item = described[node.instance_id]
+        assert [g["GroupId"] for g in item["SecurityGroups"]] == [group["GroupId"]]
+        assert item["VpcId"] == group["VpcId"]
+        assert item["MetadataOptions"]["InstanceMetadataTags"] == "enabled"
+        assert item["MetadataOptions"]["HttpTokens"] == "required"
+        assert node.private_address == item["PrivateIpAddress"]
+    assert all(p["SecurityGroupIds"] == [group["GroupId"]] for p in run_params)
+    plain = aws_provider.launch(_request("closed-1", nodes=1))
+    assert _groups(aws_provider, "closed-1") == [] and plain[0].private_address
+
+
+def test_a_group_still_held_is_retried_and_never_fails_the_terminate(aws_provider: Any) -> None:
+    aws_provider.group_delete_waits = (0.0, 0.0)
+    (node,) = aws_provider.launch(_request("open-2", nodes=1, **OPEN))
+    busy = FailCalls("DeleteSecurityGroup", code="DependencyViolation", on_calls={1, 2})
+    with inject(aws_provider, busy):
+        aws_provider.terminate([node.instance_id], "open-2")
+    assert busy.calls == 3 and _groups(aws_provider, "open-2") == []
+
+    (node,) = aws_provider.launch(_request("open-3", nodes=1, **OPEN))
+    with inject(aws_provider, FailCalls("DeleteSecurityGroup", code="DependencyViolation")):
+        aws_provider.terminate([node.instance_id], "open-3")
+    assert len(_groups(aws_provider, "open-3")) == 1
+    assert any("open-3" in note for note in aws_provider.notes)
+    aws_provider.terminate([node.instance_id], "open-3")  # a later terminate finishes it
+    assert _groups(aws_provider, "open-3") == []
+
+
+def test_a_group_not_tagged_for_the_request_is_never_used_nor_deleted(aws_provider: Any) -> None:
+    ec2 = aws_provider.client("ec2", "us-east-1")
+    vpc = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]
+    theirs = ec2.create_security_group(
+        GroupName=group_name("open-4"), Description="someone else's", VpcId=vpc["VpcId"]
+    )["GroupId"]
+    with pytest.raises(ProviderError) as caught:
+        aws_provider.launch(_request("open-4", nodes=1, **OPEN))
+    assert "another request" in str(caught.value)
+    (node,) = aws_provider.launch(_request("open-4", nodes=1))
+    aws_provider.terminate([node.instance_id], "open-4")
+    assert ec2.describe_security_groups(GroupIds=[theirs])["SecurityGroups"]
+
+
+def test_set_metadata_tags_each_node_once(aws_provider: Any, aws_settings: Any) -> None:
+    from providers.aws import create
+
+    nodes = aws_provider.launch(_request("meta-1"))
+    ids = [n.instance_id for n in nodes]
+    fresh = create(aws_settings)  # has not seen the nodes: looks for their region itself
+    with inject(fresh, FailCalls("CreateTags", on_calls=set())) as tagging:
+        fresh.set_metadata(ids, {META_HEAD: "10.0.0.9"})
+        fresh.set_metadata(ids, {META_HEAD: "10.0.0.9"})
+    assert tagging.calls == 1
+    listed = aws_provider.list_instances("gpubroker")
+    assert {r.tags[META_HEAD] for r in listed} == {"10.0.0.9"}
+    assert {r.tags[TAG_NODE] for r in listed} == {"0", "1"}
+    with pytest.raises(ProviderError) as caught:
+        fresh.set_metadata([ids[0], "i-0123456789abcdef0"], {META_HEAD: "10.0.0.8"})
+    assert "i-0123456789abcdef0" in str(caught.value)

@@ -18,10 +18,10 @@ from broker.errors import (
     QuotaExceeded,
     Throttled,
 )
-from providers.base import TAG_OWNER, LaunchRequest, request_tags
+from providers.base import META_HEAD, TAG_NODE, TAG_OWNER, LaunchRequest, request_tags
 from providers.gcp import GcpProvider, create
 from providers.gcp.errors import RetryPolicy
-from providers.gcp.launch import TAGS_METADATA_KEY, instance_name, labels_for
+from providers.gcp.launch import TAGS_METADATA_KEY, instance_name, labels_for, request_stem
 from tests.support.gce_server import FakeGce
 
 FAST = RetryPolicy(attempts=4, base_seconds=0.001, cap_seconds=0.005)
@@ -53,6 +53,13 @@ def _posts(gce: FakeGce, suffix: str = "/instances") -> int:
     return len([p for m, p, _ in gce.requests if m == "POST" and p.endswith(suffix)])
 
 
+def stored_ip(gce: FakeGce, record: object) -> str:
+    """The networkIP the fake GCE holds for the record's instance."""
+    name = str(getattr(record, "instance_id", "")).split("/")[1]
+    [stored] = [item for item in gce.instances() if item["name"] == name]
+    return str(stored["networkInterfaces"][0]["networkIP"])
+
+
 def test_gang_launch_makes_labelled_spot_nodes_in_a_compact_policy(gce, provider):
     records = provider.launch(_req(pricing=Pricing.SPOT, user_data="#!/bin/sh\ntrue"))
     assert [r.node_index for r in records] == [0, 1]
@@ -60,6 +67,8 @@ def test_gang_launch_makes_labelled_spot_nodes_in_a_compact_policy(gce, provider
     assert records[0].request_id == "alloc-1" and records[0].tags[TAG_OWNER] == "team-a"
     assert records[0].zone == "us-central1-a" and records[0].instance_type == "a3-highgpu-8g"
     assert records[0].address and records[0].launched_at is not None
+    assert records[0].private_address == stored_ip(gce, records[0])
+    assert records[0].address != records[0].private_address  # the NAT address
     stored = sorted(gce.instances(), key=lambda item: item["name"])
     assert [item["name"] for item in stored] == [instance_name("alloc-1", n) for n in (0, 1)]
     first = stored[0]
@@ -69,6 +78,8 @@ def test_gang_launch_makes_labelled_spot_nodes_in_a_compact_policy(gce, provider
     assert first["labels"]["gpubroker-node"] == "0"
     items = {item["key"]: item["value"] for item in first["metadata"]["items"]}
     assert items["startup-script"] == "#!/bin/sh\ntrue"
+    assert items[TAG_NODE] == "0"
+    assert "tags" not in first and gce.firewalls() == []  # no ingress asked, none opened
     assert json.loads(items[TAGS_METADATA_KEY])["gpubroker-allocation"] == "42"
     [policy] = gce.policies()
     assert policy["groupPlacementPolicy"]["collocation"] == "COLLOCATED"
@@ -247,3 +258,74 @@ def test_bad_request_is_a_provider_error(gce, provider):
     assert "HTTP 400" in str(caught.value)
     with pytest.raises(ProviderError):
         provider.launch(_req(nodes=1, zone=None, region="us-east4", instance_type="a2-highgpu-8g"))
+
+
+OPEN = {"ingress_cidr": "203.0.113.0/24", "ports": (8265, 6390)}
+
+
+def test_ingress_rules_reach_only_the_request_nodes_and_go_with_the_last(gce, provider):
+    records = provider.launch(_req("open-1", instance_type="g2-standard-4", **OPEN))
+    stem = request_stem("open-1")
+    rules = {rule["name"]: rule for rule in gce.firewalls()}
+    assert set(rules) == {f"{stem}-ingress", f"{stem}-internal"}
+    ingress, internal = rules[f"{stem}-ingress"], rules[f"{stem}-internal"]
+    assert ingress["allowed"] == [{"IPProtocol": "tcp", "ports": ["6390", "8265"]}]
+    assert ingress["sourceRanges"] == ["203.0.113.0/24"] and ingress["targetTags"] == [stem]
+    assert internal["allowed"] == [{"IPProtocol": "all"}]
+    assert internal["sourceTags"] == internal["targetTags"] == [stem]
+    assert all(rule["network"].endswith("/global/networks/default") for rule in rules.values())
+    assert all(item["tags"]["items"] == [stem] for item in gce.instances())
+    assert any("/global/operations/" in p for m, p, _ in gce.requests if m == "POST")
+    provider.terminate([records[0].instance_id], "open-1")
+    assert len(gce.firewalls()) == 2  # node 1 still runs behind them
+    provider.terminate([records[1].instance_id], "open-1")
+    assert gce.firewalls() == []
+
+
+def test_a_launch_that_makes_no_node_leaves_no_rules(gce, provider):
+    gce.set_capacity("us-central1-a", 0, machine_type="g2-standard-4")
+    with pytest.raises(OutOfCapacity):
+        provider.launch(_req("open-2", instance_type="g2-standard-4", nodes=1, **OPEN))
+    assert gce.instances() == [] and gce.firewalls() == []
+
+
+def test_set_metadata_merges_under_the_fingerprint_and_reads_again_when_stale(gce, provider):
+    from google.api_core import exceptions as api
+    from google.cloud import compute_v1
+
+    records = provider.launch(_req("meta-1", instance_type="g2-standard-4", user_data="true"))
+    ids = [r.instance_id for r in records]
+    head = {META_HEAD: str(records[0].private_address)}
+    gce.fail_next(412, method="POST", path="/setMetadata")  # someone wrote in between
+    provider.set_metadata(ids, head)
+    assert _posts(gce, "/setMetadata") == 3
+    for record in records:
+        zone, name, _ = record.instance_id.split("/")
+        items = gce.metadata(zone, name)
+        assert items[META_HEAD] == head[META_HEAD] and items[TAG_NODE] == str(record.node_index)
+        assert items["startup-script"] == "true" and TAGS_METADATA_KEY in items
+    provider.set_metadata(ids, head)  # in place already: no write
+    assert _posts(gce, "/setMetadata") == 3
+    zone, name, _ = ids[0].split("/")
+    with pytest.raises(api.PreconditionFailed):  # the server itself refuses a stale write
+        provider.session.compute("InstancesClient").set_metadata_unary(
+            project=gce.project,
+            zone=zone,
+            instance=name,
+            metadata_resource=compute_v1.Metadata(fingerprint="stale=", items=[]),
+        )
+    provider.terminate(ids[:1], "meta-1")
+    with pytest.raises(ProviderError):
+        provider.set_metadata(ids[:1], head)
+
+
+def test_network_ips_come_from_the_subnet_in_order_and_are_never_shared(gce, provider):
+    gce.set_subnet("10.77.0.0/29")  # .2 to .5
+    req = _req("ip-1", instance_type="g2-standard-4", nodes=3)
+    first = provider.launch(req)
+    assert [r.private_address for r in first] == ["10.77.0.2", "10.77.0.3", "10.77.0.4"]
+    provider.terminate([first[1].instance_id], "ip-1")
+    assert provider.launch(req)[1].private_address == "10.77.0.5"
+    provider.terminate([first[2].instance_id], "ip-1")
+    # The next address wraps around past .2, which node 0 still holds.
+    assert provider.launch(req)[2].private_address == "10.77.0.3"

@@ -11,6 +11,13 @@ warnings, operations that insert/delete return (``RUNNING`` until ``wait`` polls
 capacity exhaustion as GCE reports it: the insert is accepted and its operation ends with
 ``ZONE_RESOURCE_POOL_EXHAUSTED`` (or, on request, an HTTP 503 naming it).
 
+Instances keep ``tags.items`` (network tags) and get a metadata ``fingerprint``, which
+``setMetadata`` checks (412 ``conditionNotMet`` when stale) before it replaces the items
+and returns a zone operation; interface 0's ``networkIP`` comes from the subnet (default
+``10.128.0.0/20``), handed out in order from ``.2`` and never held by two instances at
+once. Firewall rules (``global/firewalls``: insert, get, list, delete) answer with
+global operations, polled at ``global/operations/NAME/wait``.
+
 Catalog: us-central1 (a, b, c, f), us-east4 (a, b, c), europe-west4 (a, b, c) with
 a2/a3/g2/n1 machine types and A100/H100/H200/L4/T4/V100/P100/P4 accelerators. SKU prices
 are test fixtures approximating public list prices (not authoritative), e.g. in
@@ -34,7 +41,10 @@ server per test session and ``gce`` the same server with its state reset for the
         gce.throttle(0.3, seed=7)        # 429s on that share of requests, <= 3 in a row
         gce.lag_listing(1)               # the next instance listing sees nothing
         gce.add_instance(zone, name, labels)   # an instance made outside the adapter
+        gce.set_subnet("10.77.0.0/24")   # networkIPs of instances made from now on
         gce.instances()                  # stored instance JSON dicts
+        gce.metadata(zone, name)         # an instance's metadata items as a dict
+        gce.firewalls()                  # stored firewall rule JSON dicts
         gce.requests                     # [(method, path, query dict)] seen so far
 
 ``gce.env()`` gives ``GPUBROKER_GCP_PROJECT``, ``GPUBROKER_GCP_COMPUTE_ENDPOINT``,
@@ -43,6 +53,9 @@ server per test session and ``gce`` the same server with its state reset for the
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import ipaddress
 import itertools
 import json
 import random
@@ -63,6 +76,7 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 PROJECT = "gpubroker-test"
+DEFAULT_SUBNET = "10.128.0.0/20"
 BILLING_SERVICE = "6F81-5844-456A"
 
 # --- catalog ------------------------------------------------------------------------
@@ -427,6 +441,12 @@ _FAULTS: dict[int, tuple[str, str, str, dict[str, Any]]] = {
     ),
     500: ("Internal error. Please try again.", "backendError", "global", {}),
     502: ("Bad gateway", "backendError", "global", {}),
+    412: (
+        "Supplied fingerprint does not match current metadata fingerprint.",
+        "conditionNotMet",
+        "global",
+        {"status": "FAILED_PRECONDITION"},
+    ),
     503: (
         "The service is currently unavailable.",
         "backendError",
@@ -449,7 +469,7 @@ class _Fault:
 @dataclass
 class _Operation:
     body: dict[str, Any]
-    scope: str  # "zones/Z" or "regions/R"
+    scope: str  # "zones/Z", "regions/R" or "global"
     polls_left: int
     created: float
     on_done: Any = None  # callable run once at completion; returns an error dict or None
@@ -471,6 +491,12 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _fingerprint(value: Any) -> str:
+    """GCE-style fingerprint: a short base64 digest of the content it guards."""
+    digest = hashlib.sha256(json.dumps(value, sort_keys=True).encode()).digest()
+    return base64.b64encode(digest[:8]).decode()
+
+
 @dataclass
 class FakeGce:
     """State, fault injection and inspection of the fake; the server reads it under a lock."""
@@ -484,6 +510,11 @@ class FakeGce:
     lock: threading.RLock = field(default_factory=threading.RLock)
     _instances: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     _policies: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    _firewalls: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _subnet: ipaddress.IPv4Network = field(
+        default_factory=lambda: ipaddress.IPv4Network(DEFAULT_SUBNET)
+    )
+    _next_host: int = 2  # offset in the subnet of the next networkIP to try
     _operations: dict[tuple[str, str], _Operation] = field(default_factory=dict)
     _request_ids: dict[str, tuple[str, str]] = field(default_factory=dict)
     _faults: list[_Fault] = field(default_factory=list)
@@ -524,6 +555,9 @@ class FakeGce:
         with self.lock:
             self._instances.clear()
             self._policies.clear()
+            self._firewalls.clear()
+            self._subnet = ipaddress.IPv4Network(DEFAULT_SUBNET)
+            self._next_host = 2
             self._operations.clear()
             self._request_ids.clear()
             self._faults.clear()
@@ -547,8 +581,8 @@ class FakeGce:
         message: str | None = None,
         after: bool = False,
     ) -> None:
-        """Answer the next ``times`` matching requests with HTTP ``status`` (401, 403, 429,
-        5xx); ``path`` is a substring of the URL path, ``message`` the error text. With
+        """Answer the next ``times`` matching requests with HTTP ``status`` (401, 403, 412,
+        429, 5xx); ``path`` is a substring of the URL path, ``message`` the error text. With
         ``after=True`` the request is carried out first and only its reply is lost."""
         with self.lock:
             self._faults.append(_Fault(status, times, method, path, message, after))
@@ -601,13 +635,29 @@ class FakeGce:
         with self.lock:
             self._quotas[(region, metric)] = limit
 
+    def set_subnet(self, cidr: str) -> None:
+        """Instances made from now on take their networkIP from ``cidr`` (from ``.2``)."""
+        with self.lock:
+            self._subnet = ipaddress.IPv4Network(cidr)
+            self._next_host = 2
+
     def instances(self) -> list[dict[str, Any]]:
         with self.lock:
             return [json.loads(json.dumps(item)) for item in self._instances.values()]
 
+    def metadata(self, zone: str, name: str) -> dict[str, str]:
+        """The metadata items of one instance (what its metadata service serves)."""
+        with self.lock:
+            items = self._instances[(zone, name)].get("metadata", {}).get("items", [])
+            return {item["key"]: item.get("value", "") for item in items}
+
     def policies(self) -> list[dict[str, Any]]:
         with self.lock:
             return [dict(item) for item in self._policies.values()]
+
+    def firewalls(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [json.loads(json.dumps(item)) for item in self._firewalls.values()]
 
     def add_instance(
         self,
@@ -694,11 +744,39 @@ class FakeGce:
         )
         interfaces = instance.get("networkInterfaces") or [{"network": "global/networks/default"}]
         for interface in interfaces:
-            interface["networkIP"] = f"10.128.{number // 250 % 250}.{number % 250 + 2}"
+            interface["networkIP"] = self._allocate_ip()
             for config in interface.get("accessConfigs", []):
                 config["natIP"] = f"34.{number // 250 % 250}.{number % 250}.7"
         instance["networkInterfaces"] = interfaces
+        items = (instance.get("metadata") or {}).get("items") or []
+        instance["metadata"] = {
+            "kind": "compute#metadata",
+            "fingerprint": _fingerprint(items),
+            "items": items,
+        }
+        if "tags" in instance:
+            tags = list(instance["tags"].get("items") or [])
+            instance["tags"] = {"items": tags, "fingerprint": _fingerprint(tags)}
         return instance
+
+    def _allocate_ip(self) -> str:
+        """The next address of the subnet no instance holds, in order from ``.2`` (GCE
+        keeps the network, gateway and the last two addresses for itself)."""
+        held = {
+            interface.get("networkIP")
+            for instance in self._instances.values()
+            for interface in instance.get("networkInterfaces", [])
+        }
+        first, usable = 2, self._subnet.num_addresses - 4
+        for step in range(max(usable, 0)):
+            offset = first + (self._next_host - first + step) % usable
+            address = str(self._subnet.network_address + offset)
+            if address not in held:
+                self._next_host = offset + 1
+                return address
+        raise ApiError(
+            400, f"The subnetwork {self._subnet} has no free IP addresses.", "ipSpaceExhausted"
+        )
 
     def _operation(self, scope: str, kind: str, target: str, on_done: Any) -> _Operation:
         number = next(self._ids)
@@ -717,8 +795,9 @@ class FakeGce:
             "insertTime": _now(),
             "startTime": _now(),
             "selfLink": f"{scope_url}/operations/{name}",
-            ("zone" if scope.startswith("zones/") else "region"): scope_url,
         }
+        if scope != "global":
+            body["zone" if scope.startswith("zones/") else "region"] = scope_url
         op = _Operation(body, scope, self.op_polls, time.monotonic(), on_done)
         self._operations[(scope, name)] = op
         if self.op_polls <= 0:
@@ -929,6 +1008,9 @@ class FakeGce:
         for key, value in (body.get("labels") or {}).items():
             if not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(str(value)):
                 raise ApiError(400, "Invalid value for field 'resource.labels'", "invalid")
+        for tag in (body.get("tags") or {}).get("items") or []:
+            if not _NAME.match(str(tag)):
+                raise ApiError(400, "Invalid value for field 'resource.tags.items[0]'", "invalid")
         machine = str(body.get("machineType", "")).rsplit("/", 1)[-1]
         types = machine_types_in(zone)
         if machine not in types:
@@ -1083,6 +1165,82 @@ class FakeGce:
         link = self._policies.pop((region, name))["selfLink"]
         return self._operation(f"regions/{region}", "delete", link, None).body
 
+    def _set_metadata(
+        self, zone: str, name: str, body: dict[str, Any], request_id: str | None
+    ) -> dict[str, Any]:
+        if request_id and request_id in self._request_ids:
+            return self._operations[self._request_ids[request_id]].body
+        instance = self._route_get_instance({}, None, zone, name)
+        if body.get("fingerprint") != instance["metadata"]["fingerprint"]:
+            raise ApiError(
+                412,
+                "Supplied fingerprint does not match current metadata fingerprint.",
+                "conditionNotMet",
+            )
+        items = [
+            {"key": str(item["key"]), "value": str(item.get("value", ""))}
+            for item in body.get("items") or []
+        ]
+        if len({item["key"] for item in items}) != len(items):
+            raise ApiError(
+                400, "Invalid value for field 'resource.items': duplicate key", "invalid"
+            )
+        instance["metadata"] = {
+            "kind": "compute#metadata",
+            "fingerprint": _fingerprint(items),
+            "items": items,
+        }
+        op = self._operation(f"zones/{zone}", "setMetadata", instance["selfLink"], None)
+        if request_id:
+            self._request_ids[request_id] = (op.scope, op.body["name"])
+        return op.body
+
+    def _insert_firewall(self, body: dict[str, Any], request_id: str | None) -> dict[str, Any]:
+        if request_id and request_id in self._request_ids:
+            return self._operations[self._request_ids[request_id]].body
+        name = str(body.get("name", ""))
+        if not _NAME.match(name):
+            raise ApiError(400, f"Invalid value for field 'resource.name': '{name}'.", "invalid")
+        if not body.get("allowed") or any("IPProtocol" not in rule for rule in body["allowed"]):
+            raise ApiError(400, "Invalid value for field 'resource.allowed'", "invalid")
+        if name in self._firewalls:
+            raise ApiError(
+                409,
+                f"The resource 'projects/{self.project}/global/firewalls/{name}' already exists",
+                "alreadyExists",
+            )
+        link = f"{self._base()}/global/firewalls/{name}"
+        network = str(body.get("network") or "global/networks/default").rsplit("/", 1)[-1]
+        self._firewalls[name] = {
+            "direction": "INGRESS",
+            "priority": 1000,
+            **body,
+            "kind": "compute#firewall",
+            "id": str(next(self._ids) * 7919),
+            "creationTimestamp": _now(),
+            "network": f"{self._base()}/global/networks/{network}",
+            "selfLink": link,
+        }
+        op = self._operation("global", "insert", link, None)
+        if request_id:
+            self._request_ids[request_id] = (op.scope, op.body["name"])
+        return op.body
+
+    def _firewall(self, name: str) -> dict[str, Any]:
+        rule = self._firewalls.get(name)
+        if rule is None:
+            raise ApiError(
+                404,
+                f"The resource 'projects/{self.project}/global/firewalls/{name}' was not found",
+                "notFound",
+            )
+        return rule
+
+    def _delete_firewall(self, name: str) -> dict[str, Any]:
+        link = self._firewall(name)["selfLink"]
+        del self._firewalls[name]
+        return self._operation("global", "delete", link, None).body
+
     # --- HTTP ---------------------------------------------------------------------
 
     def dispatch(self, request: Request) -> Response:
@@ -1203,6 +1361,24 @@ class FakeGce:
     def _route_delete_instance(self, query: dict[str, str], body: Any, zone: str, name: str) -> Any:
         return self._delete_instance(zone, name, query.get("requestId"))
 
+    def _route_set_metadata(self, query: dict[str, str], body: Any, zone: str, name: str) -> Any:
+        return self._set_metadata(zone, name, body, query.get("requestId"))
+
+    def _route_list_firewalls(self, query: dict[str, str], body: Any) -> Any:
+        items = [self._firewalls[name] for name in sorted(self._firewalls)]
+        return self._listing(
+            "compute#firewallList", items, query, f"{self._base()}/global/firewalls"
+        )
+
+    def _route_insert_firewall(self, query: dict[str, str], body: Any) -> Any:
+        return self._insert_firewall(body, query.get("requestId"))
+
+    def _route_get_firewall(self, query: dict[str, str], body: Any, name: str) -> Any:
+        return self._firewall(name)
+
+    def _route_delete_firewall(self, query: dict[str, str], body: Any, name: str) -> Any:
+        return self._delete_firewall(name)
+
     def _route_all_instances(self, query: dict[str, str], body: Any) -> Any:
         entries = [(f"zones/{zone}", item) for (zone, _), item in self._visible()]
         return self._aggregated(entries, "instances", query)
@@ -1230,6 +1406,12 @@ class FakeGce:
 
     def _route_region_wait(self, query: dict[str, str], body: Any, region: str, name: str) -> Any:
         return self._op(f"regions/{region}", name, poll=True)
+
+    def _route_global_op(self, query: dict[str, str], body: Any, name: str) -> Any:
+        return self._op("global", name, poll=False)
+
+    def _route_global_wait(self, query: dict[str, str], body: Any, name: str) -> Any:
+        return self._op("global", name, poll=True)
 
     def _route_insert_policy(self, query: dict[str, str], body: Any, region: str) -> Any:
         return self._insert_policy(region, body, query.get("requestId"))
@@ -1264,7 +1446,18 @@ _URLS = Map(
         Rule(f"{_C}/zones/<zone>/instances", endpoint="insert_instance", methods=["POST"]),
         Rule(f"{_C}/zones/<zone>/instances/<name>", endpoint="get_instance", methods=["GET"]),
         Rule(f"{_C}/zones/<zone>/instances/<name>", endpoint="delete_instance", methods=["DELETE"]),
+        Rule(
+            f"{_C}/zones/<zone>/instances/<name>/setMetadata",
+            endpoint="set_metadata",
+            methods=["POST"],
+        ),
         Rule(f"{_C}/aggregated/instances", endpoint="all_instances", methods=["GET"]),
+        Rule(f"{_C}/global/firewalls", endpoint="list_firewalls", methods=["GET"]),
+        Rule(f"{_C}/global/firewalls", endpoint="insert_firewall", methods=["POST"]),
+        Rule(f"{_C}/global/firewalls/<name>", endpoint="get_firewall", methods=["GET"]),
+        Rule(f"{_C}/global/firewalls/<name>", endpoint="delete_firewall", methods=["DELETE"]),
+        Rule(f"{_C}/global/operations/<name>", endpoint="global_op", methods=["GET"]),
+        Rule(f"{_C}/global/operations/<name>/wait", endpoint="global_wait", methods=["POST"]),
         Rule(f"{_C}/zones/<zone>/operations/<name>", endpoint="zone_op", methods=["GET"]),
         Rule(f"{_C}/zones/<zone>/operations/<name>/wait", endpoint="zone_wait", methods=["POST"]),
         Rule(f"{_C}/regions/<region>/operations/<name>", endpoint="region_op", methods=["GET"]),

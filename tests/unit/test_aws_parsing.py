@@ -176,9 +176,7 @@ def test_run_params_carry_tags_token_spot_and_user_data() -> None:
         tags={TAG_JOB: "3", TAG_ALLOCATION: "7"},
         user_data="#!/bin/sh\necho hi\n",
     )
-    params = ln.run_params(
-        req, 1, 0, image="ami-1", zone="us-east-1b", placement_group=None, interfaces=None
-    )
+    params = ln.run_params(req, 1, 0, ln.NodePlan(image="ami-1", zone="us-east-1b"))
     tags = {t["Key"]: t["Value"] for t in params["TagSpecifications"][0]["Tags"]}
     assert tags[TAG_REQUEST] == "alloc-7" and tags[TAG_NODE] == "1" and tags[TAG_OWNER]
     assert tags[TAG_JOB] == "3" and tags[TAG_ALLOCATION] == "7"
@@ -186,6 +184,45 @@ def test_run_params_carry_tags_token_spot_and_user_data() -> None:
     assert params["Placement"] == {"AvailabilityZone": "us-east-1b"}
     assert params["InstanceMarketOptions"]["MarketType"] == "spot"
     assert params["UserData"] == req.user_data
+    assert params["MetadataOptions"] == {
+        "HttpTokens": "required",
+        "HttpEndpoint": "enabled",
+        "InstanceMetadataTags": "enabled",
+    }
+    assert "SecurityGroupIds" not in params
+
+
+def test_run_params_put_the_nodes_in_the_request_security_group() -> None:
+    req = LaunchRequest("alloc-8", "us-east-1", None, "g5.xlarge", 1, ingress_cidr="1.2.3.0/24")
+    plain = ln.run_params(req, 0, 0, ln.NodePlan(image="ami-1", security_group="sg-1"))
+    assert plain["SecurityGroupIds"] == ["sg-1"] and "Placement" not in plain
+    shape = gpu_shape(_p5())
+    assert shape is not None
+    interfaces = ln.efa_interfaces(shape, "subnet-1", "sg-1")
+    efa = ln.run_params(
+        req, 0, 0, ln.NodePlan(image="ami-1", interfaces=interfaces, security_group="sg-1")
+    )
+    # EC2 refuses SecurityGroupIds beside NetworkInterfaces: the interfaces carry the group.
+    assert "SecurityGroupIds" not in efa
+    assert {g for i in efa["NetworkInterfaces"] for g in i["Groups"]} == {"sg-1"}
+
+
+def test_ingress_rules_missing_from_a_group_are_the_only_ones_asked_for() -> None:
+    wanted = ln.ingress_permissions("sg-1", "203.0.113.0/24", (8265, 6390, 6390))
+    assert [p.get("FromPort") for p in wanted] == [6390, 8265, None]
+    # As DescribeSecurityGroups shows a group that has the gang rule and port 6390 only.
+    existing = [
+        {
+            "IpProtocol": "tcp",
+            "FromPort": 6390,
+            "ToPort": 6390,
+            "IpRanges": [{"CidrIp": "203.0.113.0/24"}],
+            "UserIdGroupPairs": [],
+        },
+        {"IpProtocol": "-1", "UserIdGroupPairs": [{"UserId": "1", "GroupId": "sg-1"}]},
+    ]
+    assert ln.missing_permissions(wanted, existing) == [wanted[1]]
+    assert ln.missing_permissions(wanted, []) == wanted
 
 
 def test_efa_interfaces_one_per_card_primary_first() -> None:
@@ -232,7 +269,7 @@ def test_instance_states_map_to_ours(
     record = ln.instance_record(item, "us-east-1")
     assert record.state is expected
     assert record.pricing is Pricing.SPOT and record.node_index == 2
-    assert record.address == "10.0.0.5"
+    assert record.address == record.private_address == "10.0.0.5"
 
 
 # --- quotas -----------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -16,7 +17,7 @@ from broker.errors import (
     Throttled,
     UserError,
 )
-from providers.base import TAG_REQUEST, LaunchRequest, OfferRecord, Provider
+from providers.base import META_HEAD, TAG_REQUEST, LaunchRequest, OfferRecord, Provider
 from providers.fake import FakeProvider, FaultPlan, LaunchFailure, ManualClock, Preemption
 
 ZONE = "us-east-1a"
@@ -348,3 +349,18 @@ def test_instances_carry_request_tags() -> None:
     assert [i.tags[TAG_REQUEST] for i in got] == ["r", "r"]
     assert [i.node_index for i in got] == [0, 1]
     assert all(i.address and i.launched_at for i in got)
+
+
+def test_set_metadata_lands_in_tags_shared_through_the_state_file(tmp_path: Path) -> None:
+    path = tmp_path / "cloud.json"
+    nodes = make(state_path=path).launch(req("meta-1", nodes=2))
+    addresses = [n.private_address for n in nodes]
+    assert all(a and a.startswith("10.") for a in addresses) and len(set(addresses)) == 2
+    other = make(state_path=path)  # another process's view of the same cloud
+    other.set_metadata([n.instance_id for n in nodes], {META_HEAD: str(addresses[0])})
+    listed = make(state_path=path).list_instances("gpubroker")
+    assert {r.tags[META_HEAD] for r in listed} == {addresses[0]}
+    assert sorted(r.private_address for r in listed) == sorted(addresses)
+    with pytest.raises(ProviderError, match="fake-nope"):
+        other.set_metadata([nodes[0].instance_id, "fake-nope"], {META_HEAD: "10.9.9.9"})
+    assert {r.tags[META_HEAD] for r in other.list_instances("gpubroker")} == {addresses[0]}

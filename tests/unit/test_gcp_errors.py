@@ -68,11 +68,17 @@ def test_failures_become_our_types_without_their_text(exc, kind):
         assert caught.value.zone == "us-central1-a"
 
 
-def test_missing_and_conflict_can_be_answers():
+def test_missing_conflict_and_stale_can_be_answers():
     fn, _ = _raiser([_http(404, "notFound")])
     assert call(fn, what="get", policy=NO_WAIT, if_missing=None) is None
     fn, _ = _raiser([_http(409, "alreadyExists")])
     assert call(fn, what="insert", policy=NO_WAIT, if_conflict="exists") == "exists"
+    fn, _ = _raiser([_http(412, "conditionNotMet")])
+    assert call(fn, what="set metadata", policy=NO_WAIT, if_stale="stale") == "stale"
+    fn, calls = _raiser([_http(412, "conditionNotMet")])
+    with pytest.raises(ProviderError) as caught:
+        call(fn, what="set metadata", policy=NO_WAIT)
+    assert "412" in str(caught.value) and not caught.value.retryable and len(calls) == 1
 
 
 def test_programming_errors_are_not_swallowed():
