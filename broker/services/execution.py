@@ -639,8 +639,40 @@ def run_job(
         else:
             allocation_ids = _live_allocations(db, job_id)
         for allocation_id in allocation_ids:
-            state = run_allocation(db, settings, allocation_id, progress=progress, runner=runner)
+            try:
+                state = run_allocation(
+                    db, settings, allocation_id, progress=progress, runner=runner
+                )
+            except ConflictError:
+                holder = leases.holder_of(db, lease_name(allocation_id))
+                if holder is None or holder == lease_holder():
+                    raise
+                return attach(db, job_id, progress)  # a daemon runs it: follow it to its end
     return state
+
+
+def attach(db: Database, job_id: int, progress: ProgressFn | None = None) -> JobState:
+    """Follow a job another executor runs until it ends, passing its progress on."""
+    after = 0
+    while True:
+        state = JobState(jobs_service.get(db, job_id).state)
+        for event in jobs_service.events(db, job_id, after):
+            after = event.id
+            record = event.payload
+            if progress is not None and event.kind == "progress":
+                progress(
+                    Progress(
+                        job_id=job_id,
+                        state=state.value,
+                        step=record.get("step"),
+                        steps=record.get("steps"),
+                        loss=record.get("loss"),
+                        tokens_per_s=record.get("tokens_per_s"),
+                    )
+                )
+        if state.terminal:
+            return state
+        time.sleep(POLL_S * 2)
 
 
 def _live_allocations(db: Database, job_id: int) -> list[int]:

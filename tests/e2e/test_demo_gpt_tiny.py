@@ -133,3 +133,60 @@ def test_submit_wait_trains_on_two_nodes_and_recovers(tmp_path: Path) -> None:
     assert len(usage) == 2 and all(u.busy_seconds and u.busy_seconds > 0 for u in usage)
     database.dispose()
     _assert_nothing_left(home, env)
+
+
+def test_a_failing_command_fails_the_job_and_cancel_stops_a_running_one(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = _env(home, 6490)
+    failing = tmp_path / "failing.yaml"
+    failing.write_text(
+        "name: failing\nnum_nodes: 1\nresources: {cloud: local}\n"
+        "run: |\n  echo about to fail\n  exit 3\n"
+    )
+    done = subprocess.run(
+        [GPUBROKER, "submit", str(failing), "--wait"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "FAILED" in done.stdout, done.stdout + done.stderr
+    settings = load_settings(env)
+    database = Database(settings.database_url)
+    message = jobs.get(database, 1).message or ""
+    assert "exited with code 3" in message and "about to fail" in message
+
+    endless = tmp_path / "endless.yaml"
+    endless.write_text(
+        "name: endless\nnum_nodes: 1\nresources: {cloud: local}\n"
+        "run: |\n  echo started\n  sleep 600\n"
+    )
+    proc = subprocess.Popen(
+        [GPUBROKER, "submit", str(endless), "--wait"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        output = home / "runs" / "job-2" / "output.log"
+        deadline = time.monotonic() + 240
+        while "[node 0] started" not in (output.read_text() if output.exists() else ""):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.5)
+        cancelled = subprocess.run(
+            [GPUBROKER, "cancel", "2"], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert cancelled.returncode == 0, cancelled.stderr
+        printed, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "CANCELLED" in printed
+    assert jobs.get(database, 2).state.value == "CANCELLED"
+    assert not any(
+        "sleep 600" in " ".join(processes.cmdline(pid))
+        for pid in processes.marked(_node_marks(home))
+    )
+    database.dispose()
+    _assert_nothing_left(home, env)
