@@ -744,14 +744,27 @@ class JobSummary:
     message: str | None
 
 
-def summary(db: Database, settings: Settings, job_id: int) -> JobSummary:
-    from workloads.train import latest_checkpoint
+def _newest_checkpoint(settings: Settings, job_id: int, spec: dict[str, Any]) -> str | None:
+    """Where the job's newest checkpoint is: under its ``storage:``, else its run folder."""
+    from workloads import storage
 
+    folder = run_dir(settings, job_id)
+    where = storage.join(spec["storage"], folder.name) if spec.get("storage") else str(folder)
+    try:
+        found = storage.latest_checkpoint(where)
+    except (BrokerError, OSError):  # storage out of reach from here: say nothing
+        return None
+    if found is None:
+        return None
+    return found[0].removeprefix("file://")  # a local folder reads as its path
+
+
+def summary(db: Database, settings: Settings, job_id: int) -> JobSummary:
     view = jobs_service.get(db, job_id)
     progress = [e.payload for e in jobs_service.events(db, job_id) if e.kind == "progress"]
     with db.session() as session:
         rows = list(session.scalars(select(UsageRow).where(UsageRow.job_id == job_id)))
-    found = latest_checkpoint(run_dir(settings, job_id))
+    checkpoint = _newest_checkpoint(settings, job_id, view.spec)
     last = progress[-1] if progress else {}
     return JobSummary(
         job_id=job_id,
@@ -761,7 +774,7 @@ def summary(db: Database, settings: Settings, job_id: int) -> JobSummary:
         first_loss=progress[0].get("loss") if progress else None,
         last_loss=last.get("loss"),
         tokens_per_s=last.get("tokens_per_s"),
-        checkpoint=str(found[0]) if found else None,
+        checkpoint=checkpoint,
         cost=sum((r.cost for r in rows), Decimal(0)),
         node_hours=sum((as_utc(r.end) - as_utc(r.start)).total_seconds() for r in rows) / 3600,
         usage_rows=len(rows),

@@ -11,6 +11,7 @@ set ``GPUBROKER_CRASH_AT`` to one of :data:`CRASH_POINTS` and the process exits 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -280,7 +281,8 @@ def _follow(client: Any, submission: str, output: ray_jobs.OutputCopy, monitor: 
         reason = monitor.poll()
         if reason is not None:
             _stop(client, submission)
-            _copy(client, submission, output, monitor)
+            with contextlib.suppress(Exception):  # the last words, while the head still answers
+                _copy(client, submission, output, monitor)
             return Outcome(ok=False, stop=reason)
         try:
             status = client.get_job_status(submission)
@@ -298,8 +300,10 @@ def _follow(client: Any, submission: str, output: ray_jobs.OutputCopy, monitor: 
         if status in (JobStatus.FAILED, JobStatus.STOPPED):
             if monitor.poll(force=True) is not None:  # e.g. a node lost mid-run
                 return Outcome(ok=False, stop=monitor.stop_reason)
-            info = client.get_job_info(submission)
-            code = getattr(info, "driver_exit_code", None)
+            try:
+                code = getattr(client.get_job_info(submission), "driver_exit_code", None)
+            except Exception:  # the head went away right after: the output still tells
+                code = None
             tail = " | ".join(output.tail(5))
             what = f"exited with code {code}" if code is not None else str(status.value).lower()
             return Outcome(ok=False, error=f"the run {what}; last output: {tail}"[:2000])
