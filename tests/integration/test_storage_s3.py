@@ -1,7 +1,9 @@
-"""Storage on moto's S3: uploads, checkpoint discovery, downloads, and Ray Train writing there.
+"""Storage on moto's S3: uploads, checkpoint discovery, downloads.
 
 moto's ``ThreadedMotoServer`` serves every service on one port, S3 included (path-style
-requests, which pyarrow makes whenever an endpoint is overridden).
+requests, which pyarrow makes whenever an endpoint is overridden). Ray Train writing its
+checkpoints there, and a job resuming from them, is tested end to end on the test cloud
+(tests/integration/test_cloud_hosts.py).
 """
 
 # ruff: noqa: F811
@@ -9,9 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -119,61 +119,3 @@ def test_latest_checkpoint_lists_once(
         for step in range(1, 6)
         for method in ("GET", "HEAD")
     )
-
-
-# --- Ray Train ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def ray_local(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    import ray
-
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
-    monkeypatch.setenv("RAY_TRAIN_ENABLE_STATE_TRACKING", "0")
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
-@pytest.mark.ray
-def test_ray_train_writes_checkpoints_to_s3(bucket: str, ray_local: None) -> None:
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    def loop(config: dict[str, Any]) -> None:
-        import json
-        import tempfile
-        from pathlib import Path
-
-        import ray.train
-
-        with tempfile.TemporaryDirectory() as folder:
-            Path(folder, "state.pt").write_bytes(b"weights-7")
-            Path(folder, "meta.json").write_text(json.dumps({"step": 7, "tokens": 448}))
-            checkpoint = ray.train.Checkpoint.from_directory(folder)
-            ray.train.report({"step": 7}, checkpoint=checkpoint)
-
-    fs, path = storage.filesystem(f"s3://{bucket}/runs")
-    trainer = TorchTrainer(
-        loop,
-        scaling_config=ScalingConfig(num_workers=1, use_gpu=False),
-        run_config=RunConfig(
-            name="t",
-            storage_path=path,
-            storage_filesystem=fs,
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-        ),
-    )
-    result = trainer.fit()
-    assert result.error is None
-    assert result.checkpoint is not None
-
-    found = storage.latest_checkpoint(f"s3://{bucket}/runs/t")
-    assert found is not None
-    folder, step = found
-    assert step == 7
-    assert folder.startswith(f"s3://{bucket}/runs/t/")
-    assert result.checkpoint.path == storage.parse(folder).fs_path
