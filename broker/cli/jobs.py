@@ -87,12 +87,18 @@ def _print_summary(result: Any, fmt: Format) -> None:
     if fmt is Format.table:
         lines = [
             f"job {result.job_id}: {result.state}"
-            + (f" ({result.message})" if result.message else ""),
-            f"  steps      {result.step}/{result.steps}",
-            f"  loss       {_num(result.first_loss)} -> {_num(result.last_loss)}",
+            + (f" ({result.message})" if result.message else "")
+        ]
+        if result.steps is not None:  # a training loop that reports its steps and loss
+            lines += [
+                f"  steps      {result.step}/{result.steps}",
+                f"  loss       {_num(result.first_loss)} -> {_num(result.last_loss)}",
+            ]
+        lines += [
             f"  checkpoint {result.checkpoint or '-'}",
             f"  usage      {result.usage_rows} node runs, {result.node_hours:.4f} node-hours",
             f"  cost       {result.cost:.4f} USD",
+            f"  output     gpubroker logs {result.job_id}",
         ]
         typer.echo("\n".join(lines))
     else:

@@ -17,6 +17,7 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
@@ -27,6 +28,9 @@ from broker.domain import AllocationState, InstanceState, JobState, utcnow
 from broker.errors import BrokerError, ConflictError
 from broker.services import execution, leases
 from broker.services import jobs as jobs_service
+
+if TYPE_CHECKING:
+    from providers.base import InstanceRecord
 
 _STARTED = (AllocationState.PROVISIONING.value, AllocationState.ACTIVE.value)
 
@@ -89,6 +93,22 @@ def _orphan(db: Database, settings: Settings, allocation_id: int, report: Reconc
     report.orphaned_allocations.append(allocation_id)
 
 
+def strays(listed: Sequence[InstanceRecord], live: set[int]) -> dict[str, list[str]]:
+    """The rule for what reconcile terminates: every listed instance not on its way out
+    whose allocation tag names no live allocation, grouped by request id."""
+    from providers.base import TAG_ALLOCATION
+
+    found: dict[str, list[str]] = {}
+    for record in listed:
+        if record.state in (InstanceState.TERMINATED, InstanceState.TERMINATING):
+            continue
+        owner = record.tags.get(TAG_ALLOCATION, "")
+        if owner.isdigit() and int(owner) in live:
+            continue
+        found.setdefault(record.request_id or "", []).append(record.instance_id)
+    return found
+
+
 def _live_allocations(db: Database) -> dict[int, str]:
     with db.session() as session:
         rows = session.execute(
@@ -104,7 +124,6 @@ def reconcile(
 ) -> ReconcileReport:
     """One reconciliation pass over ``providers`` (default: every provider we launched on)."""
     from providers import registry
-    from providers.base import TAG_ALLOCATION
 
     report = ReconcileReport()
     for allocation_id, state in sorted(_live_allocations(db).items()):
@@ -125,15 +144,7 @@ def reconcile(
         except BrokerError as exc:
             report.errors.append(f"{name}: {exc}")
             continue
-        strays: dict[str, list[str]] = {}
-        for record in listed:
-            if record.state in (InstanceState.TERMINATED, InstanceState.TERMINATING):
-                continue
-            owner = record.tags.get(TAG_ALLOCATION, "")
-            if owner.isdigit() and int(owner) in live:
-                continue
-            strays.setdefault(record.request_id or "", []).append(record.instance_id)
-        for request_id, ids in sorted(strays.items()):
+        for request_id, ids in sorted(strays(listed, set(live)).items()):
             try:
                 provider.terminate(ids, request_id)
             except BrokerError as exc:

@@ -153,7 +153,7 @@ def train_config(ctx: RunContext, *, metrics_path: str | None, storage_path: str
     if use_gpu and ctx.gpu:
         resolved = resolve(ctx.gpu)
         if resolved.spec is not None:
-            peak = resolved.spec.bf16_tflops * 1e12 * ctx.gpus_per_node
+            peak = resolved.spec.bf16_tflops * 1e12  # a worker drives one GPU
     steps = spec.total_steps()
     return TrainConfig(
         name=ctx.run_dir.name,
@@ -173,7 +173,7 @@ def train_config(ctx: RunContext, *, metrics_path: str | None, storage_path: str
         report_every=max(1, min(25, steps // 20)),
         data=spec.data,
         precision=spec.precision,
-        num_workers=ctx.nodes,
+        num_workers=ctx.nodes * gpt_workers_per_node(ctx),
         use_gpu=use_gpu,
         max_failures=spec.max_failures,
         peak_flops_per_worker=peak,
@@ -229,10 +229,21 @@ def run_spec(ctx: RunContext) -> Any:
     if spec.train is not None:
         return RunSpec(mode="train", train=spec.train, **common)
     cfg = train_config(ctx, metrics_path=None, storage_path=storage or str(ctx.run_dir.parent))
-    return RunSpec(mode="train", train=GPT_LOOP, config=asdict(cfg), **common)
+    return RunSpec(
+        mode="train",
+        train=GPT_LOOP,
+        config=asdict(cfg),
+        workers_per_node=gpt_workers_per_node(ctx),
+        **common,
+    )
 
 
 GPT_LOOP = "workloads.train:gpt_worker"
+
+
+def gpt_workers_per_node(ctx: RunContext) -> int:
+    """The bundled GPT is data-parallel over every GPU: one worker each (one per CPU node)."""
+    return ctx.gpus_per_node if ctx.gpu and ctx.gpus_per_node > 0 else 1
 
 
 def default_storage(ctx: RunContext) -> str | None:

@@ -164,7 +164,7 @@ def test_a_lost_node_resumes_from_s3_in_another_zone(
     job_id = _submit(
         database,
         tiny_spec(
-            steps=400,
+            steps=200,
             checkpoint_every=50,
             nodes=2,
             storage=f"s3://{BUCKET}/gpt",
@@ -201,7 +201,7 @@ def test_a_lost_node_resumes_from_s3_in_another_zone(
     events = jobs.events(database, job_id)
     restored = [e.payload["step"] for e in events if e.kind == "restored"]
     assert restored and restored[-1] >= 50  # resumed from S3, not from scratch
-    assert any(e.kind == "progress" and e.payload.get("step") == 400 for e in events)
+    assert any(e.kind == "progress" and e.payload.get("step") == 200 for e in events)
     _assert_all_gone(test_cloud)
     database.dispose()
 
