@@ -9,7 +9,8 @@ allocation has joined (each carries the custom resource ``<resource>-<rank>``), 
   pinned per node, with the node's GPUs, in the job's working directory, streaming each
   line back prefixed ``[node <rank>]``; the job fails with the first non-zero exit code;
 - ``train``: runs ``package.module:function`` under Ray Train's ``TorchTrainer`` with one
-  worker per node and that node's GPUs, checkpoints under the run's storage.
+  worker per node and that node's GPUs (the bundled GPT: one worker per GPU),
+  checkpoints under the run's storage.
 
 Lines starting with :data:`EVENT_MARK` carry JSON events (progress, checkpoints) that the
 broker files as job events; everything else is the program's own output.
@@ -52,6 +53,7 @@ class RunSpec:
     storage: str | None = None  # checkpoints: s3://, gs://, file:// or a path
     max_failures: int = 0
     join_timeout_s: float = JOIN_TIMEOUT_S
+    workers_per_node: int = 1  # train mode: the node's GPUs are split evenly among them
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
@@ -206,10 +208,13 @@ def run_train(spec: RunSpec) -> dict[str, Any]:
     if spec.train is None:
         raise ValueError("train mode needs train")
     loop = load_target(spec.train)
-    resources: dict[str, float] = {"CPU": 1, spec.resource: 1}
+    per_node = max(1, spec.workers_per_node)
+    # One unit of the allocation's resource per node, shared by its workers, keeps the
+    # worker group on exactly the allocated nodes, evenly.
+    resources: dict[str, float] = {"CPU": 1, spec.resource: 1 / per_node}
     use_gpu = spec.gpus_per_node > 0
     if use_gpu:
-        resources["GPU"] = spec.gpus_per_node
+        resources["GPU"] = spec.gpus_per_node / per_node
     run_config: dict[str, Any] = {
         "name": spec.name,
         "failure_config": FailureConfig(max_failures=spec.max_failures),
@@ -223,7 +228,7 @@ def run_train(spec: RunSpec) -> dict[str, Any]:
         train_loop_config=spec.config or None,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(
-            num_workers=spec.nodes, use_gpu=use_gpu, resources_per_worker=resources
+            num_workers=spec.nodes * per_node, use_gpu=use_gpu, resources_per_worker=resources
         ),
         run_config=RunConfig(**run_config),
     )
