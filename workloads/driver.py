@@ -5,9 +5,10 @@ The broker submits it through the Ray Jobs API with the run described as JSON in
 nodes need nothing of the broker but Ray and torch. It waits until every node of the
 allocation has joined (each carries the custom resource ``<resource>-<rank>``), then:
 
-- ``command``: runs ``setup`` then ``run`` with bash on every node at once, one Ray task
-  pinned per node, with the node's GPUs, in the job's working directory, streaming each
-  line back prefixed ``[node <rank>]``; the job fails with the first non-zero exit code;
+- ``command``: runs ``setup`` with bash on every node at once, then (all done) ``run``,
+  one Ray task pinned per node, with the node's GPUs, in the job's working directory,
+  streaming each line back prefixed ``[node <rank>]``; the job fails with the first
+  non-zero exit code;
 - ``train``: runs ``package.module:function`` under Ray Train's ``TorchTrainer`` with one
   worker per node and that node's GPUs (the bundled GPT: one worker per GPU),
   checkpoints under the run's storage.
@@ -118,38 +119,28 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, 9)
 
 
-def _node_lines(env: dict[str, str], setup: str | None, run: str) -> Iterator[tuple[str, Any]]:
-    """Run ``setup`` then ``run`` on this node: ("line", text) items, then ("exit", code)."""
-    full = {**os.environ, **env}
-    for command in (setup, run):
-        if command is None:
-            continue
-        proc = subprocess.Popen(
-            ["bash", "-c", command],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=full,
-            text=True,
-            errors="replace",
-            preexec_fn=_die_with_parent,
-        )
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            yield ("line", line.rstrip("\n"))
-        code = proc.wait()
-        if code != 0:
-            yield ("exit", code)
-            return
-    yield ("exit", 0)
+def _node_lines(env: dict[str, str], command: str) -> Iterator[tuple[str, Any]]:
+    """Run ``command`` on this node: ("line", text) items, then ("exit", code)."""
+    proc = subprocess.Popen(
+        ["bash", "-c", command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, **env},
+        text=True,
+        errors="replace",
+        preexec_fn=_die_with_parent,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        yield ("line", line.rstrip("\n"))
+    yield ("exit", proc.wait())
 
 
-def run_commands(spec: RunSpec, ips: list[str]) -> int:
-    """``setup`` and ``run`` on every node at once; the first non-zero exit code, or 0."""
+def _on_every_node(spec: RunSpec, ips: list[str], command: str) -> dict[int, int]:
+    """``command`` on every node at once, output streamed; exit code per rank."""
     import ray
 
-    if spec.run is None:
-        raise ValueError("command mode needs run")
     task = ray.remote(num_cpus=0)(_node_lines)
     codes: dict[int, int] = {}
     lock = threading.Lock()
@@ -159,7 +150,7 @@ def run_commands(spec: RunSpec, ips: list[str]) -> int:
         if spec.gpus_per_node:
             options["num_gpus"] = spec.gpus_per_node
         stream = task.options(num_returns="streaming", **options).remote(
-            node_env(spec, rank, ips), spec.setup, spec.run
+            node_env(spec, rank, ips), command
         )
         for ref in stream:
             kind, value = ray.get(ref)
@@ -174,15 +165,27 @@ def run_commands(spec: RunSpec, ips: list[str]) -> int:
         thread.start()
     for thread in threads:
         thread.join()
-    failed = {rank: code for rank, code in sorted(codes.items()) if code != 0}
-    missing = [rank for rank in range(spec.nodes) if rank not in codes]
-    if missing:
-        print(f"nodes {missing} ended without an exit code", file=sys.stderr, flush=True)
-        return 1
-    if failed:
-        rank, code = next(iter(failed.items()))
-        print(f"node {rank}: the command exited with code {code}", file=sys.stderr, flush=True)
-        return code
+    return codes
+
+
+def run_commands(spec: RunSpec, ips: list[str]) -> int:
+    """``setup`` on every node, and once all are done, ``run`` on every node (as SkyPilot
+    does); the first non-zero exit code, or 0."""
+    if spec.run is None:
+        raise ValueError("command mode needs run")
+    for phase, command in (("setup", spec.setup), ("run", spec.run)):
+        if command is None:
+            continue
+        codes = _on_every_node(spec, ips, command)
+        missing = [rank for rank in range(spec.nodes) if rank not in codes]
+        if missing:
+            print(f"{phase}: nodes {missing} ended without an exit code", file=sys.stderr)
+            return 1
+        failed = [(rank, code) for rank, code in sorted(codes.items()) if code != 0]
+        if failed:
+            rank, code = failed[0]
+            print(f"node {rank}: {phase} exited with code {code}", file=sys.stderr, flush=True)
+            return code
     return 0
 
 

@@ -152,6 +152,10 @@ def test_user_code_runs_on_booted_hosts(cloud_settings: Any, test_cloud: TestClo
     assert f"[node 1] setting up on {worker}" in output
     assert f"[node 0] rank 0 of 2, head {head}" in output
     assert f"[node 1] rank 1 of 2, head {head}" in output
+    # As on SkyPilot, run starts once setup has finished on every node.
+    setups = [output.index(f"[node {r}] setting up") for r in (0, 1)]
+    runs = [output.index(f"[node {r}] rank {r} of 2") for r in (0, 1)]
+    assert max(setups) < min(runs)
     _assert_all_gone(test_cloud)
     database.dispose()
 

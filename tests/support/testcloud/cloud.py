@@ -61,16 +61,36 @@ _NSENTER = shutil.which("nsenter") or "/usr/bin/nsenter"
 # Runs as the host's first process inside its new namespaces: private mounts, host name,
 # then PID 1. Absolute paths: the test's PATH for the host may lack the system dirs.
 _SETUP = """set -eu
-d=$1
+d=$1 name=$2 python=$3 init=$4
+shift 4
+# A private /tmp, but what the image needs from under the machine's /tmp (the
+# interpreter, the checkout) stays visible: each argument left is such a path.
+{mount} --bind /tmp "$d/machine-tmp"
 {mount} -t tmpfs -o mode=1777 tmpfs /tmp
+for kept in "$@"; do
+  {mkdir} -p "/tmp/$kept"
+  {mount} --bind "$d/machine-tmp/$kept" "/tmp/$kept"
+done
 {mount} -t tmpfs -o mode=1777 tmpfs /dev/shm
 {mount} -t tmpfs -o mode=0700 tmpfs "$d/rw"
 {mkdir} "$d/rw/upper" "$d/rw/work"
 {mount} -t overlay overlay -o "lowerdir=/root,upperdir=$d/rw/upper,workdir=$d/rw/work" /root
 {mount} --bind "$d/hosts" /etc/hosts
-{hostname} "$2"
-exec "$3" -I "$4" "$d"
+{hostname} "$name"
+exec "$python" -I "$init" "$d"
 """.format(**{t: shutil.which(t) or f"/bin/{t}" for t in ("mount", "mkdir", "hostname")})
+
+
+def kept_under_tmp() -> list[str]:
+    """Paths below /tmp a host must still see: this interpreter's prefix and real binary,
+    and the checkout (``hostinit.py``); a CI checkout may well live under /tmp."""
+    needed = {
+        Path(sys.prefix).resolve(),
+        Path(sys.executable).resolve().parent,
+        HOSTINIT.resolve().parents[3],
+    }
+    tmp = Path("/tmp")
+    return sorted(str(p.relative_to(tmp)) for p in needed if p.is_relative_to(tmp))
 
 
 def default_env(**extra: str) -> dict[str, str]:
@@ -195,6 +215,7 @@ class Host:
         hostname = self.metadata.hostname(self.private_ip)
         self.dir.mkdir(parents=True)
         (self.dir / "rw").mkdir()
+        (self.dir / "machine-tmp").mkdir()
         script = self.dir / "user-data"
         script.write_text(user_data)
         script.chmod(0o700)
@@ -210,7 +231,7 @@ class Host:
             _TOOLS["unshare"], "--mount", "--uts", "--pid", "--fork", "--kill-child",
             "--mount-proc", "--propagation", "private", "--",
             _SH, "-c", _SETUP, "testcloud-host",
-            str(self.dir), hostname, sys.executable, str(HOSTINIT),
+            str(self.dir), hostname, sys.executable, str(HOSTINIT), *kept_under_tmp(),
         ]  # fmt: skip
         self._process = self.cloud._spawn(argv, self.log_path, env)
         process = self._process
