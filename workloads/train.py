@@ -46,10 +46,6 @@ class TrainConfig:
     precision: str = "fp32"
     num_workers: int = 1
     use_gpu: bool = False
-    resource: str | None = None  # custom resource, one unit per allocated node
-    max_failures: int = 0
-    address: str | None = None  # Ray head "ip:port"
-    node_ip: str | None = None  # this driver's node address
     peak_flops_per_worker: float | None = None  # for MFU; None: not reported
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)

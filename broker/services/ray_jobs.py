@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from broker.errors import ClusterError
+from workloads.driver import EVENT_MARK
 
-EVENT_MARK = "GPUBROKER_EVENT "  # workloads.driver.EVENT_MARK, without importing the driver
 OUTPUT_FILE = "output.log"
 ENTRYPOINT = "python -m workloads.driver"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours the prefixes of workers' lines

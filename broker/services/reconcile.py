@@ -16,7 +16,6 @@ from __future__ import annotations
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
@@ -28,6 +27,7 @@ from broker.domain import AllocationState, InstanceState, JobState, utcnow
 from broker.errors import BrokerError, ConflictError
 from broker.services import execution, leases
 from broker.services import jobs as jobs_service
+from providers.local import processes
 
 if TYPE_CHECKING:
     from providers.base import InstanceRecord
@@ -51,15 +51,6 @@ class ReconcileReport:
         }
 
 
-def _pid_alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie does not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2 :].split()[0] not in ("Z", "X")
-
-
 def executor_alive(db: Database, allocation_id: int) -> bool:
     """Whether a process still holds the allocation's lease (checked by pid on this host)."""
     holder = leases.holder_of(db, execution.lease_name(allocation_id))
@@ -67,7 +58,7 @@ def executor_alive(db: Database, allocation_id: int) -> bool:
         return False
     host, _, pid = holder.rpartition(":")
     if host == socket.gethostname() and pid.isdigit():
-        return _pid_alive(int(pid))
+        return processes.alive(int(pid))
     return True  # another host's executor: trust its unexpired lease
 
 

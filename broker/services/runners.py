@@ -175,7 +175,6 @@ def train_config(ctx: RunContext, *, metrics_path: str | None, storage_path: str
         precision=spec.precision,
         num_workers=ctx.nodes * gpt_workers_per_node(ctx),
         use_gpu=use_gpu,
-        max_failures=spec.max_failures,
         peak_flops_per_worker=peak,
     )
 
