@@ -26,17 +26,22 @@ def _number(raw: Any, kind: type[int] | type[float]) -> Any:
         raise ValueError(f"must be {'an integer' if kind is int else 'a number'}") from None
 
 
+# Upper bound of every positive number setting: large enough for any real use, small
+# enough that no deadline or window computed from one leaves the calendar.
+_MAX_SETTING = 100_000
+
+
 def _positive_float(raw: Any) -> float:
     value = _number(raw, float)
-    if not value > 0:
-        raise ValueError("must be > 0")
+    if not 0 < value <= _MAX_SETTING:  # also refuses nan and inf
+        raise ValueError(f"must be > 0 and at most {_MAX_SETTING}")
     return value
 
 
 def _positive_int(raw: Any) -> int:
     value = _number(raw, int)
-    if value <= 0:
-        raise ValueError("must be > 0")
+    if not 0 < value <= _MAX_SETTING:
+        raise ValueError(f"must be > 0 and at most {_MAX_SETTING}")
     return value
 
 
@@ -103,15 +108,37 @@ class Settings:
     default_pool_capacity: int = 4
     capacity_cooldown_minutes: float = 30.0
     max_provider_share: float = 1.0
+    offer_max_age_days: float = 30.0  # older prices are left out by --fresh, warned about
     # execution
     ray_port: int = 6390
     ray_dashboard_port: int = 8265
+    serve_port: int = 8000  # where a serving allocation's head answers HTTP
+    local_nodes: int = 4  # nodes the local provider offers on this machine
     ingress_cidr: str | None = None  # who may reach cloud nodes' Ray ports; required to launch
     cluster_network: str = "public"  # how the broker reaches a head: its public or private IP
     head_timeout_s: float = 900.0  # from RUNNING nodes to a head that answers
     workdir_max_mib: float = 100.0
     owner_tag: str = "gpubroker"
+    # scheduled reports by email
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    smtp_security: str = "none"  # none | starttls | ssl
+    smtp_user: str | None = None
+    smtp_password: str | None = None
+    smtp_from: str = "gpubroker@localhost"
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def ensure_home(self) -> Path:
+        """Create the home folder if missing, readable by its owner only (0700): it holds
+        the database, cluster secrets and runs."""
+        try:
+            self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except FileExistsError:
+            raise ConfigError(f"GPUBROKER_HOME: {self.home} is not a folder") from None
+        except OSError as exc:
+            message = f"GPUBROKER_HOME: cannot create {self.home} ({exc.strerror})"
+            raise ConfigError(message) from None
+        return self.home
 
     @property
     def config_file(self) -> Path:
@@ -142,13 +169,22 @@ _FIELDS: dict[str, Callable[[Any], Any]] = {
     "default_pool_capacity": _positive_int,
     "capacity_cooldown_minutes": _positive_float,
     "max_provider_share": _fraction,
+    "offer_max_age_days": _positive_float,
     "ray_port": _port,
     "ray_dashboard_port": _port,
+    "serve_port": _port,
+    "local_nodes": _positive_int,
     "ingress_cidr": _cidr,
     "cluster_network": lambda raw: _choice(raw, ("public", "private")),
     "head_timeout_s": _positive_float,
     "workdir_max_mib": _positive_float,
     "owner_tag": _optional_str,
+    "smtp_host": _optional_str,
+    "smtp_port": _port,
+    "smtp_security": lambda raw: _choice(raw, ("none", "starttls", "ssl")),
+    "smtp_user": _optional_str,
+    "smtp_password": _optional_str,
+    "smtp_from": _optional_str,
 }
 
 
@@ -163,16 +199,21 @@ def default_home() -> Path:
     return Path(os.environ.get("GPUBROKER_HOME") or "~/.gpubroker").expanduser()
 
 
+_MAX_CONFIG_BYTES = 1 << 20
+
+
 def _read_file(path: Path) -> dict[str, Any]:
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return {}
+    from broker.files import read_bounded
+
+    raw = read_bounded(path, _MAX_CONFIG_BYTES, "config file")
     try:
-        with path.open("rb") as handle:
-            data = tomllib.load(handle)
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
     unknown = sorted(set(data) - set(_FIELDS))
     if unknown:
         raise ConfigError(

@@ -7,6 +7,8 @@ Money is ``decimal.Decimal`` US dollars; time is timezone-aware UTC.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -27,8 +29,25 @@ def round_cents(value: Decimal) -> Decimal:
     return value.quantize(CENT, rounding=ROUND_HALF_UP)
 
 
+_clock: Callable[[], datetime] | None = None
+
+
 def utcnow() -> datetime:
-    return datetime.now(UTC)
+    """Now in UTC: the wall clock, or the virtual one a simulation has set (``use_clock``)."""
+    return datetime.now(UTC) if _clock is None else _clock()
+
+
+@contextmanager
+def use_clock(now: Callable[[], datetime]) -> Iterator[None]:
+    """Make ``utcnow`` (and so every timestamp the services write) read ``now`` for the
+    duration: how a simulation replays weeks on a virtual clock through the real code.
+    Process-wide, so every thread of the process sees the same virtual time."""
+    global _clock
+    previous, _clock = _clock, now
+    try:
+        yield
+    finally:
+        _clock = previous
 
 
 def as_utc(value: datetime) -> datetime:
@@ -90,6 +109,17 @@ class AllocationState(enum.StrEnum):
             AllocationState.PROVISIONING,
             AllocationState.ACTIVE,
         )
+
+
+class EndpointState(enum.StrEnum):
+    """A serving allocation's endpoint: deploying, answering, answering with fewer replicas
+    than wanted (a lost node, a failing replica), or gone."""
+
+    STARTING = "STARTING"
+    READY = "READY"
+    DEGRADED = "DEGRADED"
+    STOPPED = "STOPPED"
+    LOST = "LOST"
 
 
 class InstanceState(enum.StrEnum):

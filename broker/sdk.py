@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from broker.services.refresh import RefreshProgress, RefreshReport
     from broker.services.reports import Report
     from broker.services.schedules import MadeReport, ScheduleView
+    from broker.services.serving import EndpointView
+    from broker.services.status import JobResources, Status
     from workloads.spec import JobSpec
 
 
@@ -66,6 +68,7 @@ class Broker:
     def db(self) -> Database:
         from broker.db.engine import Database
 
+        self.settings.ensure_home()
         return Database(self.settings.database_url)
 
     def close(self) -> None:
@@ -233,6 +236,11 @@ class Broker:
         else:
             spec = spec_or_path  # type: ignore[assignment]
         spec = jobs.prepare(spec, self.settings, base=base)  # type: ignore[arg-type]
+        if spec.kind == "inference" and spec.model_from is not None:
+            from broker.services import serving
+            from workloads.spec import spec_to_dict
+
+            spec = parse_spec(serving.resolve_model_from(self.db, spec_to_dict(spec)))
         view = jobs.submit(self.db, spec)
         handle = jobs.JobHandle(self.db, self.settings, view.id)
         if wait:
@@ -252,6 +260,13 @@ class Broker:
 
         jobs.get(self.db, job_id)
         return jobs.JobHandle(self.db, self.settings, job_id)
+
+    def endpoints(self, job_id: int | None = None, *, live: bool = True) -> list[EndpointView]:
+        """Serving endpoints (one per allocation): job_id, area, url, replicas, state and
+        traffic; ``live=False`` includes stopped and lost ones."""
+        from broker.services import serving
+
+        return serving.endpoints(self.db, job_id, live=live)
 
     def job_summary(self, job_id: int) -> JobSummary:
         """Steps, first and last loss, latest checkpoint and metered cost of a job."""
@@ -278,16 +293,32 @@ class Broker:
 
         return jobs.cancel(self.db, self.settings, job_id)
 
+    def status(self) -> Status:
+        """Live allocations and instances per provider: age, $/h, cost so far, burn rate."""
+        from broker.services import status
+
+        return status.live_status(self.db)
+
+    def job_resources(self, job_ids: Sequence[int]) -> dict[int, JobResources]:
+        """Per job: GPU, nodes, provider and region of its newest allocation; cost so far
+        (metered plus instances still up) and its estimate."""
+        from broker.services import status
+
+        return status.job_resources(self.db, job_ids)
+
     def run_pending(self) -> list[int]:
         """Plan every PENDING job and run the planned allocations in this process."""
         from broker.services import execution
 
         return execution.run_pending(self.db, self.settings)
 
-    def reconcile(self, providers: list[str] | None = None) -> ReconcileReport:
+    def reconcile(
+        self, providers: list[str] | None = None, *, dry_run: bool = False
+    ) -> ReconcileReport:
+        """Terminate what nothing owns; with ``dry_run``, only report what it would do."""
         from broker.services import reconcile
 
-        return reconcile.reconcile(self.db, self.settings, providers)
+        return reconcile.reconcile(self.db, self.settings, providers, dry_run=dry_run)
 
     # --- reports, budgets and schedules ---
 
@@ -371,9 +402,11 @@ class ReportSchedules:
         period: str = "7d",
         format: str = "html",
         webhook: str | None = None,
+        email: str | Sequence[str] | None = None,
         group_by: str = "team,provider",
     ) -> ScheduleView:
-        """Make a ``format`` report of the last ``period`` in ``out_dir`` at each cron time."""
+        """Make a ``format`` report of the last ``period`` in ``out_dir`` at each cron time;
+        with ``email``, also send it to those addresses (the ``smtp_*`` settings)."""
         from broker.services import schedules
 
         return schedules.add_schedule(
@@ -383,7 +416,9 @@ class ReportSchedules:
             fmt=format,
             out_dir=out_dir,
             webhook=webhook,
+            email=email,
             group_by=group_by,
+            home=self._broker.settings.home,
         )
 
     def list(self) -> list[ScheduleView]:
@@ -394,10 +429,10 @@ class ReportSchedules:
     def remove(self, schedule_id: int) -> None:
         from broker.services import schedules
 
-        schedules.remove_schedule(self._broker.db, schedule_id)
+        schedules.remove_schedule(self._broker.db, schedule_id, self._broker.settings.home)
 
     def run_due(self, now: datetime | None = None) -> list[MadeReport]:
         """Make the reports that are due now (the daemon does this every tick)."""
         from broker.services import schedules
 
-        return schedules.run_due(self._broker.db, now=now)
+        return schedules.run_due(self._broker.db, now=now, settings=self._broker.settings)

@@ -21,7 +21,8 @@ from typing import Protocol, runtime_checkable
 from broker.domain import Fabric, InstanceState, Pricing
 
 # Tag / label keys written on every instance we create.
-TAG_OWNER = "gpubroker-owner"
+TAG_OWNER = "gpubroker-owner"  # GPUBROKER_OWNER_TAG: shared by every installation using it
+TAG_INSTALLATION = "gpubroker-installation"  # the id made once per broker database
 TAG_JOB = "gpubroker-job"
 TAG_ALLOCATION = "gpubroker-allocation"
 TAG_REQUEST = "gpubroker-request"
@@ -85,6 +86,9 @@ class LaunchRequest:
     nodes: int
     pricing: Pricing = Pricing.ON_DEMAND
     owner: str = "gpubroker"
+    # The launching installation's id; the request id embeds it too, so two installations
+    # on one account never share a request id, a client token or an instance name.
+    installation: str = ""
     tags: Mapping[str, str] = field(default_factory=dict)
     user_data: str | None = None
     image: str | None = None
@@ -112,6 +116,10 @@ class InstanceRecord:
     @property
     def request_id(self) -> str | None:
         return self.tags.get(TAG_REQUEST)
+
+    @property
+    def installation(self) -> str | None:
+        return self.tags.get(TAG_INSTALLATION)
 
     @property
     def node_index(self) -> int | None:
@@ -148,6 +156,7 @@ def request_tags(req: LaunchRequest, node_index: int) -> dict[str, str]:
     return {
         **dict(req.tags),
         TAG_OWNER: req.owner,
+        **({TAG_INSTALLATION: req.installation} if req.installation else {}),
         TAG_REQUEST: req.request_id,
         TAG_NODE: str(node_index),
     }

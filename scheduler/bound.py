@@ -1,19 +1,22 @@
-"""A Lagrangian lower bound that is at least the LP bound and often much closer.
+"""Lagrangian lower bounds: valid for every integer plan, never below zero.
 
 Relax the rows shared between job classes (pool capacity, quotas, team budgets, the share
-rows and the gang cuts) with the LP's optimal duals mu <= 0 and keep each class's own
-rows. What is left splits by class and is solved exactly in integers:
+rows and the gang cuts) with LP duals mu <= 0 and keep each class's own rows. What is left
+splits by class:
 
-- a training class takes, unit by unit, its cheapest candidates by linking-reduced cost
-  (each up to its bound) or leaves the job unplaced at its penalty;
-- a serving job solves its own small covering problem (whole nodes per demand key) with
-  the solver; the solver's dual bound stands in when it stops early, so the bound stays
-  valid.
+- a training class keeps its row "each job one gang or unplaced": it takes, unit by unit,
+  its cheapest candidates by linking-reduced cost (each up to its bound) or leaves the job
+  unplaced at its penalty; so the bound never counts more gangs than the class has jobs;
+- a serving job either solves its own small covering problem (whole nodes per demand key)
+  with the solver, whose proven dual bound stands in when it stops early
+  (``lagrangian_bound``), or, cheaply, has its covering rows relaxed too
+  (``relaxed_bound``, computed in every column-generation round).
 
-L(mu) = sum_r mu_r b_r + sum_k min_k(mu) is a lower bound on every integer plan; with the
-LP duals it is >= the LP bound (the class problems' own LP relaxations give the LP value).
-With mu = 0 it is still a bound (each class at its cheapest, shared rows ignored): that is
-the fallback when the LP solve returns no duals.
+L(mu) = sum_r mu_r b_r + sum_k min_k(mu) is a lower bound on every integer plan for *any*
+multipliers of the right sign, so the duals of an unfinished column generation still give
+one; costs and penalties are never negative, so 0 is one too, and the largest of them all
+is what a plan reports. With the LP's optimal duals L is >= the LP bound; with mu = 0 it is
+each class alone at its cheapest, the fallback when the LP solve returns no duals.
 """
 
 from __future__ import annotations
@@ -26,58 +29,132 @@ import numpy as np
 from scheduler.model import Duals, JobClass, PoolIndex, reduced_costs, solver_output_to_stderr
 from scheduler.problem import INFERENCE, Problem
 
+SERVING_NODES = 2_000  # branch-and-bound nodes per serving job's covering problem
+
 
 def lagrangian_bound(problem: Problem, classes: list[JobClass], pools: PoolIndex,
-                     duals: Duals | None, *, deadline: float) -> float | None:
-    """The bound, or None when it cannot be computed in time (or is unbounded).
+                     duals: Duals | None, *, deadline: float,
+                     serving_nodes: int = SERVING_NODES) -> float | None:
+    """The bound with each serving job's covering problem solved in integers, or None when
+    the wall-clock safety stop ``deadline`` passes first (or the bound is unbounded).
 
     ``duals`` None (the LP solve returned none) means all multipliers zero: each class
     alone at its cheapest, which is still a valid, if weaker, bound."""
     if duals is None:
         duals = Duals.zero(problem, pools)
-    share = problem.share_cap
-    if share is not None and duals.total + share * float(duals.provider.sum()) < -1e-7:
-        return None  # the auxiliary total would run off to infinity
+    value = _linking_constant(problem, pools, duals)
+    if value is None:
+        return None
     c = problem.candidates
-    value = float(np.dot(duals.pool, pools.capacity))
-    if len(problem.quotas):
-        value += float(np.dot(duals.quota, [q.limit for q in problem.quotas]))
-    value += sum(mu * problem.budgets[team] for team, mu in duals.budget.items())
-    for p, cuts in duals.cuts.items():
-        value += sum(mu * (int(pools.capacity[p]) // d) for d, mu in cuts)
     for cls in classes:
         if time.perf_counter() > deadline:
             return None
         rows = c.of_shape(cls.shape)
         rc = reduced_costs(problem, pools, cls, duals, linking_only=True)
         if cls.kind == INFERENCE:
-            sub = _serving(problem, pools, cls, rows.start, rc, deadline)
+            sub = _serving(problem, pools, cls, rows.start, rc, deadline, serving_nodes)
             if sub is None:
                 return None
             value += sub
+        else:
+            value += _training(problem, pools, cls, rc)
+    return max(value, 0.0)
+
+
+def relaxed_bound(problem: Problem, classes: list[JobClass], pools: PoolIndex, duals: Duals,
+                  rcs: dict[int, np.ndarray]) -> float | None:
+    """The bound from ``rcs``, every class's full reduced costs under ``duals`` (as column
+    generation computes them each round), with serving covering rows relaxed too: no
+    solver call, so it is cheap enough for every round. None where it is unbounded."""
+    value = _linking_constant(problem, pools, duals)
+    if value is None:
+        return None
+    for cls in classes:
+        rc = rcs.get(cls.index)
+        if rc is None:
             continue
-        finite = np.flatnonzero(np.isfinite(rc) & (rc < cls.penalty))
-        order = finite[np.argsort(rc[finite], kind="stable")]
-        left = cls.count
-        for i in order:
-            if left == 0:
-                break
-            cand = rows.start + int(i)
-            take = min(left, _bound(pools, problem, cls, cand))
-            value += take * float(rc[i])
-            left -= take
-        value += left * cls.penalty
+        if cls.kind == INFERENCE:
+            value += _serving_relaxed(problem, pools, cls, duals, rc)
+        else:
+            value += _training(problem, pools, cls, rc + duals.cls_row.get(cls.index, 0.0))
+    return max(value, 0.0)
+
+
+def _linking_constant(problem: Problem, pools: PoolIndex, duals: Duals) -> float | None:
+    """sum_r mu_r b_r over the shared rows; None when the share rows' auxiliary total has
+    a negative reduced cost (the Lagrangian is then unbounded below)."""
+    share = problem.share_cap
+    if share is not None and duals.total + share * float(duals.provider.sum()) < -1e-7:
+        return None
+    value = float(np.dot(duals.pool, pools.capacity))
+    if len(problem.quotas):
+        value += float(np.dot(duals.quota, [q.limit for q in problem.quotas]))
+    value += sum(mu * problem.budgets[team] for team, mu in duals.budget.items())
+    for p, cuts in duals.cuts.items():
+        value += sum(mu * (int(pools.capacity[p]) // d) for d, mu in cuts)
     return value
 
 
-def _bound(pools: PoolIndex, problem: Problem, cls: JobClass, cand: int) -> int:
-    from scheduler.model import unit_bound
+def unit_bounds(problem: Problem, pools: PoolIndex, cls: JobClass,
+                cands: np.ndarray) -> np.ndarray:
+    """Most units of each candidate any plan can hold (vectorised ``model.unit_bound``)."""
+    c = problem.candidates
+    pool = c.pool[cands]
+    fit = pools.capacity[pool] // np.maximum(c.nodes[cands], 1)
+    gpus = c.gpus[cands].astype(np.float64)
+    quota = pools.quota_cap[pool]
+    limited = np.isfinite(quota) & (gpus > 0)
+    if limited.any():
+        by_quota = np.floor(quota[limited] / gpus[limited]).astype(np.int64)
+        fit[limited] = np.minimum(fit[limited], by_quota)
+    budget = problem.budgets.get(cls.team)
+    cost = c.cost[cands]
+    if budget is not None:
+        priced = cost > 0
+        fit[priced] = np.minimum(fit[priced], np.floor(budget / cost[priced]).astype(np.int64))
+    if cls.kind != INFERENCE:
+        fit = np.minimum(fit, cls.count)
+    return np.maximum(fit, 0)
 
-    return unit_bound(problem, pools, cls, cand)
+
+def _training(problem: Problem, pools: PoolIndex, cls: JobClass, rc: np.ndarray) -> float:
+    """min sum rc y + penalty u over sum y + u = count, 0 <= y <= bound: the class's jobs
+    fill its cheapest columns first, one gang each; the rest stay unplaced."""
+    start = problem.candidates.of_shape(cls.shape).start
+    usable = np.flatnonzero(np.isfinite(rc) & (rc < cls.penalty))
+    bounds = unit_bounds(problem, pools, cls, usable + start)
+    usable, bounds = usable[bounds > 0], bounds[bounds > 0]
+    if len(usable) > cls.count:
+        # at most `count` columns can be used (each holds at least one job)
+        part = np.argpartition(rc[usable], cls.count - 1)[: cls.count]
+        usable, bounds = usable[part], bounds[part]
+    sort = np.argsort(rc[usable], kind="stable")
+    order, bounds = usable[sort], bounds[sort]
+    taken = np.minimum(bounds, np.maximum(cls.count - (np.cumsum(bounds) - bounds), 0))
+    left = cls.count - int(taken.sum())
+    return float(np.dot(taken, rc[order])) + left * cls.penalty
+
+
+def _serving_relaxed(problem: Problem, pools: PoolIndex, cls: JobClass, duals: Duals,
+                     rc: np.ndarray) -> float:
+    """The serving job's own rows relaxed as well: their duals times their right-hand
+    sides, plus each column (and "unplaced") at its bound where its reduced cost is
+    negative."""
+    own = sum(duals.cover.get((cls.index, a), 0.0) * rate
+              for a, (_, rate) in enumerate(cls.demand))
+    own += duals.replicas.get(cls.index, 0.0) * cls.min_replicas
+    for a, t, mu in duals.cover_cuts.get(cls.index, ()):
+        own += mu * math.ceil(cls.demand[a][1] / t - 1e-9)
+    value = own + min(0.0, cls.penalty - own)  # u in [0, 1] with reduced cost penalty - own
+    negative = np.flatnonzero(np.isfinite(rc) & (rc < 0))
+    if len(negative):
+        start = problem.candidates.of_shape(cls.shape).start
+        value += float(np.dot(rc[negative], unit_bounds(problem, pools, cls, negative + start)))
+    return value
 
 
 def _serving(problem: Problem, pools: PoolIndex, cls: JobClass, start: int, rc: np.ndarray,
-             deadline: float) -> float | None:
+             deadline: float, nodes: int) -> float | None:
     import datetime
 
     from ortools.math_opt.python import mathopt
@@ -88,12 +165,12 @@ def _serving(problem: Problem, pools: PoolIndex, cls: JobClass, start: int, rc: 
     objective = cls.penalty * u
     covers = [rate * u for _, rate in cls.demand]
     replicas = cls.min_replicas * u
-    for i in np.flatnonzero(np.isfinite(rc)):
-        cand = start + int(i)
-        ub = _bound(pools, problem, cls, cand)
+    cands = np.flatnonzero(np.isfinite(rc))
+    for i, ub in zip(cands, unit_bounds(problem, pools, cls, cands + start), strict=True):
         if ub <= 0:
             continue
-        y = model.add_integer_variable(lb=0, ub=ub)
+        cand = start + int(i)
+        y = model.add_integer_variable(lb=0, ub=int(ub))
         objective += float(rc[i]) * y
         covers[int(c.area[cand])] += float(c.rate[cand]) * y
         replicas += int(c.replicas[cand]) * y
@@ -105,10 +182,13 @@ def _serving(problem: Problem, pools: PoolIndex, cls: JobClass, start: int, rc: 
     left = deadline - time.perf_counter()
     if left <= 0.05:
         return None
-    params = mathopt.SolveParameters(time_limit=datetime.timedelta(seconds=min(left, 5.0)),
-                                     relative_gap_tolerance=1e-6)
+    # a node limit makes the bound the same on any machine; the clock only as a safety stop
+    params = mathopt.SolveParameters(time_limit=datetime.timedelta(seconds=min(left, 1e6)),
+                                     node_limit=nodes, relative_gap_tolerance=1e-6)
     params.highs.int_options["threads"] = 1
     with solver_output_to_stderr():
         result = mathopt.solve(model, mathopt.SolverType.HIGHS, params=params)
+    if result.termination.limit == mathopt.Limit.TIME:
+        return None
     bound = result.termination.objective_bounds.dual_bound
     return None if not math.isfinite(bound) else float(bound)

@@ -2,8 +2,9 @@
 
 Training: for each pool whose GPU, memory, provider, region and pricing the job allows, the
 node counts worth trying are the smallest that holds the model and its doubles (or the
-count the spec fixes). A multi-node gang needs a zoned pool and, when the job asks for it,
-a fabric of at least ``min_interconnect_gbps``; its hours come from the estimator's
+count the spec fixes). A multi-node gang stays in one pool (one zone, or one region where
+the provider names no zones) and, when the job asks for it, needs a fabric of at least
+``min_interconnect_gbps``; its hours come from the estimator's
 communication model, so a slow fabric makes it slower and dearer. Candidates that miss the
 deadline or the job's own budget are not generated. Spot candidates (only for jobs that
 allow spot) carry the expected preemption overhead.
@@ -27,9 +28,11 @@ from typing import Any
 
 from scheduler.problem import INFERENCE, TRAINING, Candidates, Job, Pool, Problem, Quota
 from workloads.estimate import (
+    DEFAULT_FABRIC_GBPS,
     Calibration,
     Hardware,
     estimate_inference,
+    estimate_inference_cpu,
     estimate_training,
     min_gpus,
     spot_overhead,
@@ -39,9 +42,19 @@ from workloads.regions import area_of
 from workloads.spec import InferenceJob, JobSpec, TrainingJob
 
 SERVING_HORIZON_HOURS = 24.0  # inference is planned (and priced) one day at a time
-PREEMPTIONS_PER_HOUR = 0.05  # assumed spot interruption rate where nothing better is known
+PREEMPTIONS_PER_HOUR = 0.05  # assumed spot reclaim rate of one node where nothing better is known
 RESTART_HOURS = 0.15  # relaunch, rejoin and reload after a preemption
-CHECKPOINT_HOURS = 0.03  # writing one checkpoint
+
+
+def training_spot_overhead(spec: TrainingJob, step_seconds: float, nodes: int,
+                           preemptions_per_node_hour: float = PREEMPTIONS_PER_HOUR) -> float:
+    """Expected spot recovery time as a fraction of the estimated hours (the one rule
+    ``estimate`` and ``plan`` share). Checkpoint writes are already in those hours, so only
+    restarts and the work lost since the last checkpoint are added; any of the gang's
+    nodes can be reclaimed, so the rate grows with ``nodes``."""
+    interval = spec.checkpoint_every * step_seconds / 3600.0
+    return spot_overhead(preemptions_per_node_hour * nodes, 0.0, RESTART_HOURS,
+                         interval or None)
 
 
 @dataclass(frozen=True)
@@ -50,6 +63,8 @@ class Settings:
 
     preemptions_per_hour: float = PREEMPTIONS_PER_HOUR
     horizon_hours: float = SERVING_HORIZON_HOURS
+    # between nodes of an offer that does not state its fabric (flagged in the plan)
+    unknown_interconnect_gbps: float = DEFAULT_FABRIC_GBPS
 
 
 def shape_key(spec: JobSpec) -> str:
@@ -63,7 +78,7 @@ def _allowed(spec: JobSpec, pool: Pool) -> str | None:
     cons = spec.constraints
     if cons.gpus and pool.gpu not in cons.gpus:
         return "gpu"
-    if pool.gpu is None and (cons.gpus or cons.min_gpu_memory_gib or spec.kind == INFERENCE):
+    if pool.gpu is None and (cons.gpus or cons.min_gpu_memory_gib):
         return "gpu"
     if cons.min_gpu_memory_gib is not None:
         spec_gpu = GPUS.get(pool.gpu or "")
@@ -109,6 +124,7 @@ class _Builder:
         self.knobs = knobs
         self.calibrations = calibrations
         self.rows: list[tuple] = []
+        self.assumed_fabric: dict[int, float] = {}  # pool index -> Gbps assumed for gangs
         self._train_memo: dict[tuple, object] = {}
 
     def training(self, shape: int, spec: TrainingJob) -> str | None:
@@ -149,16 +165,15 @@ class _Builder:
                 why_fit = why_fit or f"the model does not fit on {pool.gpu or 'CPU'} nodes"
                 continue
             for nodes in options:
+                # a pool is one zone, or one region of a provider that names no zones
+                # (Lambda, catalog rows without zones): a gang stays inside it either way
                 if nodes > 1 and (
-                    not pool.zone
-                    or (
-                        cons.min_interconnect_gbps is not None
-                        and (pool.interconnect_gbps or 0.0) < cons.min_interconnect_gbps
-                    )
+                    cons.min_interconnect_gbps is not None
+                    and (pool.interconnect_gbps or 0.0) < cons.min_interconnect_gbps
                 ):
                     stages["gang"] += 1
                     continue
-                est = self._estimate(spec, shape, pool, nodes)
+                est = self._estimate(spec, shape, p, pool, nodes)
                 if not est.fits:
                     stages["fit"] += 1
                     why_fit = why_fit or est.reason
@@ -166,12 +181,8 @@ class _Builder:
                 hours = est.hours
                 overhead = 0.0
                 if pool.pricing == "spot":
-                    interval = spec.checkpoint_every * est.step_seconds / 3600.0
-                    overhead = spot_overhead(
-                        self.knobs.preemptions_per_hour,
-                        CHECKPOINT_HOURS,
-                        RESTART_HOURS,
-                        interval or None,
+                    overhead = training_spot_overhead(
+                        spec, est.step_seconds, nodes, self.knobs.preemptions_per_hour
                     )
                 fastest = min(fastest, hours)
                 if hours_left is not None and hours * (1 + overhead) > hours_left:
@@ -200,13 +211,18 @@ class _Builder:
         smallest = max(1, math.ceil(need / max(pool.gpus_per_node, 1)))
         return [n for n in (smallest, 2 * smallest, 4 * smallest) if n <= limit]
 
-    def _estimate(self, spec: TrainingJob, shape: int, pool: Pool, nodes: int):  # type: ignore[no-untyped-def]
+    def _estimate(self, spec: TrainingJob, shape: int, p: int, pool: Pool, nodes: int):  # type: ignore[no-untyped-def]
+        fabric = pool.interconnect_gbps
+        if fabric is None and nodes > 1:
+            # the offer does not say: the planning setting stands in, and the plan says so
+            fabric = self.knobs.unknown_interconnect_gbps
+            self.assumed_fabric[p] = fabric
         key = (
             shape,
             pool.gpu,
             pool.gpus_per_node,
             nodes,
-            pool.interconnect_gbps,
+            fabric,
             pool.rdma,
             pool.vcpus,
         )
@@ -216,7 +232,7 @@ class _Builder:
                 gpu=pool.gpu,
                 gpus_per_node=pool.gpus_per_node,
                 nodes=nodes,
-                interconnect_gbps=pool.interconnect_gbps,
+                interconnect_gbps=fabric,
                 rdma=pool.rdma != "none",
                 vcpus=pool.vcpus,
             )
@@ -235,8 +251,11 @@ class _Builder:
             if _allowed(spec, pool):
                 continue
             allowed += 1
-            key = (pool.gpu or "", pool.gpus_per_node)
+            key = (pool.gpu or "", pool.gpus_per_node or -(pool.vcpus or 0))
             est = memo.get(key)
+            if est is None and not pool.gpu:  # a CPU-only node holds one replica
+                est = estimate_inference_cpu(spec, pool.vcpus, self.calibrations.get("cpu"))
+                memo[key] = est
             if est is None:
                 est = estimate_inference(spec, pool.gpu or "")
                 if est.fits and est.gpus_per_replica > pool.gpus_per_node:
@@ -250,7 +269,7 @@ class _Builder:
             if est.gpus_per_replica > pool.gpus_per_node:
                 why = why or f"a replica needs {est.gpus_per_replica} GPUs per node"
                 continue
-            replicas = pool.gpus_per_node // est.gpus_per_replica
+            replicas = pool.gpus_per_node // est.gpus_per_replica if est.gpus_per_replica else 1
             overhead = (
                 self.knobs.preemptions_per_hour * RESTART_HOURS if pool.pricing == "spot" else 0.0
             )
@@ -383,4 +402,5 @@ def build_problem(
         max_provider_share=max_provider_share,
         share_on="spend" if share_on == "spend" else "gpus",
         seed=seed,
+        assumed_fabric_gbps=dict(builder.assumed_fabric),
     )

@@ -61,9 +61,15 @@ def _blocker(problem: Problem, usage: _Usage, cand: int, team: str, extra_cost: 
 
 def _describe(problem: Problem, cand: int) -> dict[str, Any]:
     c = problem.candidates
-    pool = problem.pools[int(c.pool[cand])]
-    return {"pool": pool.key, "nodes": int(c.nodes[cand]), "hours": round(float(c.hours[cand]), 4),
-            "cost": round(float(c.cost[cand]), 4)}
+    p = int(c.pool[cand])
+    pool = problem.pools[p]
+    out: dict[str, Any] = {"pool": pool.key, "nodes": int(c.nodes[cand]),
+                           "hours": round(float(c.hours[cand]), 4),
+                           "cost": round(float(c.cost[cand]), 4)}
+    assumed = problem.assumed_fabric_gbps.get(p)
+    if assumed is not None and int(c.nodes[cand]) > 1:
+        out["fabric"] = f"unknown; hours assume {assumed:g} Gbps between nodes"
+    return out
 
 
 def explain_plan(problem: Problem, plan: Plan) -> dict[int, dict[str, Any]]:

@@ -424,9 +424,13 @@ class Master:
         time_limit: float,
         relative_gap: float,
         seed: int,
+        nodes: int,
         hint: dict[tuple[int, int], int] | None = None,
     ) -> MipResult:
-        """Integer solve within ``time_limit``: the best units found and the proven bound."""
+        """Integer solve limited by work (``nodes`` branch-and-bound nodes for HiGHS; for
+        CP-SAT, one deterministic second per hundred nodes), so that the result does not
+        depend on the machine's speed or load; ``time_limit`` is only a safety stop, and
+        the result says when it fired. The best units found and the proven bound."""
         import datetime
         import math
 
@@ -441,7 +445,9 @@ class Master:
         )
         if kind == mathopt.SolverType.CP_SAT:
             params.threads = 1
+            params.cp_sat.max_deterministic_time = max(nodes / 100.0, 1.0)
         else:
+            params.node_limit = nodes
             params.highs.int_options["threads"] = 1
         model_params = None
         if hint and kind == mathopt.SolverType.CP_SAT:
@@ -456,6 +462,7 @@ class Master:
             units=None,
             status=result.termination.reason.name.lower(),
             bound=bound if math.isfinite(bound) else None,
+            clock_stop=result.termination.limit == mathopt.Limit.TIME,
         )
         if result.has_primal_feasible_solution():
             values = result.variable_values()
@@ -471,6 +478,7 @@ class MipResult:
     units: dict[tuple[int, int], int] | None
     status: str
     bound: float | None
+    clock_stop: bool = False  # the wall-clock safety stop ended it (not the work limit)
 
 
 @contextmanager

@@ -185,6 +185,8 @@ class Problem:
     max_provider_share: float | None = None  # None or 1.0: no cap
     share_on: Literal["gpus", "spend"] = "gpus"
     seed: int = 0
+    # pools whose offers do not state their fabric: the Gbps multi-node estimates assumed
+    assumed_fabric_gbps: dict[int, float] = field(default_factory=dict)
 
     def penalty(self, job: Job) -> float:
         """Cost of leaving ``job`` unplaced: above any placement, growing with priority."""
@@ -244,6 +246,13 @@ class Plan:
     status: str = "feasible"
     solver: str = ""
     solve_seconds: float = 0.0
+    clock_stop: bool = False  # the wall-clock safety stop, not the work limits, ended a step
+    # Placement and cost apart (None when pricing did not converge): the jobs the
+    # full-space LP places (fractions counted), and the plan's cost gap over the jobs it
+    # places: against the bound less the penalties of the jobs it leaves out, or, where
+    # larger, the LP's cost of its own placement (objective less its fractional penalties).
+    lp_placed: float | None = None
+    cost_gap: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
     explain: dict[int, dict] = field(default_factory=dict)
 

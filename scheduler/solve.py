@@ -6,37 +6,49 @@
    the *full* candidate space: the LP over the columns found so
    far gives duals; every candidate of every class is priced with them (vectorised) and
    the most negative ones join. When none prices out, the LP optimum is the full-space LP
-   bound; if the time share for it runs out first, the Lagrangian bound
-   (LP + sum of negative reduced costs x their bounds) is reported instead, still valid.
-   A solve that returns no duals (an empty problem) ends pricing at once: the bound is
-   the Lagrangian one at zero multipliers and columns are ranked by cost.
+   bound. Every round's duals also give a Lagrangian bound (``bound.relaxed_bound``: one
+   gang per training job, never below zero); the best of them is what stands when the
+   round limit ends pricing first. A solve that returns no duals (an empty problem) ends
+   pricing at once: the bound is the Lagrangian one at zero multipliers and columns are
+   ranked by cost.
 3. Each class also keeps its cheapest columns by reduced cost until their pools could hold
    twice its jobs (pruning by cumulative capacity, never a flat top-K), plus the greedy
    plan's columns, so the integer model can always do at least as well as greedy.
 4. The integer model (HiGHS by default, CP-SAT on request; CP-SAT is hinted with the
    greedy plan; HiGHS in MathOpt takes no hint, so the greedy plan is its fallback)
-   runs to the time limit or the relative gap; the better of it and greedy wins. The
+   runs to its node limit or the relative gap; the better of it and greedy wins. The
    plan is checked by ``validate`` before it is returned.
-5. When serving jobs are in the plan, the time left goes to a Lagrangian bound
-   (``scheduler.bound``) that solves each serving job's covering problem in integers;
-   the reported bound is the larger of it and the LP bound.
+5. When serving jobs are in the problem, a Lagrangian bound (``scheduler.bound``) solves
+   each serving job's covering problem in integers (before step 4, node-limited); the
+   reported bound is the larger of it and the LP bound. Where pricing converged, the
+   integer model's proven bound also holds for the full space up to the LP bound plus the
+   least reduced cost of any column left out of it.
 6. When the full candidate space is small enough to hold as one integer model (with the
-   LP's cuts), the time still left goes to HiGHS on that model: its proven dual bound
+   LP's cuts; a smaller limit under a share cap), HiGHS solves that model too: its proven
+   dual bound
    raises the reported bound (whole nodes per serving area and whole gangs leave an
    integrality gap no LP bound closes), and its solution replaces the plan when cheaper
    (pruned columns can miss the optimum where budgets bind; see bench/RESULTS.md).
-Single-threaded solvers and a fixed seed make the same input give the same plan.
+Every step is limited by work (``WorkLimits``: rounds, nodes, columns), never by the clock,
+and the solvers run single-threaded with a fixed seed, so the same input gives the same plan
+on any machine and under any load. ``time_limit`` is a safety stop only: when it fires, the
+plan says so (``Plan.clock_stop``, and in its status).
+
+A share cap below 1 / (providers that can host any job) admits no plan with a job in it;
+it is refused as ``Infeasible`` naming the smallest cap that can hold.
 """
 
 from __future__ import annotations
 
+import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
-from broker.errors import ConfigError
+from broker.errors import ConfigError, Infeasible
 from scheduler.baselines import Units, first_come, greedy_regret, units_to_plan
-from scheduler.bound import lagrangian_bound
+from scheduler.bound import SERVING_NODES, lagrangian_bound, relaxed_bound
 from scheduler.explain import explain_plan
 from scheduler.model import Duals, JobClass, Master, PoolIndex, build_classes, reduced_costs
 from scheduler.problem import Plan, Problem
@@ -47,17 +59,37 @@ PRICE_TOL = 1e-7
 COLUMNS_PER_ROUND = 8
 SERVING_COLUMNS = 200
 DENSE_SHARE_PROVIDERS = 8
+# Dense share rows put every column in every provider's row: past this many columns HiGHS's
+# presolve stalled on them (minutes at 1,000 jobs x 10,000 pools), so larger models keep the
+# sparse form with the auxiliary total. Below it dense rows win by far (a 3,000-column
+# capped model: 15-60 s dense, beyond 160 s sparse on the shared 2-core machine).
+DENSE_SHARE_MAX_COLUMNS = 20_000
 # The integer solver measures its gap against its own (restricted) bound, which is above the
 # full-space LP bound the plan reports; aim it at half the gap asked for.
 MIP_GAP_SHARE = 0.5
-CG_TIME_SHARE = 0.4  # column generation may use this share of the time limit
-MIP_TIME_SHARE = 0.8  # the rest of the time limit may tighten the bound
+# Wall-clock safety stops, as shares of time_limit: past them a step ends early and the plan
+# says so. A plan that depends on them is no longer reproducible, so the work limits are
+# sized to end well before them.
+CG_SAFETY_SHARE = 0.5
+SERVING_SAFETY_SHARE = 0.7
 LAGRANGIAN_MAX_SERVING = 100  # one small integer solve per serving job: skip beyond
-# The full-space integer bound: at most this many columns, and on a large model only with
-# enough time left for HiGHS's presolve and root LP (10-15 s at 90k columns on one core).
-FULL_BOUND_MAX_COLUMNS = 120_000
-FULL_BOUND_LARGE_COLUMNS = 20_000
-FULL_BOUND_LARGE_MIN_SECONDS = 15.0
+
+
+@dataclass(frozen=True)
+class WorkLimits:
+    """How much work one solve may do; with the input, these alone decide the plan.
+
+    The defaults end well inside a 30 s safety stop on fleets up to 1,000 jobs x 10,000
+    pools on one shared core: the full-space step stops at 30,000 columns because HiGHS's
+    presolve and root alone took over 30 s at 77,000, and at 8,000 under a share cap
+    because the capped root LP took a minute at 15,000 (see bench/RESULTS.md)."""
+
+    cg_rounds: int = 60  # column-generation rounds (one LP solve and one pricing pass each)
+    mip_nodes: int = 2_000  # branch-and-bound nodes over the kept columns
+    full_space_nodes: int = 1_000  # branch-and-bound nodes over every candidate
+    full_space_columns: int = 30_000  # the full-space step only up to this many columns
+    full_space_capped_columns: int = 8_000  # ... and this many under a share cap
+    serving_nodes: int = SERVING_NODES  # per serving job's covering problem (bound only)
 
 
 class InvalidPlan(AssertionError):
@@ -72,14 +104,21 @@ def solve(
     relative_gap: float = 0.005,
     seed: int | None = None,
     explain: bool = True,
+    work: WorkLimits | None = None,
 ) -> Plan:
+    """The plan for ``problem``; ``time_limit`` (seconds) is a safety stop, ``work`` the
+    limits that decide the plan."""
     if solver not in SOLVERS:
         raise ConfigError(f"solver: must be one of {', '.join(SOLVERS)}, not {solver!r}")
+    work = work or WorkLimits()
     start = time.perf_counter()
+    stop = start + time_limit
     seed = problem.seed if seed is None else seed
+    _check_share_cap(problem)
     classes = build_classes(problem)
     pools = PoolIndex.of(problem)
     timings: dict[str, float] = {}
+    clock_stops: list[str] = []
 
     # warm start: the better of greedy-by-regret and first-come failover
     greedy, greedy_plan = min(
@@ -89,14 +128,18 @@ def solve(
     )
     timings["first_feasible"] = time.perf_counter() - start
 
-    lp_bound, duals_columns, lp_model = _column_generation(
-        problem, classes, pools, greedy, deadline=start + CG_TIME_SHARE * time_limit
-    )
+    cg = _column_generation(problem, classes, pools, greedy, rounds=work.cg_rounds,
+                            deadline=start + CG_SAFETY_SHARE * time_limit)
+    lp_bound, duals_columns, lp_model = cg.bound, cg.rcs, cg.master
+    if cg.clock_stop:
+        clock_stops.append("column generation")
     timings["lp_bound"] = time.perf_counter() - start
+    timings["cg_rounds"] = float(cg.rounds)
     columns = _enrich(problem, classes, pools, duals_columns, greedy)
 
+    n_columns = sum(len(cols) for cols in columns.values())
     mip = Master(problem, classes, pools, integer=True,
-                 dense_share=_dense_share(problem, solver),
+                 dense_share=_dense_share(problem, solver, n_columns),
                  integral_total=solver == "cpsat")
     mip.copy_cuts_from(lp_model)
     for cls in classes:
@@ -104,27 +147,40 @@ def solve(
         if mine is not None and len(mine):
             mip.add_columns(cls, mine)
     serving = sum(1 for cls in classes if cls.kind == "inference")
-    bound_later = 0 < serving <= LAGRANGIAN_MAX_SERVING
-    share = MIP_TIME_SHARE if bound_later else 1.0
-    remaining = share * time_limit - (time.perf_counter() - start)
-    restricted = mip.solve_mip(
-        solver, time_limit=remaining, relative_gap=relative_gap * MIP_GAP_SHARE, seed=seed,
-        hint=greedy,
-    )
-    if lp_model.duals is not None and bound_later:
+    if lp_model.duals is not None and 0 < serving <= LAGRANGIAN_MAX_SERVING:
         # Serving units are whole nodes: the Lagrangian bound closes much of that LP gap.
+        # It runs before the integer solve, whose time is the safety stop's remainder.
         stronger = lagrangian_bound(problem, classes, pools, lp_model.duals,
-                                    deadline=start + time_limit)
+                                    deadline=start + SERVING_SAFETY_SHARE * time_limit,
+                                    serving_nodes=work.serving_nodes)
+        if stronger is None and time.perf_counter() > start + SERVING_SAFETY_SHARE * time_limit:
+            clock_stops.append("serving bound")
         if stronger is not None and stronger > lp_bound:
             lp_bound = stronger
-    full_bound, full_units = _full_space(
-        problem, classes, pools, lp_model, deadline=start + time_limit,
-        relative_gap=relative_gap * MIP_GAP_SHARE, seed=seed,
+    remaining = time_limit - (time.perf_counter() - start)
+    restricted = mip.solve_mip(
+        solver, time_limit=remaining, relative_gap=relative_gap * MIP_GAP_SHARE, seed=seed,
+        nodes=work.mip_nodes, hint=greedy,
     )
-    if full_bound is not None and full_bound > lp_bound:
-        lp_bound = full_bound
+    timings["integer"] = time.perf_counter() - start
+    if restricted.clock_stop:
+        clock_stops.append("integer solve")
+    if cg.converged and restricted.bound is not None:
+        # A plan using a column left out costs at least the LP bound plus that column's
+        # reduced cost (duals of the converged LP): so the restricted model's proven bound
+        # holds for the full space up to there.
+        excluded = _cheapest_excluded(problem, classes, cg.rcs, columns)
+        lp_bound = max(lp_bound, min(restricted.bound, cg.lp_objective + excluded))
+        timings["cheapest_excluded_rc"] = excluded
+    full = _full_space(problem, classes, pools, lp_model, work=work, deadline=stop,
+                       relative_gap=relative_gap * MIP_GAP_SHARE, seed=seed)
+    timings["full_space"] = time.perf_counter() - start
+    if full.clock_stop:
+        clock_stops.append("full-space integer solve")
+    if full.bound is not None and full.bound > lp_bound:
+        lp_bound = full.bound
     plan = greedy_plan
-    for found in (restricted.units, full_units):
+    for found in (restricted.units, full.units):
         if found is not None:
             candidate = units_to_plan(problem, classes, found, solver=solver)
             if candidate.objective < plan.objective - 1e-9 or (
@@ -134,8 +190,22 @@ def solve(
     plan.solver = solver
     status = restricted.status
     plan.status = status if plan is not greedy_plan else f"{status} (greedy plan kept)"
-    plan.lp_bound = min(lp_bound, plan.objective)
+    if clock_stops:
+        plan.clock_stop = True
+        plan.status += f"; safety time limit stopped the {', '.join(clock_stops)}"
+    plan.lp_bound = min(max(lp_bound, 0.0), plan.objective)
     plan.gap = _gap(plan.objective, plan.lp_bound)
+    if cg.converged:
+        # the cost of placing what the plan places is at least the bound less the penalties
+        # of the jobs the plan leaves out; where the LP leaves fractions of jobs out, that
+        # figure carries part of a penalty, so when the LP places no more jobs than the
+        # plan, the LP's own cost of its placement is the yardstick where it is larger
+        plan.lp_placed, lp_penalties = _lp_placement(classes, lp_model)
+        left_out = sum(problem.penalty(job) for job in problem.jobs if job.id in plan.unplaced)
+        yardstick = plan.lp_bound - left_out
+        if plan.lp_placed <= len(problem.jobs) - len(plan.unplaced) + 1e-6:
+            yardstick = max(yardstick, cg.lp_objective - lp_penalties)
+        plan.cost_gap = _gap(plan.cost, max(yardstick, 0.0))
     plan.solve_seconds = time.perf_counter() - start
     timings["total"] = plan.solve_seconds
     plan.timings = timings
@@ -150,49 +220,105 @@ def solve(
     return plan
 
 
+def _lp_placement(classes: list[JobClass], master: Master) -> tuple[float, float]:
+    """Jobs the LP places (each class's jobs less its "unplaced" value) and the penalties
+    of the fractions it leaves unplaced: its objective less those is its placement cost."""
+    values = master.values
+    unplaced = [float(values.get(u, 0.0)) for u in master.unplaced]
+    placed = sum(cls.count - u for cls, u in zip(classes, unplaced, strict=True))
+    penalties = sum(cls.penalty * u for cls, u in zip(classes, unplaced, strict=True))
+    return round(placed, 6), penalties
+
+
+def _cheapest_excluded(problem: Problem, classes: list[JobClass],
+                       rcs: dict[int, np.ndarray], columns: dict[int, np.ndarray]) -> float:
+    """The least reduced cost of any candidate not among the integer model's columns."""
+    cheapest = math.inf
+    for cls in classes:
+        rc = rcs.get(cls.index)
+        if rc is None or len(rc) == 0:
+            continue
+        start = problem.candidates.of_shape(cls.shape).start
+        out = np.ones(len(rc), dtype=bool)
+        kept = columns.get(cls.index)
+        if kept is not None and len(kept):
+            out[kept - start] = False
+        left = rc[out & np.isfinite(rc)]
+        if len(left):
+            cheapest = min(cheapest, float(left.min()))
+    return cheapest
+
+
+def _check_share_cap(problem: Problem) -> None:
+    """Refuse a share cap no plan with a job in it can meet: below 1 / (providers holding
+    any candidate), some provider always carries more than the cap of what is placed."""
+    cap = problem.share_cap
+    c = problem.candidates
+    if cap is None or len(c) == 0:
+        return
+    hosts = sorted({problem.pools[int(p)].provider for p in np.unique(c.pool)})
+    smallest = 1.0 / len(hosts)
+    if cap < smallest - 1e-12:
+        raise Infeasible([
+            f"max_provider_share {cap:.0%}: no plan can place a job under it with "
+            f"{len(hosts)} provider{'s' if len(hosts) > 1 else ''} offering candidates "
+            f"({', '.join(hosts)}); the smallest cap that can hold is {smallest:.0%}"
+        ])
+
+
+@dataclass
+class _FullSpace:
+    bound: float | None = None
+    units: Units | None = None
+    clock_stop: bool = False
+
+
 def _full_space(
     problem: Problem,
     classes: list[JobClass],
     pools: PoolIndex,
     lp_model: Master,
     *,
+    work: WorkLimits,
     deadline: float,
     relative_gap: float,
     seed: int,
-) -> tuple[float | None, Units | None]:
+) -> _FullSpace:
     """HiGHS on the integer model over every candidate: its dual bound and its best
-    solution, each None when the space is too large for the time left or none was found."""
+    solution, each None when the space is above the work limit's columns or none was
+    found."""
     ranges = [problem.candidates.of_shape(cls.shape) for cls in classes]
     columns = sum(r.stop - r.start for r in ranges)
-    left = deadline - time.perf_counter()
-    too_big = columns > FULL_BOUND_MAX_COLUMNS or (
-        columns > FULL_BOUND_LARGE_COLUMNS and left < FULL_BOUND_LARGE_MIN_SECONDS
-    )
-    # Under a share cap HiGHS did not return within minutes on the full M-size model (the
-    # cap rows touch every column), so a capped plan keeps the restricted model's result.
-    if columns == 0 or too_big or left <= 0 or problem.share_cap is not None:
-        return None, None
+    limit = (work.full_space_columns if problem.share_cap is None
+             else work.full_space_capped_columns)
+    if columns == 0 or columns > limit:
+        return _FullSpace()
+    if deadline - time.perf_counter() <= 0.5:
+        return _FullSpace(clock_stop=True)
     full = Master(problem, classes, pools, integer=True,
-                  dense_share=_dense_share(problem, "highs"))
+                  dense_share=_dense_share(problem, "highs", columns))
     full.copy_cuts_from(lp_model)
     for cls, rows in zip(classes, ranges, strict=True):
         if rows.stop > rows.start:
             full.add_columns(cls, np.arange(rows.start, rows.stop))
     left = deadline - time.perf_counter()
     if left <= 0.5:
-        return None, None
-    result = full.solve_mip("highs", time_limit=left, relative_gap=relative_gap, seed=seed)
-    return result.bound, result.units
+        return _FullSpace(clock_stop=True)
+    result = full.solve_mip("highs", time_limit=left, relative_gap=relative_gap, seed=seed,
+                            nodes=work.full_space_nodes)
+    return _FullSpace(result.bound, result.units, result.clock_stop)
 
 
-def _dense_share(problem: Problem, solver: str) -> bool:
+def _dense_share(problem: Problem, solver: str, columns: int) -> bool:
     """Share rows in the integer model: dense (each column in every provider's row) when
-    providers are few; HiGHS branches far better on them than on the auxiliary total, which
-    the column generation keeps so that pricing stays sparse. CP-SAT cannot hold a
-    continuous total, so it always gets dense rows when the share is on spend."""
+    providers and columns are few; HiGHS branches far better on them than on the
+    auxiliary total, which the column generation keeps so that pricing stays sparse.
+    CP-SAT cannot hold a continuous total, so it always gets dense rows when the share is
+    on spend."""
     if solver == "cpsat" and problem.share_on == "spend":
         return True
-    return len(problem.providers) <= DENSE_SHARE_PROVIDERS
+    return (len(problem.providers) <= DENSE_SHARE_PROVIDERS
+            and columns <= DENSE_SHARE_MAX_COLUMNS)
 
 
 def _gap(objective: float, bound: float) -> float:
@@ -201,13 +327,12 @@ def _gap(objective: float, bound: float) -> float:
     return max(0.0, (objective - bound) / objective)
 
 
-def lp_bound(problem: Problem, *, time_budget: float = 60.0) -> float:
+def lp_bound(problem: Problem, *, rounds: int = 1_000, time_budget: float = 60.0) -> float:
     """The full-space LP lower bound alone (used by benchmarks and tests)."""
     classes = build_classes(problem)
     pools = PoolIndex.of(problem)
-    bound, _, _ = _column_generation(problem, classes, pools, {},
-                                  deadline=time.perf_counter() + time_budget)
-    return bound
+    return _column_generation(problem, classes, pools, {}, rounds=rounds,
+                              deadline=time.perf_counter() + time_budget).bound
 
 
 def _initial_columns(problem: Problem, cls: JobClass, greedy: Units) -> np.ndarray:
@@ -217,63 +342,71 @@ def _initial_columns(problem: Problem, cls: JobClass, greedy: Units) -> np.ndarr
     return np.unique(np.concatenate([cheapest, np.asarray(mine, dtype=np.int64)]))
 
 
+@dataclass
+class _ColumnGeneration:
+    """The bound (LP optimum when pricing converged, else the best Lagrangian bound of any
+    round, never below zero), the last reduced costs per class, the LP model, the rounds
+    run, and whether the safety clock (not the round limit) ended it."""
+
+    bound: float
+    rcs: dict[int, np.ndarray]
+    master: Master
+    rounds: int = 0
+    converged: bool = False
+    clock_stop: bool = False
+    lp_objective: float = 0.0  # of the last LP solved
+
+
 def _column_generation(
     problem: Problem, classes: list[JobClass], pools: PoolIndex, greedy: Units,
-    *, deadline: float, cuts: bool = True,
-) -> tuple[float, dict[int, np.ndarray], Master]:
+    *, rounds: int, deadline: float, cuts: bool = True,
+) -> _ColumnGeneration:
     """LP bound over the full space, and the final reduced costs per class."""
     master = Master(problem, classes, pools, integer=False)
     costs = problem.candidates.cost
     scale = max(1.0, float(np.median(costs))) if len(costs) else 1.0
     for cls in classes:
         master.add_columns(cls, _initial_columns(problem, cls, greedy))
+    best = 0.0  # costs and penalties are never negative
+    done = 0
     while True:
         objective, duals = master.solve_lp()
+        done += 1
         if duals is None:
             return _bound_without_duals(problem, classes, pools, master, deadline)
-        lagrange = 0.0
+        rcs = {cls.index: reduced_costs(problem, pools, cls, duals) for cls in classes}
+        lagrangian = relaxed_bound(problem, classes, pools, duals, rcs)
+        if lagrangian is not None:
+            best = max(best, lagrangian)
+        clock = time.perf_counter() > deadline
+        if clock or done >= rounds:
+            return _ColumnGeneration(best, rcs, master, done, clock_stop=clock)
         added = 0
-        rcs: dict[int, np.ndarray] = {}
-        out_of_time = time.perf_counter() > deadline
         for cls in classes:
-            rc = reduced_costs(problem, pools, cls, duals)
-            rcs[cls.index] = rc
+            rc = rcs[cls.index]
             negative = np.flatnonzero(rc < -PRICE_TOL * scale)
             if len(negative) == 0:
                 continue
             start = problem.candidates.of_shape(cls.shape).start
             present = np.asarray(master.by_class.get(cls.index, []), dtype=np.int64) - start
             fresh = negative[~np.isin(negative, present)]
-            if out_of_time:
-                bound = _bounds(problem, pools, cls, fresh + start)
-                lagrange += float(np.sum(rc[fresh] * bound))
-                continue
-            best = fresh[np.argsort(rc[fresh], kind="stable")[:COLUMNS_PER_ROUND]]
-            added += master.add_columns(cls, best + start)
-        if out_of_time:
-            return objective + lagrange, rcs, master
+            best_new = fresh[np.argsort(rc[fresh], kind="stable")[:COLUMNS_PER_ROUND]]
+            added += master.add_columns(cls, best_new + start)
         if added == 0 and (not cuts or master.add_gang_cuts() + master.add_cover_cuts() == 0):
-            return objective, rcs, master
+            return _ColumnGeneration(max(best, objective), rcs, master, done, converged=True,
+                                     lp_objective=objective)
 
 
 def _bound_without_duals(
     problem: Problem, classes: list[JobClass], pools: PoolIndex, master: Master, deadline: float
-) -> tuple[float, dict[int, np.ndarray], Master]:
+) -> _ColumnGeneration:
     """No duals to price with (the LP solve returned none; an empty problem has no rows):
     the bound is the Lagrangian one at zero multipliers, else 0 (costs are never
     negative), and columns are ranked by cost alone."""
     zero = Duals.zero(problem, pools)
     bound = lagrangian_bound(problem, classes, pools, zero, deadline=deadline)
     rcs = {cls.index: reduced_costs(problem, pools, cls, zero) for cls in classes}
-    return (0.0 if bound is None else bound), rcs, master
-
-
-def _bounds(problem: Problem, pools: PoolIndex, cls: JobClass, cands: np.ndarray) -> np.ndarray:
-    c = problem.candidates
-    fit = pools.capacity[c.pool[cands]] // np.maximum(c.nodes[cands], 1)
-    if cls.kind != "inference":
-        fit = np.minimum(fit, cls.count)
-    return fit.astype(np.float64)
+    return _ColumnGeneration(0.0 if bound is None else bound, rcs, master)
 
 
 def _enrich(

@@ -61,8 +61,7 @@ def check(problem: Problem, plan: Plan) -> list[str]:
             if int(c.gpus[i]) != nodes * pool.gpus_per_node:
                 out.append(f"job {job_id}: GPU count disagrees with {pool.label}")
             if nodes > 1 and job.kind != INFERENCE:
-                if not pool.zone:
-                    out.append(f"job {job_id}: {nodes}-node gang in {pool.label} has no zone")
+                # a pool is one zone, or one region where the provider names no zones
                 need = job.min_interconnect_gbps
                 if need and (pool.interconnect_gbps or 0.0) < need:
                     out.append(f"job {job_id}: {pool.label} fabric below {need} Gbps")
@@ -74,8 +73,10 @@ def check(problem: Problem, plan: Plan) -> list[str]:
                 out.append(f"job {job_id}: GPU {pool.gpu} not allowed")
             if job.providers and pool.provider not in job.providers:
                 out.append(f"job {job_id}: provider {pool.provider} not allowed")
-            if job.deadline_hours is not None and hours > job.deadline_hours + 1e-9:
-                out.append(f"job {job_id}: {hours:.2f} h misses its deadline")
+            # wall time includes the spot recovery overhead, as the candidates count it
+            wall = hours * (1.0 + float(c.overhead[i]))
+            if job.deadline_hours is not None and wall > job.deadline_hours + 1e-9:
+                out.append(f"job {job_id}: {wall:.2f} h misses its deadline")
             job_cost += unit * a.count
             nodes_used[int(c.pool[i])] += nodes * a.count
             gpus_by_pool[int(c.pool[i])] += int(c.gpus[i]) * a.count

@@ -67,8 +67,8 @@ def _defines(source: str, name: str) -> bool:
     return False
 
 
-def check_train_target(target: str, workdir: str | None) -> None:
-    """Refuse a ``train:`` target whose module or function does not exist."""
+def check_train_target(target: str, workdir: str | None, field: str = "train") -> None:
+    """Refuse a ``train:`` (or ``serve:``) target whose module or name does not exist."""
     module, _, function = target.partition(":")
     roots = ([Path(workdir)] if workdir else []) + [
         Path(entry) for entry in sys.path if entry and Path(entry).is_dir()
@@ -76,10 +76,10 @@ def check_train_target(target: str, workdir: str | None) -> None:
     path = _module_file(module, roots)
     where = "the workdir or the installed packages" if workdir else "the installed packages"
     if path is None:
-        raise SpecError("train", f"module {module} is not in {where}")
+        raise SpecError(field, f"module {module} is not in {where}")
     try:
         found = _defines(path.read_text(encoding="utf-8", errors="replace"), function)
     except SyntaxError:
-        raise SpecError("train", f"module {module} is not valid Python") from None
+        raise SpecError(field, f"module {module} is not valid Python") from None
     if not found:
-        raise SpecError("train", f"module {module} defines no {function}")
+        raise SpecError(field, f"module {module} defines no {function}")

@@ -12,6 +12,11 @@ allocation has joined (each carries the custom resource ``<resource>-<rank>``), 
 - ``train``: runs ``package.module:function`` under Ray Train's ``TorchTrainer`` with one
   worker per node and that node's GPUs (the bundled GPT: one worker per GPU),
   checkpoints under the run's storage.
+- ``serve``: deploys the bundled GPT (:mod:`workloads.serve_gpt`) or the user's Ray Serve
+  application on the cluster, its HTTP proxy on the head node at ``serve_port``, with
+  Serve's autoscaling held between ``min_replicas`` and ``max_replicas``; it then reports
+  the application's state, replicas and traffic every few seconds until it is stopped,
+  and deletes the application (draining its requests) on the way out.
 
 Lines starting with :data:`EVENT_MARK` carry JSON events (progress, checkpoints) that the
 broker files as job events; everything else is the program's own output.
@@ -55,6 +60,7 @@ class RunSpec:
     max_failures: int = 0
     join_timeout_s: float = JOIN_TIMEOUT_S
     workers_per_node: int = 1  # train mode: the node's GPUs are split evenly among them
+    serve: dict[str, Any] = field(default_factory=dict)  # serve mode: see ServeSpec
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
@@ -239,15 +245,124 @@ def run_train(spec: RunSpec) -> dict[str, Any]:
     return dict(result.metrics or {})
 
 
+# --- serve mode ---------------------------------------------------------------------------
+
+NAMESPACE = "gpubroker"
+APP_NAME = "endpoint"
+REPORT_EVERY_S = 2.0
+
+
+@dataclass
+class ServeSpec:
+    """What an allocation serves (the ``serve`` part of the run)."""
+
+    port: int
+    min_replicas: int
+    max_replicas: int
+    app: str | None = None  # the user's ``package.module:app``; None: the bundled GPT
+    model: dict[str, Any] = field(default_factory=dict)  # the GPT's GPTConfig fields
+    checkpoint: str | None = None  # where the GPT's weights come from (None: fresh)
+    gpus_per_replica: float = 0.0
+    max_batch_size: int = 8
+    batch_wait_s: float = 0.01
+
+
+def _bundled_app(spec: RunSpec, serving: ServeSpec) -> Any:
+    """The GPT deployment, bound, with autoscaling inside the plan's bounds; each replica
+    takes its share of one node's allocation resource, so replicas stay on these nodes."""
+    from workloads.serve_gpt import GptServer
+
+    per_node = max(1, -(-serving.max_replicas // max(spec.nodes, 1)))
+    actor: dict[str, Any] = {"num_cpus": 0, "resources": {spec.resource: 1 / per_node}}
+    if serving.gpus_per_replica:
+        actor["num_gpus"] = serving.gpus_per_replica
+    threads = max(1, (os.cpu_count() or 1) // per_node) if not serving.gpus_per_replica else None
+    return GptServer.options(
+        ray_actor_options=actor,
+        max_ongoing_requests=serving.max_batch_size * 4,
+        autoscaling_config={
+            "min_replicas": serving.min_replicas,
+            "initial_replicas": serving.min_replicas,
+            "max_replicas": serving.max_replicas,
+            "target_ongoing_requests": serving.max_batch_size,
+            "upscale_delay_s": 5.0,
+            "downscale_delay_s": 60.0,
+        },
+    ).bind(serving.model, serving.checkpoint, serving.max_batch_size, serving.batch_wait_s, threads)
+
+
+def serve_status(app_name: str = APP_NAME) -> dict[str, Any]:
+    """The application's state and its running / wanted replicas, from Serve's status."""
+    from ray import serve
+
+    app = serve.status().applications.get(app_name)
+    if app is None:
+        return {"state": "NOT_STARTED", "replicas": 0}
+    running = 0
+    for deployment in app.deployments.values():
+        for state, count in deployment.replica_states.items():
+            if str(getattr(state, "value", state)) == "RUNNING":
+                running += count
+    return {"state": str(getattr(app.status, "value", app.status)), "replicas": running}
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def run_serve(spec: RunSpec, ips: list[str]) -> int:
+    """Deploy, then report every few seconds until stopped; delete the app on the way out."""
+    import signal
+
+    import ray
+    from ray import serve
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from workloads.serve_gpt import METER, Meter
+
+    serving = ServeSpec(**spec.serve)
+    # The meter lives on the head, beside this driver: a lost worker node must not take it.
+    head = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    meter = (
+        ray.remote(num_cpus=0)(Meter)
+        .options(name=METER, namespace=NAMESPACE, scheduling_strategy=head)
+        .remote()
+    )
+    serve.start(
+        proxy_location="HeadOnly",
+        http_options={"host": ips[0], "port": serving.port},
+    )
+    app = load_target(serving.app) if serving.app else _bundled_app(spec, serving)
+    signal.signal(signal.SIGTERM, _interrupt)  # a stopped Ray job gets SIGTERM first
+    try:
+        # No access log: at hundreds of requests a second it would drown the run's output.
+        quiet = {"enable_access_log": False}
+        serve.run(app, name=APP_NAME, route_prefix="/", blocking=False, logging_config=quiet)
+        emit("endpoint", host=ips[0], port=serving.port)
+        while True:
+            counts = ray.get(meter.read.remote())
+            emit("serving", **serve_status(), **counts)
+            time.sleep(REPORT_EVERY_S)
+    except KeyboardInterrupt:
+        print("stopping: draining the endpoint", flush=True)
+        emit("serving", state="DELETING", replicas=0, **ray.get(meter.read.remote()))
+    finally:
+        serve.delete(APP_NAME)  # waits for in-flight requests (graceful shutdown)
+        emit("serving", state="DELETED", replicas=0, **ray.get(meter.read.remote()))
+    return 0
+
+
 def main() -> int:
     import ray
 
     spec = RunSpec.from_env(os.environ[RUN_ENV])
-    ray.init(log_to_driver=True)
+    ray.init(log_to_driver=True, namespace=NAMESPACE)
     ips = wait_for_nodes(spec)
     emit("cluster", nodes=ips)
     if spec.mode == "command":
         return run_commands(spec, ips)
+    if spec.mode == "serve":
+        return run_serve(spec, ips)
     metrics = run_train(spec)
     emit("finished", **{k: v for k, v in metrics.items() if isinstance(v, int | float | str)})
     return 0

@@ -490,7 +490,7 @@ def _decode_step_seconds(
 ) -> float:
     """One decode step for ``batch`` sequences: read the weights and the KV cache once
     (memory bound) or do 2N FLOPs per sequence (compute bound), whichever is slower."""
-    n = float(job.model.n_params())
+    n = float(job.shape.n_params())
     value = _bytes_per_value(job.precision)
     weights = n * value
     kv = batch * context * _kv_bytes_per_token(job)
@@ -502,7 +502,7 @@ def _decode_step_seconds(
 
 
 def _kv_bytes_per_token(job: InferenceJob) -> float:
-    shape = job.model
+    shape = job.shape
     return 2.0 * shape.layers * shape.d_model * _bytes_per_value(job.precision)
 
 
@@ -526,7 +526,7 @@ def estimate_inference(
         return InferenceEstimate(gpu, 0, False, why, 0, 0, 0)
     if job.precision == "bf16" and not spec.bf16:
         return InferenceEstimate(gpu, 0, False, f"{gpu} has no bf16; use precision fp16", 0, 0, 0)
-    weights = float(job.model.n_params()) * _bytes_per_value(job.precision)
+    weights = float(job.shape.n_params()) * _bytes_per_value(job.precision)
     per_seq = (job.input_tokens + job.output_tokens) * _kv_bytes_per_token(job)
     choices = (gpus_per_replica,) if gpus_per_replica else TENSOR_PARALLEL
     holding = [t for t in choices if _usable_bytes(spec.memory_gib) * t - weights >= per_seq]
@@ -547,7 +547,7 @@ def _replica(
 ) -> InferenceEstimate:
     efficiency = TENSOR_PARALLEL_EFFICIENCY if tp > 1 else 1.0
     prefill_rate = _peak(spec, job.precision) * PREFILL_MFU * tp * efficiency
-    prefill = 2.0 * job.model.n_params() * job.input_tokens / prefill_rate
+    prefill = 2.0 * job.shape.n_params() * job.input_tokens / prefill_rate
     room = _usable_bytes(spec.memory_gib) * tp - weights
     max_batch = max(1, min(MAX_BATCH, int(room // per_seq)))
     mean_context = job.input_tokens + job.output_tokens / 2
@@ -577,6 +577,48 @@ def _replica(
     return InferenceEstimate(
         gpu=spec.name,
         gpus_per_replica=tp,
+        fits=True,
+        reason=None,
+        requests_per_second=rps,
+        ttft_ms=(prefill * 1.5 + step) * 1000,
+        tpot_ms=step * 1000,
+        batch=batch,
+    )
+
+
+CPU_DECODE_OVERHEAD_S = 2e-3  # per decode step of a small model on CPU (framework time)
+
+
+def estimate_inference_cpu(
+    job: InferenceJob, vcpus: int | None, calibration: Calibration | None = None
+) -> InferenceEstimate:
+    """Throughput of one replica of ``job`` on a CPU-only node (one replica per node):
+    compute bound at the node's FLOP rate, fp32 weights, batches up to ``max_batch_size``."""
+    c = job.constraints
+    if c.gpus or c.min_gpu_memory_gib:
+        why = "a CPU-only node, but the job's constraints ask for GPUs"
+        return InferenceEstimate("cpu", 0, False, why, 0.0, 0.0, 0.0)
+    if job.precision != "fp32":
+        why = f"{job.precision} serving needs a GPU; use precision fp32 on CPUs"
+        return InferenceEstimate("cpu", 0, False, why, 0.0, 0.0, 0.0)
+    rate = cpu_flops(Hardware(gpu=None, gpus_per_node=0, nodes=1, vcpus=vcpus), calibration)
+    n = float(job.shape.n_params())
+    prefill = 2.0 * n * job.input_tokens / rate
+    best: tuple[float, int, float] | None = None
+    for batch in _batch_sizes(job.max_batch_size):
+        step = 2.0 * n * batch / rate + CPU_DECODE_OVERHEAD_S
+        if step * 1000 > job.slo.tpot_ms or (prefill * 1.5 + step) * 1000 > job.slo.ttft_ms:
+            break
+        rps = 1.0 / (prefill + job.output_tokens * step / batch)
+        if best is None or rps > best[0]:
+            best = (rps, batch, step)
+    if best is None:
+        why = f"a CPU node of {vcpus or CPU_DEFAULT_VCPUS} vCPUs misses the SLO"
+        return InferenceEstimate("cpu", 0, False, why, 0.0, prefill * 1000, 0.0)
+    rps, batch, step = best
+    return InferenceEstimate(
+        gpu="cpu",
+        gpus_per_replica=0,
         fits=True,
         reason=None,
         requests_per_second=rps,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import typing
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -27,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from broker.errors import NotFound, SpecError
+from broker.errors import SpecError
 from workloads import gpus as gpu_table
 from workloads.presets import PRESETS
 
@@ -45,6 +46,17 @@ Positive = Annotated[int, Field(ge=1, le=10**15)]
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: Any) -> Any:
+        """``steps: true`` is not 1 step: a number field takes numbers only."""
+        if isinstance(value, bool) and info.field_name in cls.model_fields:
+            annotation = cls.model_fields[info.field_name].annotation
+            kinds = {annotation, *typing.get_args(annotation)}
+            if bool not in kinds and kinds & {int, float}:
+                raise ValueError("must be a number, not true or false")
+        return value
 
 
 # --- the model --------------------------------------------------------------------------
@@ -168,6 +180,20 @@ DEFAULT_CODE_HOURS = 1.0
 """What the planner assumes for user code without ``estimated_hours``."""
 
 
+def _env_strings(value: Any) -> Any:
+    """``envs:`` as strings under variable names (numbers are written as given)."""
+    if not isinstance(value, Mapping):
+        return value
+    out: dict[str, str] = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or not _ENV_NAME.match(key):
+            raise _Rejected("<key>", "must be an environment variable name")
+        if isinstance(item, bool) or not isinstance(item, str | int | float):
+            raise _Rejected(key, "must be a string or a number")
+        out[key] = str(item)
+    return out
+
+
 class TrainingJob(_Job):
     """The bundled GPT (``model`` + ``tokens``/``steps``) or the user's own code.
 
@@ -198,19 +224,7 @@ class TrainingJob(_Job):
     max_failures: int = Field(default=3, ge=0, le=1000)
     learning_rate: float = Field(default=3e-4, gt=0, le=10)
 
-    @field_validator("envs", mode="before")
-    @classmethod
-    def _env_strings(cls, value: Any) -> Any:
-        if not isinstance(value, Mapping):
-            return value
-        out: dict[str, str] = {}
-        for key, item in value.items():
-            if not isinstance(key, str) or not _ENV_NAME.match(key):
-                raise _Rejected("<key>", "must be an environment variable name")
-            if isinstance(item, bool) or not isinstance(item, str | int | float):
-                raise _Rejected(key, "must be a string or a number")
-            out[key] = str(item)
-        return out
+    _envs = field_validator("envs", mode="before")(_env_strings)
 
     @field_validator("estimated_hours")
     @classmethod
@@ -287,9 +301,20 @@ class TrainingJob(_Job):
         return max(1, math.ceil(self.tokens / self.tokens_per_step))
 
 
+_MODEL_FROM = r"^job:[1-9][0-9]{0,17}$"
+
+
 class InferenceJob(_Job):
+    """An endpoint: the bundled GPT (``model`` or a training job's checkpoint through
+    ``model_from: job:<id>``) or the user's own Ray Serve application (``serve:``
+    ``package.module:app`` with ``workdir:``), sized by ``model`` for the planner."""
+
     kind: Literal["inference"] = "inference"
-    model: ModelShape
+    model: ModelShape | None = None
+    model_from: str | None = Field(default=None, pattern=_MODEL_FROM, max_length=32)
+    serve: str | None = Field(default=None, pattern=_TRAIN_TARGET, max_length=256)
+    workdir: str | None = Field(default=None, min_length=1, max_length=4096)
+    envs: dict[str, str] = Field(default_factory=dict, max_length=256)
     request_rate: float = Field(gt=0, le=10**7)
     input_tokens: int = Field(ge=1, le=10**7)
     output_tokens: int = Field(ge=1, le=10**7)
@@ -299,6 +324,35 @@ class InferenceJob(_Job):
     )
     min_replicas: int = Field(default=1, ge=1, le=100_000)
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    max_batch_size: int = Field(default=8, ge=1, le=1024)
+    """Concurrent requests one replica of the bundled GPT answers in one batch."""
+    batch_wait_ms: float = Field(default=10.0, ge=0, le=10_000)
+
+    _envs = field_validator("envs", mode="before")(_env_strings)
+
+    @model_validator(mode="after")
+    def _what_is_served(self) -> InferenceJob:
+        if self.model is None and self.model_from is None:
+            raise _Rejected("model", "is required (or give model_from: job:<id>)")
+        if self.serve is not None and self.model_from is not None:
+            raise _Rejected("model_from", "serves the bundled GPT; give serve or model_from")
+        if self.serve is None:
+            for name in ("workdir",):
+                if getattr(self, name) is not None:
+                    raise _Rejected(name, "needs serve")
+        return self
+
+    @property
+    def source_job(self) -> int | None:
+        """The training job whose checkpoint ``model_from`` names."""
+        return int(self.model_from.removeprefix("job:")) if self.model_from else None
+
+    @property
+    def shape(self) -> ModelShape:
+        """The served model's shape (filled from the training job on submit)."""
+        if self.model is None:
+            raise _Rejected("model", "is not known yet: model_from is resolved on submit")
+        return self.model
 
     @field_validator("regions")
     @classmethod
@@ -622,17 +676,10 @@ def _strip_field(exc: SpecError) -> str:
 
 def load_spec(path: str | Path) -> JobSpec:
     """Read and validate a YAML spec file."""
+    from broker.files import read_bounded
+
     file = Path(path)
-    try:
-        if file.stat().st_size > MAX_DOCUMENT_BYTES:
-            raise SpecError("", f"larger than {MAX_DOCUMENT_BYTES} bytes", source=str(file))
-        raw = file.read_bytes()
-    except FileNotFoundError:
-        raise NotFound(f"{file}: no such spec file") from None
-    except IsADirectoryError:
-        raise NotFound(f"{file}: is a directory, not a spec file") from None
-    except OSError as exc:
-        raise NotFound(f"{file}: cannot read ({exc.strerror})") from None
+    raw = read_bounded(file, MAX_DOCUMENT_BYTES, "spec file")
     return parse_spec(raw, source=str(file))
 
 

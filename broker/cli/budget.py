@@ -6,7 +6,7 @@ import enum
 
 import typer
 
-from broker.cli.output import Format, render
+from broker.cli.output import FORMAT_HELP, Format, render
 
 app = typer.Typer(help="Team budgets (hard caps per month or week).", no_args_is_help=True)
 COLUMNS = ["team", "amount", "period", "period_start", "period_end", "spent", "remaining"]
@@ -35,7 +35,7 @@ def set_budget(
 
 @app.command("list")
 def list_budgets(
-    fmt: Format = typer.Option(Format.table, "--format", help="Output format."),
+    fmt: Format = typer.Option(Format.table, "--format", help=FORMAT_HELP),
 ) -> None:
     """List budgets with what is spent (metered plus live allocations) and left."""
     from dataclasses import asdict
@@ -44,7 +44,14 @@ def list_budgets(
 
     with Broker() as broker:
         views = broker.budgets.list()
-    render([asdict(v) for v in views], COLUMNS, fmt, title="Budgets")
+    render(
+        [asdict(v) for v in views],
+        COLUMNS,
+        fmt,
+        title="Budgets",
+        empty="No budgets: every team may spend without a cap. Set one: "
+        "`gpubroker budget set TEAM 5000 --period month`.",
+    )
 
 
 @app.command("remove")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import typer
 
-from broker.cli.output import Format, render
+from broker.cli.output import FORMAT_HELP, Format, render
 
 
-def check(fmt: Format = typer.Option(Format.table, "--format", help="Output format.")) -> None:
+def check(fmt: Format = typer.Option(Format.table, "--format", help=FORMAT_HELP)) -> None:
     """Show which providers are usable, where their credentials come from and which
     endpoint they talk to. Never prints a secret."""
     from broker.sdk import Broker

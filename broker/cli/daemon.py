@@ -26,6 +26,11 @@ def daemon(
         ticks = loop.run(once=once)
     failed = sum(len(t.errors) for t in ticks)
     typer.echo(f"daemon stopped after {len(ticks)} tick(s), {failed} step error(s)")
+    if once and failed:
+        from broker.errors import BrokerError
+
+        first = next(e for t in ticks for e in t.errors)
+        raise BrokerError(f"daemon --once: {failed} step error(s); first: {first}")
 
 
 def register(app: typer.Typer) -> None:

@@ -16,12 +16,14 @@ per replica, ``ttft_ms``, ``tpot_ms``), ``infeasible`` (``gpu``, ``reason``) and
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from broker.cli.output import Format, dump_json, render
+from broker.cli.output import FORMAT_HELP, Format, dump_json, render
 
 TRAINING_COLUMNS = [
+    "offer_id",
     "gpu",
     "gpus_per_node",
     "nodes",
@@ -37,6 +39,7 @@ TRAINING_COLUMNS = [
 ]
 INFERENCE_COLUMNS = [
     "area",
+    "offer_id",
     "gpu",
     "gpus_per_replica",
     "replicas",
@@ -52,6 +55,7 @@ INFERENCE_COLUMNS = [
     "tpot_ms",
 ]
 HEADERS = {
+    "offer_id": "offer",
     "gpus_per_node": "gpus/node",
     "price_per_hour": "$/node-h",
     "cost": "cost $",
@@ -68,19 +72,27 @@ def estimate(
     gpu: str | None = typer.Option(None, "--gpu", help="Estimate on this GPU type only."),
     nodes: int | None = typer.Option(None, "--nodes", help="Use exactly this many nodes."),
     offer: int | None = typer.Option(None, "--offer", help="Estimate on this offer id."),
-    fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
+    fmt: Format = typer.Option(
+        Format.table, "--format", help="table, json (the whole report) or csv (the options)."
+    ),
 ) -> None:
-    """GPUs, nodes, hours and cost of a job per GPU type, from the current offers."""
-    from broker.errors import UserError
+    """GPUs, nodes, hours and cost of a job per GPU type, from the current offers. Exits 3
+    when no option is feasible, saying why per GPU type."""
     from broker.sdk import Broker
 
-    if fmt is Format.csv:
-        raise UserError("--format: estimate supports table or json")
     with Broker() as broker:
         report = broker.estimate(spec, gpu=gpu, nodes=nodes, offer_id=offer)
     data = report.to_dict()
     if fmt is Format.json:
         typer.echo(dump_json(data))
+        _fail_if_nothing_feasible(report)
+        return
+    if fmt is Format.csv:
+        columns = list(dict.fromkeys(k for row in data["options"] for k in row)) or (
+            TRAINING_COLUMNS if report.kind == "training" else INFERENCE_COLUMNS
+        )
+        render(data["options"], columns, fmt)
+        _fail_if_nothing_feasible(report)
         return
     flops = f", {report.flops_total:.3g} FLOPs" if report.flops_total else ""
     steps = f", {report.steps} steps" if report.steps else ""
@@ -95,11 +107,26 @@ def estimate(
     if report.kind == "inference":
         title += " (cost per hour)"
     rows = [{**row, "gpu": row["gpu"] or "cpu"} for row in data["options"]]
-    render(rows, columns, Format.table, title=title, headers=HEADERS)
+    if rows:
+        render(rows, columns, Format.table, title=title, headers=HEADERS)
     for item in report.infeasible:
         typer.echo(f"  {item.gpu or 'cpu'}: {item.reason}")
     if report.calibrations:
         typer.echo("calibrated: " + ", ".join(report.calibrations))
+    _fail_if_nothing_feasible(report)
+
+
+def _fail_if_nothing_feasible(report: Any) -> None:
+    if report.options:
+        return
+    from broker.errors import Infeasible
+
+    hint = (
+        "no offer meets the spec's constraints; loosen them (GPU allow-list, min GPU memory, "
+        "providers, regions, max nodes, spot), drop --gpu/--nodes/--offer, or see "
+        "`gpubroker offers summary`"
+    )
+    raise Infeasible([hint])
 
 
 def calibrate(
@@ -108,7 +135,7 @@ def calibrate(
     threads: int | None = typer.Option(
         None, "--threads", help="CPU threads for torch (default: torch's, all cores)."
     ),
-    fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
+    fmt: Format = typer.Option(Format.table, "--format", help=FORMAT_HELP),
 ) -> None:
     """Train the transformer briefly here; store the achieved FLOP/s for estimates."""
     from dataclasses import asdict
@@ -120,7 +147,7 @@ def calibrate(
     if fmt is Format.json:
         typer.echo(dump_json(asdict(view)))
         return
-    render([asdict(view)], CALIBRATION_COLUMNS, Format.table, title="Calibration stored")
+    render([asdict(view)], CALIBRATION_COLUMNS, fmt, title="Calibration stored")
 
 
 def register(root: typer.Typer) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from broker.cli.output import Format, dump_json, render
+from broker.cli.output import FORMAT_HELP, Format, dump_json, render
 from broker.errors import UserError
 
 app = typer.Typer(
@@ -17,6 +17,7 @@ app = typer.Typer(
 )
 
 TABLE_COLUMNS = (
+    "id",
     "provider",
     "region",
     "zone",
@@ -35,7 +36,24 @@ HEADERS = {
     "price_per_gpu_hour": "$/gpu-h",
     "interconnect_gbps": "Gbps",
     "rdma": "fabric",
+    "price_per_tflop_hour": "$/TFLOP-h",
+    "gpu_memory_gib": "GiB/gpu",
 }
+# The column each sort orders by, shown next to the price when it is not already there.
+SORT_COLUMNS = {"price-per-tflop": "price_per_tflop_hour", "gpu-memory": "gpu_memory_gib"}
+
+
+def _per_tflop(offer: Any) -> Any:
+    from workloads.gpus import GPUS
+
+    spec = GPUS.get(offer.gpu or "")
+    if spec is None or offer.price_per_hour is None or not offer.gpus_per_node:
+        return None
+    from decimal import Decimal
+
+    return (offer.price_per_hour / (offer.gpus_per_node * Decimal(str(spec.bf16_tflops)))).quantize(
+        Decimal("0.000001")
+    )
 
 
 def _table_row(offer: Any) -> dict[str, Any]:
@@ -43,7 +61,28 @@ def _table_row(offer: Any) -> dict[str, Any]:
     row["gpus"] = f"{offer.gpus_per_node}x {offer.gpu}" if offer.gpu else "-"
     row["pricing"] = offer.pricing + (" (stale)" if offer.stale else "")
     row["as_of"] = offer.as_of.date().isoformat() if offer.as_of else None
+    row["id"] = offer.id
+    row["price_per_tflop_hour"] = _per_tflop(offer)
     return row
+
+
+def _age_days(offer: Any, now: Any) -> float:
+    """Days since the offer's price was current (its source's as-of date, else fetched)."""
+    from broker.domain import as_utc
+
+    return round((now - as_utc(offer.as_of or offer.fetched_at)).total_seconds() / 86400, 1)
+
+
+def _empty_hint(filters: dict[str, Any], fresh: bool, max_age: float) -> str:
+    given = [f"{k} {v}" for k, v in filters.items() if v not in (None, False, "")]
+    why = f"No offer matches {', '.join(given)}." if given else "No offers are stored."
+    tips = ["`gpubroker offers summary` lists every GPU with offers"]
+    if given:
+        tips.append("drop or widen a filter")
+    if fresh:
+        tips.append(f"--fresh leaves out prices older than {max_age:g} days; try without it")
+    tips.append("`gpubroker offers refresh` or `offers import` adds offers")
+    return f"{why} Try: {'; '.join(tips)}."
 
 
 class Sort(enum.StrEnum):
@@ -77,7 +116,7 @@ def offers(
         None, "--max-gpus", min=0, help="At most this many GPUs per node."
     ),
     min_gpu_memory: float | None = typer.Option(
-        None, "--min-gpu-memory", min=0, help="GiB per GPU, at least."
+        None, "--min-gpu-memory", min=0, max=1e6, help="GiB per GPU, at least."
     ),
     provider: list[str] = typer.Option(
         [], "--provider", help="Provider (repeatable): aws, gcp, local ..."
@@ -86,29 +125,40 @@ def offers(
     spot: bool = typer.Option(False, "--spot", help="Spot offers only."),
     on_demand: bool = typer.Option(False, "--on-demand", help="On-demand offers only."),
     max_price: float | None = typer.Option(
-        None, "--max-price", min=0, help="USD per node-hour, at most."
+        None, "--max-price", min=0, max=1e6, help="USD per node-hour, at most."
     ),
     min_interconnect: float | None = typer.Option(
-        None, "--min-interconnect", min=0, help="Inter-node Gbps, at least."
+        None, "--min-interconnect", min=0, max=1e6, help="Inter-node Gbps, at least."
     ),
     rdma: bool = typer.Option(
         False, "--rdma", help="Only offers with an RDMA fabric (EFA, TCPX/TCPXO, RoCE, InfiniBand)."
     ),
-    fresh: bool = typer.Option(False, "--fresh", help="Leave out stale offers."),
-    sort: Sort = typer.Option(Sort.price, "--sort", help="Sort order."),
-    limit: int = typer.Option(30, "--limit", min=0, help="Rows to show; 0 shows all."),
-    fmt: Format = typer.Option(Format.table, "--format", help="Output format."),
+    fresh: bool = typer.Option(
+        False,
+        "--fresh",
+        help="Leave out stale offers and prices older than offer_max_age_days (default 30).",
+    ),
+    sort: Sort = typer.Option(Sort.price, "--sort", help="Sort order (its column is shown)."),
+    limit: int = typer.Option(
+        30, "--limit", min=0, max=1_000_000, help="Rows to show; 0 shows all."
+    ),
+    fmt: Format = typer.Option(Format.table, "--format", help=FORMAT_HELP),
 ) -> None:
-    """List offers, cheapest first. JSON keys: provider, region, zone, instance_type, gpu,
-    gpus_per_node, gpu_memory_gib, vcpus, memory_gib, pricing, price_per_hour,
-    price_per_gpu_hour, interconnect_gbps, rdma (fabric), source, fetched_at, stale, as_of."""
+    """List offers, cheapest first. JSON keys: id (for `estimate --offer`), provider, region,
+    zone, instance_type, gpu, gpus_per_node, gpu_memory_gib, vcpus, memory_gib, pricing,
+    price_per_hour, price_per_gpu_hour, interconnect_gbps, rdma (fabric), source,
+    fetched_at, stale, as_of, age_days (since the price's as-of date)."""
     if ctx.invoked_subcommand is not None:
         return
     if spot and on_demand:
         raise UserError("--spot and --on-demand exclude each other; give one of them")
     from decimal import Decimal
 
+    from broker.domain import utcnow
+
+    now = utcnow()
     with _broker() as broker:
+        max_age = broker.settings.offer_max_age_days
         rows = broker.offers(
             gpus=tuple(gpu),
             min_gpus=min_gpus,
@@ -122,20 +172,53 @@ def offers(
             rdma=rdma,
             include_stale=not fresh,
             sort=sort.value,
-            limit=limit or None,
+            limit=None if fresh else limit or None,
         )
+    if fresh:  # by age here: the query's limit would count the old ones too
+        rows = [r for r in rows if _age_days(r, now) <= max_age][: limit or None]
+    filters = {"--gpu": ", ".join(gpu), "--min-gpus": min_gpus, "--max-gpus": max_gpus,
+               "--min-gpu-memory": min_gpu_memory, "--provider": ", ".join(provider),
+               "--region": ", ".join(region), "--spot": spot, "--on-demand": on_demand,
+               "--max-price": max_price, "--min-interconnect": min_interconnect,
+               "--rdma": rdma, "--fresh": fresh}  # fmt: skip
     if fmt is Format.table:
-        title = f"{len(rows)} offers"
-        render([_table_row(r) for r in rows], TABLE_COLUMNS, fmt, headers=HEADERS, title=title)
+        columns = list(TABLE_COLUMNS)
+        if sort.value in SORT_COLUMNS:
+            columns.insert(columns.index("price_per_gpu_hour") + 1, SORT_COLUMNS[sort.value])
+        title = f"{len(rows)} offer{'' if len(rows) == 1 else 's'}, by {sort.value}"
+        render([_table_row(r) for r in rows], columns, fmt, headers=HEADERS, title=title,
+               empty=_empty_hint(filters, fresh, max_age))  # fmt: skip
+        _warn_age(rows, now, max_age)
     else:
         from broker.services.catalog import OFFER_KEYS
 
-        render([r.to_dict() for r in rows], OFFER_KEYS, fmt)
+        keys = ["id", *OFFER_KEYS, "price_per_tflop_hour", "age_days"]
+        extra = [
+            {"id": r.id, "price_per_tflop_hour": _per_tflop(r), "age_days": _age_days(r, now)}
+            for r in rows
+        ]
+        render([{**r.to_dict(), **x} for r, x in zip(rows, extra, strict=True)], keys, fmt)
+
+
+def _warn_age(rows: list[Any], now: Any, max_age: float) -> None:
+    """Say how old the shown prices are; past ``max_age`` days, say what to do."""
+    if not rows:
+        return
+    oldest = max(rows, key=lambda r: _age_days(r, now))
+    days = _age_days(oldest, now)
+    when = (oldest.as_of or oldest.fetched_at).date().isoformat()
+    if days > max_age:
+        typer.echo(
+            f"warning: some prices are {days:.0f} days old (as of {when}, source "
+            f"{oldest.source}); `gpubroker offers refresh` or `offers import` updates them, "
+            "--fresh leaves them out",
+            err=True,
+        )
 
 
 @app.command("summary")
 def summary(
-    fmt: Format = typer.Option(Format.table, "--format", help="Output format."),
+    fmt: Format = typer.Option(Format.table, "--format", help=FORMAT_HELP),
 ) -> None:
     """One row per GPU: the cheapest on-demand and spot price per GPU-hour, and where."""
     with _broker() as broker:
@@ -212,7 +295,12 @@ def refresh(
         "all", "--provider", help="aws, gcp or all (or another registered provider)."
     ),
     regions: list[str] = typer.Option(
-        [], "--regions", help="Comma-separated regions (default: configured or known ones)."
+        [],
+        "--region",
+        "--regions",
+        metavar="REGION",
+        help="Region (repeatable, like --gpu; a comma list works too). Default: configured "
+        "or known ones.",
     ),
     fmt: Format = typer.Option(Format.table, "--format", help="Output format of the summary."),
 ) -> None:
@@ -252,7 +340,9 @@ def refresh(
         rows = [
             {
                 **r.__dict__,
-                "status": "ok" if r.ok else f"error: {r.error}",
+                "status": (
+                    f"skipped: {r.skipped}" if r.skipped else "ok" if r.ok else f"error: {r.error}"
+                ),
                 "region": r.region or "(all)",
             }
             for r in report.results
@@ -271,7 +361,13 @@ def refresh(
                 f"errors {report.errors}, price flags {len(report.flags)}"
             )
     if report.errors:
-        raise typer.Exit(1)
+        from broker.errors import ProviderError
+
+        failed = report.failed_providers
+        first = next(r.error for r in report.results if not r.ok)
+        raise ProviderError(
+            ", ".join(failed), f"refresh failed ({report.errors} error(s)): {first}"
+        )
 
 
 def register(root: typer.Typer) -> None:

@@ -1,4 +1,8 @@
-"""``gpubroker plan`` (show the plan for the pending jobs) and ``gpubroker schedule`` (commit)."""
+"""``gpubroker plan``: show the plan for the pending jobs; ``plan --commit`` stores it.
+
+``gpubroker schedule`` is the former name of ``plan --commit``, hidden and kept for one
+release.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from typing import Any
 
 import typer
 
-from broker.cli.output import Format, dump_json, render
+from broker.cli.output import FORMAT_HELP, Format, dump_json, money, render
 
 SOLVER_HELP = "Solver: highs (default) or cpsat."
 TIME_HELP = "Solver time limit in seconds (default: the solver_time_limit setting)."
@@ -47,9 +51,18 @@ def plan(
     solver: str = typer.Option(None, "--solver", help=SOLVER_HELP),
     time_limit: float = typer.Option(None, "--time-limit", help=TIME_HELP),
     max_provider_share: float = typer.Option(None, "--max-provider-share", help=SHARE_HELP),
-    fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
+    commit: bool = typer.Option(
+        False, "--commit", help="Store the plan: jobs PENDING -> PLANNED, ready to run."
+    ),
+    fmt: Format = typer.Option(
+        Format.table, "--format", help="table, json (the whole plan) or csv (its allocations)."
+    ),
 ) -> None:
-    """Plan the pending jobs against current offers, without launching anything."""
+    """Plan the pending jobs against current offers, without launching anything (with
+    --commit, store it so that `gpubroker daemon` runs it)."""
+    if commit:
+        schedule(solver, time_limit, max_provider_share, fmt)
+        return
     _check(solver, max_provider_share, time_limit)
     with _broker() as broker:
         report = broker.plan(
@@ -61,15 +74,19 @@ def plan(
     rows = [
         dict(a, binding=report.explain.get(a["job"], {}).get("binding")) for a in report.allocations
     ]
+    if fmt is Format.csv:
+        render(rows, COLUMNS, fmt)
+        return
     if rows:
         render(rows, COLUMNS, Format.table, title="plan")
     elif not report.unplaced:
-        typer.echo("no pending jobs to plan")
+        typer.echo("No pending jobs to plan. Submit one: `gpubroker submit SPEC`.")
+        return
     if report.unplaced:
         render(report.unplaced, ["job", "reason"], Format.table, title="unplaced")
     gap = "-" if report.gap is None else f"{report.gap:.3%}"
     typer.echo(
-        f"objective ${report.objective}  LP bound ${report.lp_bound}  gap {gap}  "
+        f"objective {money(report.objective)}  LP bound {money(report.lp_bound)}  gap {gap}  "
         f"{report.solver} {report.solve_seconds:.2f} s  validated: "
         f"{'yes' if report.validated else 'no'}"
     )
@@ -79,9 +96,10 @@ def schedule(
     solver: str = typer.Option(None, "--solver", help=SOLVER_HELP),
     time_limit: float = typer.Option(None, "--time-limit", help=TIME_HELP),
     max_provider_share: float = typer.Option(None, "--max-provider-share", help=SHARE_HELP),
-    fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
+    fmt: Format = typer.Option(Format.table, "--format", help=FORMAT_HELP),
 ) -> None:
-    """Plan the pending jobs and commit the plan (jobs PENDING -> PLANNED)."""
+    """Plan the pending jobs and commit the plan (jobs PENDING -> PLANNED); now
+    `gpubroker plan --commit`."""
     _check(solver, max_provider_share, time_limit)
     with _broker() as broker:
         result = broker.schedule(
@@ -95,6 +113,9 @@ def schedule(
     if fmt is Format.json:
         typer.echo(dump_json(data))
         return
+    if fmt is Format.csv:
+        render(data["unplaced"], ["job", "reason"], fmt)
+        return
     if not result.allocation_ids and not result.unplaced:
         typer.echo(f"plan {result.plan_id}: no pending jobs to plan")
         return
@@ -105,4 +126,4 @@ def schedule(
 
 def register(root: typer.Typer) -> None:
     root.command("plan")(plan)
-    root.command("schedule")(schedule)
+    root.command("schedule", hidden=True)(schedule)

@@ -8,13 +8,15 @@ share one file.
 
 from __future__ import annotations
 
+import os
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy import Engine, create_engine, event, inspect, select
+from sqlalchemy.exc import ArgumentError, DatabaseError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.errors import ConfigError
@@ -48,9 +50,9 @@ def redact_url(url: str) -> str:
 def make_engine(url: str) -> Engine:
     try:
         if url.startswith("sqlite"):
-            path = url.split("///", 1)[1] if "///" in url else ""
-            if path and path != ":memory:":
-                Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            path = url.split("///", 1)[1].split("?", 1)[0] if "///" in url else ""
+            if path and path != ":memory:" and not path.startswith("file:"):
+                _private_file(Path(path).expanduser())
             engine = create_engine(url, connect_args={"timeout": 30})
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
@@ -65,6 +67,19 @@ def make_engine(url: str) -> Engine:
     except ImportError as exc:
         raise ConfigError(f"GPUBROKER_DATABASE_URL: driver not installed ({exc.name})") from None
     return engine
+
+
+def _private_file(path: Path) -> None:
+    """Make the SQLite file's folder (0700 when new) and the file itself (0600 when new):
+    it holds spend, job specs and report destinations."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not path.exists():
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600))
+    except OSError as exc:
+        raise ConfigError(f"database file {path}: cannot create ({exc.strerror})") from None
+    if not path.is_file():
+        raise ConfigError(f"database file {path}: not a regular file")
 
 
 def alembic_config(engine: Engine) -> Any:
@@ -84,6 +99,13 @@ def head_revision() -> str:
     return heads[0]
 
 
+def known_revisions() -> set[str]:
+    from alembic.script import ScriptDirectory
+
+    cfg = alembic_config(None)  # type: ignore[arg-type]
+    return {script.revision for script in ScriptDirectory.from_config(cfg).walk_revisions()}
+
+
 def current_revision(engine: Engine) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
@@ -93,8 +115,15 @@ def current_revision(engine: Engine) -> str | None:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     from alembic import command
+    from alembic.util import CommandError
 
-    command.upgrade(alembic_config(engine), revision)
+    if revision != "head" and revision not in known_revisions():
+        known = ", ".join(sorted(known_revisions()))
+        raise ConfigError(f"revision {revision!r} is unknown; known: head, {known}")
+    try:
+        command.upgrade(alembic_config(engine), revision)
+    except CommandError as exc:  # e.g. the database is at a revision this version lacks
+        raise ConfigError(f"database schema: {first_line(exc)}") from None
 
 
 def downgrade(engine: Engine, revision: str = "base") -> None:
@@ -111,18 +140,59 @@ class Database:
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._ready = not auto_upgrade
+        self._installation: str | None = None
 
     def ensure_schema(self) -> None:
         if self._ready:
             return
         try:
-            if current_revision(self.engine) != head_revision():
+            current = current_revision(self.engine)
+            if current is not None and current not in known_revisions():
+                raise ConfigError(
+                    f"database {redact_url(self.url)}: schema revision {current!r} is unknown "
+                    "to this gpubroker (made by a newer version?); use a matching gpubroker"
+                )
+            if current is None and self._has_tables():
+                raise ConfigError(
+                    f"database {redact_url(self.url)}: has tables but no gpubroker schema "
+                    "revision; point GPUBROKER_DATABASE_URL at a gpubroker database"
+                )
+            if current != head_revision():
                 upgrade(self.engine)
         except OperationalError as exc:
             raise ConfigError(
                 f"database {redact_url(self.url)}: cannot connect ({first_line(exc)})"
             ) from None
+        except DatabaseError as exc:  # e.g. a file that is not an SQLite database
+            raise ConfigError(
+                f"database {redact_url(self.url)}: not usable ({first_line(exc)})"
+            ) from None
         self._ready = True
+
+    def _has_tables(self) -> bool:
+        return bool(inspect(self.engine).get_table_names())
+
+    @property
+    def installation_id(self) -> str:
+        """This database's installation id (see ``InstallationRow``); made if missing."""
+        if self._installation is None:
+            from broker.db.models import InstallationRow
+
+            self.ensure_schema()
+            for _ in range(2):  # a second pass reads what a concurrent first use made
+                try:
+                    with self._sessions() as session, session.begin():
+                        found = session.scalar(select(InstallationRow.installation_id))
+                        if found is None:
+                            found = secrets.token_hex(8)
+                            session.add(InstallationRow(id=1, installation_id=found))
+                except IntegrityError:
+                    continue
+                self._installation = found
+                break
+            else:
+                raise ConfigError(f"database {redact_url(self.url)}: no installation id")
+        return self._installation
 
     @contextmanager
     def session(self) -> Iterator[Session]:

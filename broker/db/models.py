@@ -208,6 +208,9 @@ class AllocationRow(Base):
     price_at_plan: Mapped[Decimal | None] = mapped_column(Money)  # per node-hour
     est_hours: Mapped[float] = mapped_column(Float)
     est_cost: Mapped[Decimal] = mapped_column(Money)
+    # Serving: the user area this allocation answers, and the replicas its nodes hold.
+    area: Mapped[str | None] = mapped_column(String(64))
+    replicas: Mapped[int] = mapped_column(Integer, default=0)
     state: Mapped[str] = mapped_column(String(16))  # broker.domain.AllocationState
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -285,6 +288,33 @@ class JobEventRow(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
+class EndpointRow(Base):
+    """One serving allocation's endpoint: where it answers, its replicas and its traffic.
+
+    ``requests``/``tokens``/``errors`` are the totals the endpoint has counted since it
+    started; ``request_rate`` is the highest rate measured over a report interval, which
+    the next plan of the job uses when it exceeds the spec's figure."""
+
+    __tablename__ = "endpoints"
+    __table_args__ = (UniqueConstraint("allocation_id"), Index("ix_endpoints_job", "job_id"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
+    allocation_id: Mapped[int] = mapped_column(ForeignKey("allocations.id"))
+    area: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str | None] = mapped_column(String(256))
+    state: Mapped[str] = mapped_column(String(16))  # broker.domain.EndpointState
+    replicas: Mapped[int] = mapped_column(Integer, default=0)
+    min_replicas: Mapped[int] = mapped_column(Integer, default=1)
+    max_replicas: Mapped[int] = mapped_column(Integer, default=1)
+    requests: Mapped[int] = mapped_column(Integer, default=0)
+    tokens: Mapped[int] = mapped_column(Integer, default=0)
+    errors: Mapped[int] = mapped_column(Integer, default=0)
+    request_rate: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
 # --- money and reports ------------------------------------------------------------------
 
 
@@ -308,6 +338,7 @@ class ReportScheduleRow(Base):
     format: Mapped[str] = mapped_column(String(8))
     out_dir: Mapped[str] = mapped_column(Text)
     webhook: Mapped[str | None] = mapped_column(Text)
+    email: Mapped[str | None] = mapped_column(Text)  # comma-separated recipients
     group_by: Mapped[str] = mapped_column(String(128), default="team,provider")
     last_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -326,6 +357,18 @@ class ReportRow(Base):
     format: Mapped[str] = mapped_column(String(8))
     path: Mapped[str | None] = mapped_column(Text)
     totals: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class InstallationRow(Base):
+    """The one row naming this database's installation: a random id made by the migration
+    that created the table. It is in every tag, request id and client token the broker
+    gives a cloud, so installations sharing an account never touch each other's nodes."""
+
+    __tablename__ = "installation"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    installation_id: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

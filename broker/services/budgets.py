@@ -7,6 +7,7 @@ treats what is left as a hard constraint and execution refuses a launch past it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -20,6 +21,7 @@ from broker.domain import MICRO, AllocationState, as_utc, money, utcnow
 from broker.errors import NotFound, UserError
 
 PERIODS = ("month", "week")
+MAX_BUDGET = Decimal(10) ** 12  # what Numeric(18, 6) holds with room to add spend to it
 
 
 def period_start(period: str, at: datetime) -> datetime:
@@ -91,12 +93,14 @@ def _validate(team: str, amount: object, period: str) -> tuple[str, Decimal, str
     team = team.strip()
     if not team or len(team) > 64:
         raise UserError("team: must be 1 to 64 characters")
+    if isinstance(amount, str) and not amount.isascii():
+        raise UserError("amount: must be a number of US dollars, e.g. 5000 or 1250.50")
     try:
         value = money(amount)
     except (InvalidOperation, ValueError):
         raise UserError("amount: must be a number of US dollars, e.g. 5000 or 1250.50") from None
-    if not value.is_finite() or value < 0:
-        raise UserError("amount: must be a finite number of US dollars >= 0")
+    if not value.is_finite() or not 0 <= value <= MAX_BUDGET:
+        raise UserError(f"amount: must be a number of US dollars from 0 to {MAX_BUDGET:,}")
     if period not in PERIODS:
         raise UserError(f"period: must be one of {', '.join(PERIODS)}")
     return team, value.quantize(MICRO), period
@@ -144,3 +148,81 @@ def remove_budget(db: Database, team: str) -> None:
         if row is None:
             raise NotFound(f"team {team!r} has no budget")
         session.delete(row)
+
+
+# --- budgets while running ----------------------------------------------------------------
+
+
+def running_cost(
+    price_per_hour: Decimal, launched_at: datetime, since: datetime, now: datetime
+) -> Decimal:
+    """What one running node has cost inside the period that began at ``since``."""
+    start = max(as_utc(launched_at), as_utc(since))
+    seconds = max((as_utc(now) - start).total_seconds(), 0.0)
+    return price_per_hour * Decimal(str(seconds)) / 3600
+
+
+def crossed(amount: Decimal, metered: Decimal, running: Iterable[Decimal]) -> Decimal | None:
+    """The team's spend when metered plus running spend has reached its budget, else None.
+
+    Checked at every metering tick, this stops a team's runs at most one tick's spend past
+    its budget. Estimates are not counted: a run is stopped for money spent, not planned.
+    """
+    spend = metered + sum(running, Decimal(0))
+    return spend if spend >= amount else None
+
+
+def enforce_running(session: Session, job: JobRow, now: datetime | None = None) -> bool:
+    """Stop ``job`` (CANCELLED, with the reason) when its team has spent its budget.
+
+    Every run of the team sees the same totals at its own next tick, so all of them stop.
+    Returns whether the job was stopped now.
+    """
+    from broker.db.models import InstanceRow
+    from broker.domain import JobState
+    from broker.services.jobs import record_event, transition
+
+    if JobState(job.state).terminal:
+        return False
+    budget = session.scalar(select(BudgetRow).where(BudgetRow.team == job.team))
+    if budget is None:
+        return False
+    now = as_utc(now or utcnow())
+    since = period_start(budget.period, now)
+    metered = session.scalar(
+        select(func.coalesce(func.sum(UsageRow.cost), 0)).where(
+            UsageRow.team == job.team, UsageRow.start >= since
+        )
+    )
+    live_states = [state.value for state in AllocationState if state.live]
+    nodes = session.execute(
+        select(InstanceRow.price_per_hour, InstanceRow.launched_at)
+        .join(AllocationRow, InstanceRow.allocation_id == AllocationRow.id)
+        .join(JobRow, AllocationRow.job_id == JobRow.id)
+        .where(
+            JobRow.team == job.team,
+            AllocationRow.state.in_(live_states),
+            InstanceRow.launched_at.is_not(None),
+            InstanceRow.terminated_at.is_(None),
+        )
+    ).all()
+    running = [running_cost(Decimal(p or 0), at, since, now) for p, at in nodes if at is not None]
+    spend = crossed(budget.amount, Decimal(str(metered)), running)
+    if spend is None:
+        return False
+    reason = (
+        f"team {job.team} reached its {budget.period} budget: spent {spend:.2f} of "
+        f"{budget.amount:.2f} USD while running"
+    )
+    record_event(
+        session,
+        job.id,
+        "budget_stop",
+        {
+            "team": job.team,
+            "spent": str(money(spend).quantize(MICRO)),
+            "budget": str(budget.amount),
+        },
+    )
+    transition(session, job, JobState.CANCELLED, reason)
+    return True

@@ -499,8 +499,13 @@ def _update_ids(session: Session, ids: list[int], values: dict[str, Any]) -> Non
 
 
 def mark_stale(session: Session, provider: str, region: str | None) -> int:
-    """Mark every live offer of ``provider`` (in ``region``, if given) stale."""
-    query = update(OfferRow).where(OfferRow.provider == provider, OfferRow.stale.is_(False))
+    """Mark every live offer of ``provider`` (in ``region``, if given) stale, except the
+    bundled catalog's: a failed live refresh says nothing about the list prices."""
+    query = update(OfferRow).where(
+        OfferRow.provider == provider,
+        OfferRow.stale.is_(False),
+        OfferRow.source.not_like("catalog%"),
+    )
     if region is not None:
         query = query.where(OfferRow.region == region)
     result = session.execute(query.values(stale=True).execution_options(synchronize_session=False))

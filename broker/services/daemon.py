@@ -38,11 +38,12 @@ from broker.config import Settings
 from broker.db.engine import Database
 from broker.db.models import AllocationRow, JobRow
 from broker.domain import AllocationState, JobState, utcnow
-from broker.errors import BrokerError
+from broker.errors import BrokerError, UserError
 from broker.services import leases
 
 log = logging.getLogger("gpubroker.daemon")
 LEADER = "daemon-leader"
+MAX_INTERVAL_S = 30 * 86400.0
 REFRESH = "catalog-refresh"
 
 
@@ -98,7 +99,7 @@ def default_steps(db: Database, settings: Settings) -> Steps:
     def reports(now: datetime) -> list[Any]:
         from broker.services import schedules
 
-        return schedules.run_due(db, now=now)
+        return schedules.run_due(db, now=now, settings=settings)
 
     return Steps(refresh, schedule, run_allocation, reconcile, reports)
 
@@ -111,12 +112,14 @@ class TickReport:
     reconciled: bool = False
     launched: list[int] = field(default_factory=list)
     reports: int = 0
+    foreign: int = 0  # instances of other installations that reconcile saw and left alone
     errors: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         return (
             f"leader={'yes' if self.leader else 'no'} refreshed={self.refreshed} "
-            f"launched={len(self.launched)} reports={self.reports} errors={len(self.errors)}"
+            f"launched={len(self.launched)} reports={self.reports} foreign={self.foreign} "
+            f"errors={len(self.errors)}"
         )
 
 
@@ -134,6 +137,13 @@ class Daemon:
         refresh_interval: float = 3600.0,
         lease_ttl: float | None = None,
     ) -> None:
+        for name, value, most in (
+            ("interval", interval, MAX_INTERVAL_S),
+            ("refresh interval", refresh_interval, MAX_INTERVAL_S),
+            ("lease ttl", lease_ttl or 1.0, MAX_INTERVAL_S),
+        ):
+            if not 0 < value <= most:  # also refuses nan and inf
+                raise UserError(f"daemon {name}: must be > 0 and at most {most:.0f} seconds")
         self.db = db
         self.settings = settings
         self.steps = steps or default_steps(db, settings)
@@ -187,7 +197,9 @@ class Daemon:
             log.warning("%s: %s", name, exc)
         except Exception as exc:
             report.errors.append(f"{name}: {type(exc).__name__}: {exc}")
-            log.exception("%s failed", name)
+            # One line in the log; the stack only at debug level.
+            log.error("%s failed: %s: %s", name, type(exc).__name__, exc)
+            log.debug("%s failed", name, exc_info=True)
         return None
 
     def _planned_allocations(self) -> list[int]:
@@ -252,7 +264,12 @@ class Daemon:
                 self.db, REFRESH, self.holder, self.refresh_interval, now=now, renew=False
             ):
                 report.refreshed = True
-                self._step(report, "refresh", self.steps.refresh)
+                done = self._step(report, "refresh", self.steps.refresh)
+                report.errors.extend(
+                    f"refresh: {r.provider} {r.region or '(all)'}: {r.error}"
+                    for r in getattr(done, "results", ())
+                    if not r.ok
+                )
             if not self.stopping:
                 report.scheduled = True
                 self._step(report, "schedule", self.steps.schedule)
@@ -260,7 +277,9 @@ class Daemon:
             self._run_planned(report)
         if report.leader and not self.stopping:
             report.reconciled = True
-            self._step(report, "reconcile", self.steps.reconcile)
+            done = self._step(report, "reconcile", self.steps.reconcile)
+            report.foreign = len(getattr(done, "foreign", ()))
+            report.errors.extend(f"reconcile: {e}" for e in getattr(done, "errors", ()))
         if not self.stopping:
             made = self._step(report, "reports", lambda: self.steps.reports(now))
             report.reports = len(made or [])

@@ -27,17 +27,15 @@ from workloads.estimate import (
     InferenceEstimate,
     TrainingEstimate,
     estimate_inference,
+    estimate_inference_cpu,
     estimate_training,
     min_gpus,
-    spot_overhead,
     training_flops,
 )
 from workloads.gpus import GPUS, resolve
 from workloads.regions import area_of
 from workloads.spec import InferenceJob, JobSpec, TrainingJob
 
-SPOT_PREEMPTIONS_PER_NODE_HOUR = 0.05  # assumed reclaim rate of one spot node
-RESTART_HOURS = 0.15  # provision, start Ray, load the last checkpoint
 MAX_NODES_TRIED = 64
 TENSOR_PARALLEL = (1, 2, 4, 8)
 
@@ -264,12 +262,9 @@ def _training_option(
     reason = est.reason
     overhead = 0.0
     if offer.pricing == Pricing.SPOT.value:
-        # The job's own checkpoint interval; writing checkpoints is already in est.hours,
-        # so only restarts and the work lost since the last checkpoint are added (C = 0).
-        interval = job.checkpoint_every * est.step_seconds / 3600
-        overhead = spot_overhead(
-            SPOT_PREEMPTIONS_PER_NODE_HOUR * nodes, 0.0, RESTART_HOURS, interval or None
-        )
+        from scheduler.candidates import training_spot_overhead  # the planner's own rule
+
+        overhead = training_spot_overhead(job, est.step_seconds, nodes)
     if reason is None and offer.capacity_nodes is not None and nodes > offer.capacity_nodes:
         reason = f"{nodes} nodes exceed the offer's capacity ({offer.capacity_nodes})"
     hours = est.hours * (1 + overhead)
@@ -359,16 +354,20 @@ def _split(
 
 
 def _inference_option(job: InferenceJob, offer: _Offer, area: str | None, share: float) -> Option:
-    """Replicas on ``offer`` for ``share`` of the requests (those of ``area``)."""
-    assert offer.gpu is not None
-    candidates: list[InferenceEstimate] = [
-        estimate_inference(job, offer.gpu, tp)
-        for tp in TENSOR_PARALLEL
-        if tp <= offer.gpus_per_node
-    ]
+    """Replicas on ``offer`` for ``share`` of the requests (those of ``area``); a CPU-only
+    node holds one replica, as the planner counts it."""
+    candidates: list[InferenceEstimate] = (
+        [estimate_inference_cpu(job, offer.vcpus)]
+        if offer.gpu is None
+        else [
+            estimate_inference(job, offer.gpu, tp)
+            for tp in TENSOR_PARALLEL
+            if tp <= offer.gpus_per_node
+        ]
+    )
     feasible = [c for c in candidates if c.fits]
     est = (
-        max(feasible, key=lambda c: c.requests_per_second / c.gpus_per_replica)
+        max(feasible, key=lambda c: c.requests_per_second / max(c.gpus_per_replica, 1))
         if feasible
         else (candidates[-1] if candidates else None)
     )
@@ -381,7 +380,7 @@ def _inference_option(job: InferenceJob, offer: _Offer, area: str | None, share:
         )
     nodes = 0
     if replicas is not None and est is not None:
-        per_node = offer.gpus_per_node // est.gpus_per_replica
+        per_node = offer.gpus_per_node // est.gpus_per_replica if est.gpus_per_replica else 1
         nodes = math.ceil(replicas / per_node)
         if offer.capacity_nodes is not None and nodes > offer.capacity_nodes:
             reason = f"needs {nodes} nodes; the offer has {offer.capacity_nodes}"
@@ -442,9 +441,7 @@ def _estimate_inference(
     best: dict[tuple[str | None, str | None], Option] = {}
     gpus_seen: set[str] = set()
     for offer in offers:
-        if offer.gpu is None:
-            continue
-        gpus_seen.add(offer.gpu)
+        gpus_seen.add(offer.gpu or "cpu")
         ruled_out = _allowed(job, offer)
         offer_area = area_of(offer.region) if offer.region else None
         for area, share in areas.items():
@@ -453,9 +450,9 @@ def _estimate_inference(
             option = _inference_option(job, offer, area, share)
             if ruled_out is not None and option.feasible:
                 option = _replace(option, feasible=False, reason=ruled_out)
-            current = best.get((offer.gpu, area))
+            current = best.get((offer.gpu or "cpu", area))
             if current is None or _rank(option) < _rank(current):
-                best[(offer.gpu, area)] = option
+                best[(offer.gpu or "cpu", area)] = option
     options = sorted((o for o in best.values() if o.feasible), key=_rank)
     infeasible: list[Infeasible] = []
     for gpu in sorted(gpus_seen):

@@ -22,6 +22,9 @@ cluster, or, in tests, the bundled loop in this process with no cluster booted.
 from __future__ import annotations
 
 import fcntl
+import os
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,6 +41,7 @@ from broker.db.models import AllocationRow, InstanceRow, JobRow, OfferRow, Usage
 from broker.domain import (
     MICRO,
     AllocationState,
+    EndpointState,
     InstanceState,
     JobKind,
     JobState,
@@ -54,9 +58,11 @@ from broker.errors import (
     Infeasible,
     NotFound,
     OutOfCapacity,
+    StaleWrite,
 )
 from broker.services import jobs as jobs_service
 from broker.services import leases, metering, node_boot, ray_jobs
+from broker.services import serving as serving_service
 from broker.services.runners import (
     LEASE_TTL_S,
     POLL_S,
@@ -71,23 +77,23 @@ from broker.services.runners import (
     lease_holder,
     lease_name,
     needs_cluster,
+    newest_checkpoint,
     ray_job_runner,
-    run_dir,
 )
 
 if TYPE_CHECKING:
     from providers.base import InstanceRecord, Provider
 
 RUNNING_TIMEOUT_S = 600.0
+STALE_RETRIES = 5  # optimistic-lock races between one job's allocations, retried
 # Providers whose nodes are reached over the internet: a launch needs ``ingress_cidr``.
 NEEDS_INGRESS = ("aws", "gcp")
-# Why an inference job ends FAILED when it is run: its plan (one allocation per pool of
-# its replica mix) is kept for inspection, but no allocation of it is launched.
-SERVING_NOT_RUN = "serving is not run by this version; the plan stands"
 
 
-def request_id_for(settings: Settings, allocation_id: int) -> str:
-    return f"{settings.owner_tag}-alloc-{allocation_id}"
+def request_id_for(db: Database, settings: Settings, allocation_id: int) -> str:
+    """Unique across installations sharing a cloud account: it carries the database's
+    installation id, and so do the client tokens and names derived from it."""
+    return f"{settings.owner_tag}-{db.installation_id}-alloc-{allocation_id}"
 
 
 # --- the executor -----------------------------------------------------------------------
@@ -142,6 +148,18 @@ def _begin(db: Database, settings: Settings, allocation_id: int) -> tuple[int, b
     # without an executor that is still alive.
     if not leases.acquire(db, lease_name(allocation_id), lease_holder(), LEASE_TTL_S):
         raise ConflictError(f"allocation {allocation_id} is being run by another executor")
+    attempts = 0
+    while True:
+        try:
+            return _begin_once(db, settings, allocation_id)
+        except StaleWrite:  # a serving job's other allocation moved the job: read it again
+            attempts += 1
+            if attempts >= STALE_RETRIES:
+                leases.release(db, lease_name(allocation_id), lease_holder())
+                raise
+
+
+def _begin_once(db: Database, settings: Settings, allocation_id: int) -> tuple[int, bool]:
     failed: BudgetExceeded | None = None
     with jobs_service.guarded(db) as session:
         alloc = _allocation(session, allocation_id)
@@ -151,10 +169,6 @@ def _begin(db: Database, settings: Settings, allocation_id: int) -> tuple[int, b
             done = True
             if alloc.state == AllocationState.PLANNED.value:
                 alloc.state = AllocationState.RELEASED.value  # its job ended: never launched
-        elif job.kind != JobKind.TRAINING.value:
-            done = True  # serving is planned and priced, but not run by this executor
-            _release_planned(session, job.id)
-            jobs_service.transition(session, job, JobState.FAILED, SERVING_NOT_RUN)
         else:
             done = False
             try:
@@ -164,7 +178,7 @@ def _begin(db: Database, settings: Settings, allocation_id: int) -> tuple[int, b
                 alloc.state = AllocationState.FAILED.value
                 jobs_service.transition(session, job, JobState.FAILED, str(exc))
             else:
-                _provision_rows(session, settings, job, alloc)
+                _provision_rows(session, request_id_for(db, settings, allocation_id), job, alloc)
     if done or failed is not None:
         leases.release(db, lease_name(allocation_id), lease_holder())
     if failed is not None:
@@ -172,30 +186,12 @@ def _begin(db: Database, settings: Settings, allocation_id: int) -> tuple[int, b
     return job_id, not done
 
 
-def _release_planned(session: Any, job_id: int) -> None:
-    """Release every allocation of ``job_id`` that was planned but never launched."""
-    rows = session.scalars(
-        select(AllocationRow)
-        .where(
-            AllocationRow.job_id == job_id,
-            AllocationRow.state == AllocationState.PLANNED.value,
-        )
-        .order_by(AllocationRow.id)
-    ).all()
-    for row in rows:
-        row.state = AllocationState.RELEASED.value
-    jobs_service.record_event(
-        session, job_id, "released", {"allocations": [r.id for r in rows], "reason": "not run"}
-    )
-
-
-def _provision_rows(session: Any, settings: Settings, job: JobRow, alloc: AllocationRow) -> None:
+def _provision_rows(session: Any, request_id: str, job: JobRow, alloc: AllocationRow) -> None:
     """Job and allocation to PROVISIONING; one REQUESTED instance row per missing node."""
     if job.state == JobState.PLANNED.value:
         jobs_service.transition(session, job, JobState.PROVISIONING)
         job.attempts += 1
     alloc.state = AllocationState.PROVISIONING.value
-    request_id = request_id_for(settings, alloc.id)
     have = {row.node_index for row in alloc.instances}
     price = alloc.price_at_plan if alloc.price_at_plan is not None else Decimal(0)
     for index in range(alloc.nodes):
@@ -229,13 +225,14 @@ def _launch(
     with db.session() as session:
         alloc = _allocation(session, allocation_id)
         request = LaunchRequest(
-            request_id=request_id_for(settings, allocation_id),
+            request_id=request_id_for(db, settings, allocation_id),
             region=alloc.region,
             zone=alloc.zone or None,
             instance_type=alloc.instance_type,
             nodes=alloc.nodes,
             pricing=Pricing(alloc.pricing),
             owner=settings.owner_tag,
+            installation=db.installation_id,
             tags={TAG_JOB: str(alloc.job_id), TAG_ALLOCATION: str(alloc.id)},
             user_data=node_boot.boot_script(cluster) if cluster is not None else None,
             ingress_cidr=settings.ingress_cidr if cluster is not None else None,
@@ -266,7 +263,7 @@ def _wait_running(
 ) -> list[InstanceRecord] | None:
     """Poll until every node runs; None when the job was cancelled meanwhile."""
     deadline = time.monotonic() + RUNNING_TIMEOUT_S
-    request_id = request_id_for(settings, allocation_id)
+    request_id = request_id_for(db, settings, allocation_id)
     while True:
         with db.session() as session:
             if jobs_service.load_row(session, job_id).state == JobState.CANCELLED.value:
@@ -298,17 +295,27 @@ def teardown(
     """
     from providers import registry
 
+    serving_service.close(db, allocation_id, EndpointState.STOPPED)  # if it served, and is open
+
     with db.session() as session:
         alloc = _allocation(session, allocation_id)
         provider_name = alloc.provider
-        request_id = request_id_for(settings, allocation_id)
+        request_id = request_id_for(db, settings, allocation_id)
         known = [r.provider_instance_id for r in alloc.instances if r.provider_instance_id]
-    provider = registry.get(provider_name, settings)
-    listed = [r for r in provider.list_instances(settings.owner_tag) if r.request_id == request_id]
-    _record_launch(db, allocation_id, listed)  # nodes a crash kept us from recording
-    ids = sorted({*known, *(r.instance_id for r in listed)})
-    if ids:
-        provider.terminate(ids, request_id)
+    try:
+        provider = registry.get(provider_name, settings)
+        listed = [
+            r for r in provider.list_instances(settings.owner_tag) if r.request_id == request_id
+        ]
+        _record_launch(db, allocation_id, listed)  # nodes a crash kept us from recording
+        ids = sorted({*known, *(r.instance_id for r in listed)})
+        if ids:
+            provider.terminate(ids, request_id)
+    except BrokerError as exc:
+        # Recorded, never raised: the caller still ends the job, and once the allocation is
+        # over its nodes are strays that ``reconcile`` terminates when the provider answers.
+        _note_teardown_failure(db, allocation_id, exc)
+        return 0
     now = utcnow()
     with db.session() as session:
         alloc = _allocation(session, allocation_id)
@@ -324,6 +331,17 @@ def teardown(
                 row.terminated_at = row.terminated_at or now
             _write_usage(session, alloc, job, row, on_demand, busy_seconds)
     return len([r for r in listed if r.state != InstanceState.TERMINATED])
+
+
+def _note_teardown_failure(db: Database, allocation_id: int, exc: BrokerError) -> None:
+    with db.session() as session:
+        job_id = _allocation(session, allocation_id).job_id
+        jobs_service.record_event(
+            session,
+            job_id,
+            "teardown_failed",
+            {"allocation": allocation_id, "error": str(exc), "retry": "gpubroker reconcile"},
+        )
 
 
 def _write_usage(
@@ -378,7 +396,11 @@ def _finish(
     alloc_state: AllocationState,
     message: str | None = None,
 ) -> JobState:
-    """Final states of the job and allocation; a concurrent cancel wins over ours."""
+    """Final states of the job and allocation; a concurrent cancel wins over ours.
+
+    A serving job answers from several allocations: one that ends while others still
+    serve leaves the job as it is (the event says why), so the other areas keep answering.
+    """
     for _ in range(3):
         try:
             with jobs_service.guarded(db) as session:
@@ -389,6 +411,10 @@ def _finish(
                 current = JobState(job.state)
                 if current.terminal:
                     return current
+                if job_state is not JobState.CANCELLED and _others_serve(job, allocation_id):
+                    payload = {"allocation": allocation_id, "reason": message or "ended"}
+                    jobs_service.record_event(session, job.id, "allocation_ended", payload)
+                    return current
                 if job_state is JobState.PENDING and current is JobState.RUNNING:
                     jobs_service.transition(session, job, JobState.PREEMPTED, message)
                 jobs_service.transition(session, job, job_state, message)
@@ -396,6 +422,40 @@ def _finish(
         except ConflictError:
             continue
     raise ConflictError(f"allocation {allocation_id}: could not record its final state")
+
+
+def _others_serve(job: JobRow, allocation_id: int) -> bool:
+    """Whether ``job`` serves from a live allocation other than ``allocation_id``."""
+    if job.kind != JobKind.INFERENCE.value:
+        return False
+    return any(
+        a.id != allocation_id and AllocationState(a.state).live for a in job.allocations
+    )
+
+
+def _retire_nodes(
+    db: Database, settings: Settings, allocation_id: int, provider: Provider, ids: list[str]
+) -> None:
+    """Nodes the provider took from a serving allocation that goes on without them:
+    terminated (if anything is left of them), their rows closed and metered."""
+    request_id = request_id_for(db, settings, allocation_id)
+    try:
+        provider.terminate(ids, request_id)
+    except BrokerError as exc:  # reconcile terminates it once the provider answers
+        _note_teardown_failure(db, allocation_id, exc)
+    now = utcnow()
+    with db.session() as session:
+        alloc = _allocation(session, allocation_id)
+        job = jobs_service.load_row(session, alloc.job_id)
+        on_demand = _on_demand_price(session, alloc)
+        for row in alloc.instances:
+            if row.provider_instance_id in ids and row.state != InstanceState.TERMINATED.value:
+                row.state = InstanceState.TERMINATED.value
+                row.terminated_at = now
+                _write_usage(session, alloc, job, row, on_demand, None)
+        jobs_service.record_event(
+            session, job.id, "node_lost", {"allocation": allocation_id, "instances": ids}
+        )
 
 
 def _cooldown(
@@ -496,8 +556,11 @@ def _provision_and_train(
         spec = dict(jobs_service.load_row(session, job_id).spec)
     _notify(progress, job_id, JobState.PROVISIONING, f"launching on {provider_name}")
     run = runner or ray_job_runner
+    serving = spec.get("kind") == JobKind.INFERENCE.value
     cluster = (
-        node_boot.cluster_spec(settings, provider_name, cluster_key(allocation_id))
+        node_boot.cluster_spec(
+            settings, provider_name, cluster_key(allocation_id), serving=serving
+        )
         if needs_cluster(run)
         else None
     )
@@ -519,13 +582,7 @@ def _provision_and_train(
         teardown(db, settings, allocation_id)
         return _finish(db, allocation_id, JobState.CANCELLED, AllocationState.RELEASED)
     crash_point("before_ray_start")
-    try:
-        with jobs_service.guarded(db) as session:
-            alloc = _allocation(session, allocation_id)
-            job = jobs_service.load_row(session, job_id)
-            jobs_service.transition(session, job, JobState.RUNNING)
-            alloc.state = AllocationState.ACTIVE.value
-    except ConflictError:  # cancelled in the meantime
+    if not _mark_running(db, allocation_id, job_id):  # cancelled in the meantime
         teardown(db, settings, allocation_id)
         return _finish(db, allocation_id, JobState.CANCELLED, AllocationState.RELEASED)
     _notify(progress, job_id, JobState.RUNNING, f"{len(running)} nodes running")
@@ -543,12 +600,19 @@ def _provision_and_train(
         cluster=cluster,
     )
     monitor = Monitor(ctx, provider, [r.instance_id for r in running], progress, price)
-    started = time.monotonic()
+    if serving:  # a lost node that is not the head: Serve restarts its replicas elsewhere
+        monitor.on_lost = lambda ids: _retire_nodes(db, settings, allocation_id, provider, ids)
+    started = utcnow()  # the clock the ledger bills by (a simulation's virtual one too)
     try:
         outcome = run(ctx, monitor)
     except BrokerError as exc:
         outcome = Outcome(ok=False, error=str(exc))
-    busy = time.monotonic() - started
+    busy = (utcnow() - started).total_seconds()
+    if serving:
+        gone = outcome.ok or outcome.stop == "cancelled"
+        serving_service.close(
+            db, allocation_id, EndpointState.STOPPED if gone else EndpointState.LOST
+        )
     teardown(db, settings, allocation_id, busy_seconds=busy)
     if outcome.ok:
         return _finish(db, allocation_id, JobState.SUCCEEDED, AllocationState.RELEASED)
@@ -558,6 +622,24 @@ def _provision_and_train(
         _cooldown(db, settings, allocation_id, outcome.stop, whole_zone=True)
         return _finish(db, allocation_id, JobState.PENDING, AllocationState.FAILED, outcome.stop)
     return _finish(db, allocation_id, JobState.FAILED, AllocationState.FAILED, outcome.error)
+
+
+def _mark_running(db: Database, allocation_id: int, job_id: int) -> bool:
+    """Job RUNNING (if it is not yet: a serving job's other allocations may be first) and
+    the allocation ACTIVE; False when the job was cancelled in the meantime."""
+    for _ in range(STALE_RETRIES):
+        try:
+            with jobs_service.guarded(db) as session:
+                alloc = _allocation(session, allocation_id)
+                job = jobs_service.load_row(session, job_id)
+                jobs_service.transition(session, job, JobState.RUNNING)
+                alloc.state = AllocationState.ACTIVE.value
+            return True
+        except StaleWrite:  # another allocation of the job moved it: read it again
+            continue
+        except ConflictError:
+            return False
+    return False
 
 
 def _publish_head(
@@ -586,17 +668,20 @@ def _notify(progress: ProgressFn | None, job_id: int, state: JobState, message: 
 # --- releasing and whole jobs -----------------------------------------------------------
 
 
-def release_job(db: Database, settings: Settings, job_id: int, *, reason: str) -> list[int]:
-    """Tear down every live allocation of ``job_id``; returns their ids."""
-    with db.session() as session:
-        ids = list(
-            session.scalars(
-                select(AllocationRow.id).where(
-                    AllocationRow.job_id == job_id,
-                    AllocationRow.state.in_([s.value for s in AllocationState if s.live]),
-                )
-            )
-        )
+def release_job(
+    db: Database, settings: Settings, job_id: int, *, reason: str, grace_s: float = 0.0
+) -> list[int]:
+    """Tear down every live allocation of ``job_id``; returns their ids.
+
+    With ``grace_s``, executors still running an allocation first get that long to stop
+    their run themselves (a serving run drains its requests, a training run ends cleanly).
+    """
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(
+        _executor_alive(db, i) for i in _live_allocations(db, job_id)
+    ):
+        time.sleep(POLL_S)
+    ids = _live_allocations(db, job_id)
     for allocation_id in ids:
         teardown(db, settings, allocation_id)
         with jobs_service.guarded(db) as session:
@@ -607,6 +692,23 @@ def release_job(db: Database, settings: Settings, job_id: int, *, reason: str) -
                 session, job_id, "released", {"allocation": allocation_id, "reason": reason}
             )
     return ids
+
+
+def _executor_alive(db: Database, allocation_id: int) -> bool:
+    """Whether an executor holds the allocation's lease and, on this host, still lives."""
+    holder = leases.holder_of(db, lease_name(allocation_id))
+    if holder is None:
+        return False
+    host, _, pid = holder.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True  # another machine's executor: its lease says it is alive
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def schedule_job(db: Database, settings: Settings, job_id: int) -> list[int]:
@@ -638,17 +740,50 @@ def run_job(
             allocation_ids = schedule_job(db, settings, job_id)
         else:
             allocation_ids = _live_allocations(db, job_id)
-        for allocation_id in allocation_ids:
-            try:
-                state = run_allocation(
-                    db, settings, allocation_id, progress=progress, runner=runner
-                )
-            except ConflictError:
-                holder = leases.holder_of(db, lease_name(allocation_id))
-                if holder is None or holder == lease_holder():
-                    raise
-                return attach(db, job_id, progress)  # a daemon runs it: follow it to its end
+        try:
+            state = _run_allocations(db, settings, job_id, allocation_ids, progress, runner)
+        except ConflictError as exc:
+            holders = {leases.holder_of(db, lease_name(i)) for i in allocation_ids}
+            if holders <= {None, lease_holder()}:
+                raise exc
+            return attach(db, job_id, progress)  # a daemon runs it: follow it to its end
     return state
+
+
+def _run_allocations(
+    db: Database,
+    settings: Settings,
+    job_id: int,
+    allocation_ids: list[int],
+    progress: ProgressFn | None,
+    runner: Runner | None,
+) -> JobState:
+    """Run a job's allocations: one after another (a training gang has one), or, for a
+    serving job, all at once (each area's endpoint runs until the job is cancelled)."""
+    if len(allocation_ids) < 2 or jobs_service.get(db, job_id).kind != JobKind.INFERENCE:
+        state = JobState(jobs_service.get(db, job_id).state)
+        for allocation_id in allocation_ids:
+            state = run_allocation(db, settings, allocation_id, progress=progress, runner=runner)
+        return state
+    errors: list[BaseException] = []
+
+    def one(allocation_id: int) -> None:
+        try:
+            run_allocation(db, settings, allocation_id, progress=progress, runner=runner)
+        except BaseException as exc:  # raised below, in the caller's thread
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=one, args=(i,), name=f"alloc-{i}", daemon=True)
+        for i in allocation_ids
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return JobState(jobs_service.get(db, job_id).state)
 
 
 def attach(db: Database, job_id: int, progress: ProgressFn | None = None) -> JobState:
@@ -709,10 +844,12 @@ def run_pending(
             )
         )
         # An inference job holds one allocation per pool of its replica mix.
-        job_ids = list(dict.fromkeys(_allocation(session, i).job_id for i in ids))
-    for allocation_id in ids:
-        run_allocation(db, settings, allocation_id, progress=progress, runner=runner)
-    return job_ids
+        by_job: dict[int, list[int]] = {}
+        for allocation_id in ids:
+            by_job.setdefault(_allocation(session, allocation_id).job_id, []).append(allocation_id)
+    for job_id, allocation_ids in by_job.items():
+        _run_allocations(db, settings, job_id, allocation_ids, progress, runner)
+    return list(by_job)
 
 
 def usage_cost(db: Database, job_id: int) -> Decimal:
@@ -744,27 +881,13 @@ class JobSummary:
     message: str | None
 
 
-def _newest_checkpoint(settings: Settings, job_id: int, spec: dict[str, Any]) -> str | None:
-    """Where the job's newest checkpoint is: under its ``storage:``, else its run folder."""
-    from workloads import storage
-
-    folder = run_dir(settings, job_id)
-    where = storage.join(spec["storage"], folder.name) if spec.get("storage") else str(folder)
-    try:
-        found = storage.latest_checkpoint(where)
-    except (BrokerError, OSError):  # storage out of reach from here: say nothing
-        return None
-    if found is None:
-        return None
-    return found[0].removeprefix("file://")  # a local folder reads as its path
-
-
 def summary(db: Database, settings: Settings, job_id: int) -> JobSummary:
     view = jobs_service.get(db, job_id)
     progress = [e.payload for e in jobs_service.events(db, job_id) if e.kind == "progress"]
     with db.session() as session:
         rows = list(session.scalars(select(UsageRow).where(UsageRow.job_id == job_id)))
-    checkpoint = _newest_checkpoint(settings, job_id, view.spec)
+    found = newest_checkpoint(settings, job_id, view.spec)
+    checkpoint = found.removeprefix("file://") if found else None  # a local folder: its path
     last = progress[-1] if progress else {}
     return JobSummary(
         job_id=job_id,

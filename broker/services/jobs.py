@@ -103,16 +103,15 @@ def prepare(spec: JobSpec, settings: Settings, *, base: Path | None = None) -> J
     from ``base``, the spec file's folder, else the current directory)."""
     from workloads import code, storage
 
-    if spec.kind != "training":
-        return spec
-    if spec.storage is not None:
+    if spec.kind == "training" and spec.storage is not None:
         storage.parse(spec.storage)
     workdir = None
     if spec.workdir is not None:
         limit = int(settings.workdir_max_mib * 2**20)
         workdir = code.resolve_workdir(spec.workdir, limit, base=base)
-    if spec.train is not None:
-        code.check_train_target(spec.train, workdir)
+    field, target = ("train", spec.train) if spec.kind == "training" else ("serve", spec.serve)
+    if target is not None:
+        code.check_train_target(target, workdir, field)
     return spec.model_copy(update={"workdir": workdir}) if workdir else spec
 
 
@@ -138,6 +137,8 @@ def submit(db: Database, spec: JobSpec) -> JobView:
 
 
 def load_row(session: Session, job_id: int) -> JobRow:
+    if not -(2**63) <= job_id < 2**63:  # past any database integer: no such job
+        raise NotFound(f"job {job_id} does not exist")
     row = session.get(JobRow, job_id)
     if row is None:
         raise NotFound(f"job {job_id} does not exist")
@@ -196,12 +197,15 @@ def events(db: Database, job_id: int, after_id: int = 0) -> list[EventView]:
         return [EventView(r.id, r.job_id, r.ts, r.kind, dict(r.payload)) for r in rows]
 
 
+CANCEL_GRACE_S = 45.0  # how long a running executor gets to stop (and drain) on its own
+
+
 def cancel(db: Database, settings: Settings, job_id: int) -> JobView:
     """Cancel a job in any non-final state and release whatever it holds.
 
-    An executor running the job notices the state at its next check and stops; the
-    release here is idempotent with the executor's own teardown, so whichever comes
-    first leaves nothing running.
+    An executor running the job notices the state at its next check and stops (a serving
+    run drains); the release here waits for it up to ``CANCEL_GRACE_S`` and is idempotent
+    with the executor's own teardown, so whichever comes first leaves nothing running.
     """
     from broker.services import execution
 
@@ -213,7 +217,7 @@ def cancel(db: Database, settings: Settings, job_id: int) -> JobView:
                 return view(row)
             raise ConflictError(f"job {job_id} already ended ({state.value}); nothing to cancel")
         transition(session, row, JobState.CANCELLED, "cancelled by user")
-    execution.release_job(db, settings, job_id, reason="cancelled")
+    execution.release_job(db, settings, job_id, reason="cancelled", grace_s=CANCEL_GRACE_S)
     return get(db, job_id)
 
 

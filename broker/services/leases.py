@@ -8,10 +8,12 @@ alike without relying on ``SELECT ... FOR UPDATE``.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import delete, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from broker.db.engine import Database
 from broker.db.models import LeaseRow
@@ -73,3 +75,23 @@ def holder_of(db: Database, name: str, *, now: datetime | None = None) -> str | 
         if row is None or row.expires_at <= now:
             return None
         return row.holder
+
+
+def serialize(session: Session, name: str) -> None:
+    """Hold the write lock ``name`` until ``session``'s transaction ends, so transactions
+    that read, decide and write (the planner reserving capacity, quota and budget) run one
+    after another and each reads what the one before committed.
+
+    PostgreSQL: a transaction-scoped advisory lock. SQLite: ``BEGIN IMMEDIATE``, the whole
+    database's write lock, which must be the transaction's first statement (waits up to
+    the busy timeout). A wait that runs out raises the driver's ``OperationalError``.
+    """
+    connection = session.connection()
+    dialect = connection.dialect.name
+    if dialect == "sqlite":
+        if connection.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
+            raise RuntimeError("serialize() must come first in its SQLite transaction")
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    elif dialect == "postgresql":
+        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})

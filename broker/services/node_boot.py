@@ -33,6 +33,8 @@ from providers.base import META_HEAD, TAG_NODE
 
 SECRET_FILE = "cluster-secret"
 HEAD_WAIT_S = 1800  # how long a worker waits for the head's address before it gives up
+STOP_WAIT_S = 30
+RAY_EXTRAS = "ray[default,serve,train]"  # what a node runs: Ray Jobs, Train and Serve
 SOURCES = {"aws": "ec2", "fake": "ec2", "gcp": "gce", "local": "file"}
 
 
@@ -45,6 +47,7 @@ class ClusterSpec:
     ray_port: int
     dashboard_port: int
     source: str  # where nodes read metadata: ec2, gce or file
+    serve_port: int | None = None  # a serving allocation's HTTP endpoint on the head
 
     @property
     def resource(self) -> str:
@@ -53,8 +56,10 @@ class ClusterSpec:
 
     @property
     def ports(self) -> tuple[int, ...]:
-        """Ports the broker reaches from outside: the head's GCS and its Jobs API."""
-        return (self.ray_port, self.dashboard_port)
+        """Ports reached from outside: the head's GCS, its Jobs API and, when it serves,
+        its HTTP endpoint."""
+        serving = (self.serve_port,) if self.serve_port is not None else ()
+        return (self.ray_port, self.dashboard_port, *serving)
 
 
 def _secret(settings: Settings) -> bytes:
@@ -82,13 +87,16 @@ def cluster_token(settings: Settings, key: str) -> str:
     return hmac.new(_secret(settings), key.encode(), hashlib.sha256).hexdigest()
 
 
-def cluster_spec(settings: Settings, provider: str, key: str) -> ClusterSpec:
+def cluster_spec(
+    settings: Settings, provider: str, key: str, *, serving: bool = False
+) -> ClusterSpec:
     return ClusterSpec(
         key=key,
         token=cluster_token(settings, key),
         ray_port=settings.ray_port,
         dashboard_port=settings.ray_dashboard_port,
         source=SOURCES.get(provider, "ec2"),
+        serve_port=settings.serve_port if serving else None,
     )
 
 
@@ -144,7 +152,7 @@ def boot_script(cluster: ClusterSpec) -> str:
         f"({versions['ray']!r}, {versions['torch']!r}) else 1)"
     )
     packages = " ".join(
-        shlex.quote(f"ray[default,train]=={versions['ray']}" if name == "ray" else f"{name}=={v}")
+        shlex.quote(f"{RAY_EXTRAS}=={versions['ray']}" if name == "ray" else f"{name}=={v}")
         for name, v in versions.items()
     )
     resource = cluster.resource
@@ -152,6 +160,10 @@ def boot_script(cluster: ClusterSpec) -> str:
 # gpubroker node boot, cluster {cluster.key}: metadata -> pinned Ray and torch -> head or join.
 set -euo pipefail
 export RAY_AUTH_MODE=token RAY_AUTH_TOKEN={cluster.token} RAY_USAGE_STATS_ENABLED=0
+# A stopped run gets this long after SIGTERM to finish (an endpoint drains its requests).
+export RAY_JOB_STOP_WAIT_TIME_S={STOP_WAIT_S}
+# An endpoint's one HTTP proxy (on the head) spreads requests over every node's replicas.
+export RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING=0
 PY=${{GPUBROKER_PYTHON:-python3}}
 {_READERS[cluster.source]}
 

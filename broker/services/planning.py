@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from broker.config import Settings
@@ -36,7 +38,9 @@ from broker.db.models import (
     QuotaRow,
 )
 from broker.domain import AllocationState, JobState, money, round_cents, utcnow
-from broker.errors import ConfigError, Infeasible, StaleWrite
+from broker.errors import ConfigError, ConflictError, Infeasible, StaleWrite
+from broker.services import leases
+from broker.services.jobs import guarded as jobs_guarded
 from broker.services.jobs import record_event, transition
 from broker.services.metering import BASELINE_KEY
 
@@ -99,8 +103,8 @@ def _options(
     if solver not in ("highs", "cpsat"):
         raise ConfigError(f"--solver: must be highs or cpsat, not {solver!r}")
     limit = settings.solver_time_limit if time_limit is None else time_limit
-    if not limit > 0:
-        raise ConfigError("--time-limit: must be > 0 seconds")
+    if not 0 < limit <= 86400:  # also refuses nan and inf
+        raise ConfigError("--time-limit: must be > 0 and at most 86400 seconds")
     share = settings.max_provider_share if max_provider_share is None else max_provider_share
     if not 0 < share <= 1:
         raise ConfigError("--max-provider-share: must be in (0, 1]")
@@ -212,6 +216,7 @@ def _solve(
     rows = _pending(session, job_ids)
     # a stored spec that no longer parses names its job (source) and field
     specs = [(row.id, parse_spec(row.spec, source=f"job {row.id}")) for row in rows]
+    specs = _with_measured_rates(session, specs)
     now = utcnow()
     budgets = {}
     for team in sorted({row.team for row in rows}):
@@ -233,8 +238,28 @@ def _solve(
     return problem, plan, rows
 
 
+def _with_measured_rates(session: Session, specs: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
+    """Serving specs with the request rate their endpoints measured, where it is higher."""
+    from broker.services.serving import measured_rates
+
+    rates = measured_rates(session, [job for job, spec in specs if spec.kind == "inference"])
+    return [
+        (job, spec.model_copy(update={"request_rate": rates[job]}))
+        if rates.get(job, 0.0) > getattr(spec, "request_rate", 0.0)
+        else (job, spec)
+        for job, spec in specs
+    ]
+
+
+def _area(jobs: dict[int, Any], candidates: Any, assignment: Any) -> str | None:
+    """The user area a serving candidate answers (None for training)."""
+    index = int(candidates.area[assignment.candidate])
+    return None if index < 0 else str(jobs[assignment.job].demand[index][0])
+
+
 def _report(problem: Any, plan: Any, solver: str) -> PlanReport:
     c = problem.candidates
+    jobs = {job.id: job for job in problem.jobs}
     allocations = []
     for a in sorted(plan.assignments, key=lambda a: (a.job, a.candidate)):
         pool = problem.pools[int(c.pool[a.candidate])]
@@ -254,6 +279,8 @@ def _report(problem: Any, plan: Any, solver: str) -> PlanReport:
                 "gpu": pool.gpu,
                 "offer_id": pool.offer_id,
                 "price_per_hour": money(pool.price_per_hour),
+                "area": _area(jobs, c, a),
+                "replicas": int(c.replicas[a.candidate]) * a.count,
             }
         )
     unplaced = [{"job": j, "reason": r} for j, r in sorted(plan.unplaced.items())]
@@ -311,7 +338,7 @@ def schedule(
     ensure_catalog(db, settings)
     calibrations = calibration_map(db)
     started = time.perf_counter()
-    with db.session() as session:
+    with _reserving(db) as session:
         problem, result, rows = _solve(
             session, settings, name, limit, share, job_ids, calibrations
         )
@@ -352,6 +379,8 @@ def schedule(
                 price_at_plan=alloc["price_per_hour"],
                 est_hours=alloc["est_hours"],
                 est_cost=alloc["est_cost"],
+                area=alloc["area"],
+                replicas=alloc["replicas"],
                 state=AllocationState.PLANNED.value,
             )
             session.add(row)
@@ -375,6 +404,21 @@ def schedule(
         return ScheduleResult(
             plan_id=plan_row.id, allocation_ids=ids, unplaced=dict(sorted(result.unplaced.items()))
         )
+
+
+@contextmanager
+def _reserving(db: Database) -> Iterator[Session]:
+    """The planner's one transaction: concurrent planners serialise on it, so each reads
+    the capacity, quota and budget the one before it committed and never promises them
+    twice. A lock not had in time, or a job changed under us, is a ``ConflictError``."""
+    try:
+        with jobs_guarded(db) as session:
+            leases.serialize(session, "planning")
+            yield session
+    except OperationalError as exc:
+        if "lock" not in str(exc):  # SQLite's "database is locked", PostgreSQL's lock timeout
+            raise
+        raise ConflictError("another planner held the database too long; try again") from None
 
 
 def _per_job_cheapest(problem: Any) -> dict[str, str]:

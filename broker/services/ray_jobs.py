@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from broker.errors import ClusterError
+from broker.errors import ClusterError, UserError
 from workloads.driver import EVENT_MARK
 
 OUTPUT_FILE = "output.log"
@@ -30,6 +30,13 @@ class Head:
 
     url: str
     token: str
+
+    @property
+    def host(self) -> str:
+        """The address the head is reached at (its serving endpoint answers there too)."""
+        from urllib.parse import urlsplit
+
+        return urlsplit(self.url).hostname or ""
 
     def client(self) -> Any:
         import logging
@@ -63,6 +70,43 @@ def connect(head: Head, timeout_s: float, give_up: Callable[[], bool] | None = N
                 f"the Ray head at {head.url} did not answer within {timeout_s:g} s ({last})"
             )
         time.sleep(1.0)
+
+
+def submit(
+    client: Any,
+    submission_id: str,
+    timeout_s: float,
+    give_up: Callable[[], bool] | None = None,
+    **job: Any,
+) -> str | None:
+    """Submit the run as ``submission_id``, trying again while the head's job agent is not
+    up yet (a head under load answers the API before its agent); the same id makes a retry
+    of a submission that did get through harmless. None when ``give_up`` says so."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return str(client.submit_job(submission_id=submission_id, **job))
+        except Exception as exc:  # the SDK raises RuntimeError with the head's answer
+            message = str(exc)
+            if "already exists" in message:
+                return submission_id
+            if not any(sign in message for sign in _NOT_YET):
+                raise ClusterError(f"the Ray head refused the run: {_first(message)}") from None
+            if time.monotonic() > deadline:
+                raise ClusterError(
+                    f"the Ray head did not take the run within {timeout_s:g} s ({_first(message)})"
+                ) from None
+        if give_up is not None and give_up():
+            return None
+        time.sleep(2.0)
+
+
+# What a head says while its job agent is still starting (or briefly unreachable).
+_NOT_YET = ("No available agent", "Connection", "connection", "503", "502", "Timeout")
+
+
+def _first(message: str) -> str:
+    return message.strip().splitlines()[0][:300] if message.strip() else "no message"
 
 
 def shipped_packages() -> list[str]:
@@ -141,6 +185,8 @@ def read_output(run_dir: Path, offset: int = 0) -> tuple[list[str], int]:
     path = run_dir / OUTPUT_FILE
     if not path.exists():
         return [], offset
+    if not path.is_file():  # a FIFO would block the reader, a folder cannot be read
+        raise UserError(f"{path}: the run's output is not a regular file")
     with open(path, "rb") as handle:
         handle.seek(offset)
         data = handle.read()

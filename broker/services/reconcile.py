@@ -4,9 +4,10 @@ One pass:
 1. an allocation being provisioned or run whose executor is gone (its lease expired, or
    its holder process on this host is dead) is torn down and marked ORPHANED; the job
    goes back to PENDING (via PREEMPTED when it was running) to be planned again;
-2. every instance a provider lists under our owner tag that no live allocation owns is
-   terminated (with its Ray processes: they run on the node), so a half-launched gang is
-   never left behind.
+2. every instance a provider lists under our owner tag, made by this installation (the id
+   made once per database), that no live allocation owns is terminated (with its Ray
+   processes: they run on the node), so a half-launched gang is never left behind.
+   Instances of other installations sharing the owner tag are counted, never touched.
 After it: no leaked instances, no live allocation without an executor, and every gang
 either complete (its executor still runs it) or absent.
 """
@@ -24,7 +25,7 @@ from broker.config import Settings
 from broker.db.engine import Database
 from broker.db.models import AllocationRow, InstanceRow
 from broker.domain import AllocationState, InstanceState, JobState, utcnow
-from broker.errors import BrokerError, ConflictError
+from broker.errors import BrokerError, UserError
 from broker.services import execution, leases
 from broker.services import jobs as jobs_service
 from providers.local import processes
@@ -40,13 +41,16 @@ class ReconcileReport:
     terminated: list[str] = field(default_factory=list)  # "provider:instance id"
     orphaned_allocations: list[int] = field(default_factory=list)
     requeued_jobs: list[int] = field(default_factory=list)
+    foreign: list[str] = field(default_factory=list)  # other installations' instances
     errors: list[str] = field(default_factory=list)
+    failed_providers: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, list[object]]:
         return {
             "terminated": list(self.terminated),
             "orphaned_allocations": list(self.orphaned_allocations),
             "requeued_jobs": list(self.requeued_jobs),
+            "foreign": list(self.foreign),
             "errors": list(self.errors),
         }
 
@@ -100,6 +104,16 @@ def strays(listed: Sequence[InstanceRecord], live: set[int]) -> dict[str, list[s
     return found
 
 
+def split_installation(
+    listed: Sequence[InstanceRecord], installation: str
+) -> tuple[list[InstanceRecord], list[InstanceRecord]]:
+    """(ours, foreign): an instance is ours only when it carries our installation id; one
+    without any (made by an older broker or by hand) is foreign, so it is never touched."""
+    ours = [r for r in listed if r.installation == installation]
+    foreign = [r for r in listed if r.installation != installation]
+    return ours, foreign
+
+
 def _live_allocations(db: Database) -> dict[int, str]:
     with db.session() as session:
         rows = session.execute(
@@ -111,35 +125,58 @@ def _live_allocations(db: Database) -> dict[int, str]:
 
 
 def reconcile(
-    db: Database, settings: Settings, providers: Sequence[str] | None = None
+    db: Database,
+    settings: Settings,
+    providers: Sequence[str] | None = None,
+    *,
+    dry_run: bool = False,
 ) -> ReconcileReport:
-    """One reconciliation pass over ``providers`` (default: every provider we launched on)."""
+    """One reconciliation pass over ``providers`` (default: every provider we launched on).
+    With ``dry_run`` it reports what it would orphan and terminate and changes nothing."""
     from providers import registry
 
+    for name in providers or ():
+        if name not in registry.names():
+            raise UserError(f"--provider {name!r} is unknown; known: {', '.join(registry.names())}")
     report = ReconcileReport()
     for allocation_id, state in sorted(_live_allocations(db).items()):
         if state in _STARTED and not executor_alive(db, allocation_id):
+            if dry_run:
+                report.orphaned_allocations.append(allocation_id)
+                continue
             try:
                 _orphan(db, settings, allocation_id, report)
-            except (BrokerError, ConflictError) as exc:
+            except BrokerError as exc:
                 report.errors.append(f"allocation {allocation_id}: {exc}")
 
-    live = _live_allocations(db)
+    orphaned = set(report.orphaned_allocations)  # a dry run has left them live
+    live = {a: s for a, s in _live_allocations(db).items() if a not in orphaned}
     with db.session() as session:
         used = set(session.scalars(select(InstanceRow.provider).distinct()))
     names = sorted(set(providers) if providers else used)
+    installation = db.installation_id
     for name in names:
         try:
             provider = registry.get(name, settings)
             listed = provider.list_instances(settings.owner_tag)
         except BrokerError as exc:
             report.errors.append(f"{name}: {exc}")
+            report.failed_providers.append(name)
             continue
-        for request_id, ids in sorted(strays(listed, set(live)).items()):
+        ours, foreign = split_installation(listed, installation)
+        report.foreign.extend(
+            f"{name}:{r.instance_id}" for r in foreign if r.state is not InstanceState.TERMINATED
+        )
+        for request_id, ids in sorted(strays(ours, set(live)).items()):
+            if dry_run:
+                report.terminated.extend(f"{name}:{i}" for i in sorted(ids))
+                continue
             try:
                 provider.terminate(ids, request_id)
             except BrokerError as exc:
                 report.errors.append(f"{name}: {exc}")
+                if name not in report.failed_providers:
+                    report.failed_providers.append(name)
                 continue
             report.terminated.extend(f"{name}:{i}" for i in sorted(ids))
             _mark_terminated(db, name, ids)

@@ -40,6 +40,7 @@ class RegionResult:
     updated: int = 0
     stale: int = 0
     unchanged: int = 0
+    skipped: str | None = None  # why a provider was not asked (``all`` and no credentials)
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,10 @@ class RefreshReport:
     @property
     def errors(self) -> int:
         return sum(not r.ok for r in self.results)
+
+    @property
+    def failed_providers(self) -> list[str]:
+        return list(dict.fromkeys(r.provider for r in self.results if not r.ok))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -155,6 +160,13 @@ def refresh(
     report = RefreshReport()
     seen: list[dict[str, Any]] = []
     for name in names:
+        reason = _no_credentials(name, settings) if "all" in providers else None
+        if reason is not None:
+            result = RegionResult(name, None, True, skipped=reason)
+            report.results.append(result)
+            if progress:
+                progress(RefreshProgress(name, None, 1, 1, result))
+            continue
         try:
             provider = registry.get(name, settings)
             todo = _regions_for(name, provider, settings, db, regions)
@@ -175,6 +187,18 @@ def refresh(
                 progress(RefreshProgress(name, region, index + 1, len(todo), result))
     report.flags = price_flags(db, seen)
     return report
+
+
+def _no_credentials(name: str, settings: Settings) -> str | None:
+    """Why ``name`` cannot be asked at all (no credentials, no SDK), or None when it can.
+    A refresh of ``all`` skips such a provider instead of failing it: an installation
+    that only plans from the bundled catalog refreshes cleanly."""
+    from broker.services.check import CHECKED, _one
+
+    if name not in CHECKED:
+        return None
+    found = _one(name, settings)
+    return None if found.usable else found.detail or "not usable"
 
 
 def _refresh_region(

@@ -14,7 +14,15 @@ Figures (every money amount in US dollars, over the part of each run inside the 
   ratio: ``actual x baseline / allocation estimate``. Runs without a baseline count at
   their own cost. ``savings_vs_cheapest = cheapest_cost - spend``.
 - ``utilisation``: busy GPU-hours / billed GPU-hours, over runs that reported busy time.
-- budget burn per team (the budget period containing the window's end) and the top jobs.
+- ``idle_cost``: the paid part of runs that reported busy time and were not busy:
+  cost x (1 - busy / billed GPU-hours), summed over those runs (None when none reported).
+- ``previous``: the totals of the window of the same length just before this one, for
+  the change against the previous period.
+- budget burn per team (the budget period containing the window's end), with a forecast
+  for the period's end: metered spend at its rate so far, plus live allocations' estimates.
+- the top jobs, and the overruns: jobs in the window whose lifetime cost is more than
+  ``OVERRUN`` times their plan-time estimate.
+- breakdowns by provider, region, GPU, team and pricing (spot, on_demand).
 The same window reported twice gives identical figures.
 """
 
@@ -23,32 +31,83 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from broker.db.engine import Database
 from broker.domain import MICRO, as_utc, utcnow
 from broker.errors import UserError
 from broker.services.metering import FINE, JobCost, Slice, job_costs, window_slices
+from broker.services.serving import serving_costs
 
-DIMENSIONS = ("team", "provider", "region", "gpu", "job")
+DIMENSIONS = ("team", "provider", "region", "gpu", "pricing", "job")
+OVERRUN = Decimal("1.25")  # a job costing more than this times its estimate is flagged
 FORMATS = ("table", "csv", "json", "html")
 DEFAULT_GROUP_BY = ("team", "provider")
-_DURATION = re.compile(r"^\s*(\d+)\s*([mhdw])\s*$")
-_UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION = re.compile(r"^\s*(\d+)\s*(min|h|d|w|mo|m|y)\s*$", re.IGNORECASE)
+_UNIT_SECONDS = {"min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+MAX_WINDOW_YEARS = 200  # longest window a report may reach back
+DURATION_HELP = "30min, 12h, 7d, 4w, 1mo (calendar months), ytd (since January 1st)"
 
 
 def parse_duration(text: str, *, field: str = "since") -> timedelta:
-    """``30m``, ``12h``, ``7d`` or ``2w`` as a timedelta."""
+    """``30min``, ``12h``, ``7d`` or ``2w`` as a timedelta (fixed lengths only: months and
+    ``ytd`` depend on the calendar, see :func:`since_start`). ``m`` alone is refused: it
+    could mean minutes or months."""
     match = _DURATION.match(text or "")
-    if not match or int(match.group(1)) == 0:
-        raise UserError(f"{field}: {text!r} is not a duration; use e.g. 12h, 7d or 2w")
-    return timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+    unit = match.group(2).lower() if match else ""
+    if unit == "m":
+        raise UserError(
+            f"{field}: {text!r} is ambiguous; write {match.group(1)}min for minutes or "  # type: ignore[union-attr]
+            f"{match.group(1)}mo for months"  # type: ignore[union-attr]
+        )
+    if not match or int(match.group(1)) == 0 or unit not in _UNIT_SECONDS:
+        raise UserError(f"{field}: {text!r} is not a duration; use e.g. 30min, 12h, 7d or 2w")
+    seconds = int(match.group(1)) * _UNIT_SECONDS[unit]
+    if seconds > MAX_WINDOW_YEARS * 366 * 86400:
+        raise UserError(f"{field}: {text!r} is too long; at most {MAX_WINDOW_YEARS} years")
+    return timedelta(seconds=seconds)
+
+
+def months_before(moment: datetime, months: int) -> datetime:
+    """The same day and time ``months`` calendar months earlier (the month's last day when
+    that month is shorter: 31 March less one month is 28 or 29 February)."""
+    import calendar
+
+    index = moment.year * 12 + moment.month - 1 - months
+    year, month = divmod(index, 12)
+    day = min(moment.day, calendar.monthrange(year, month + 1)[1])
+    return moment.replace(year=year, month=month + 1, day=day)
+
+
+def since_start(text: str, end: datetime, *, field: str = "since") -> datetime:
+    """The start of a window that ends at ``end`` and reaches back ``text``: a duration
+    (``12h``, ``7d``, ``4w``), calendar months (``1mo``, ``3mo``), years (``1y``), ``ytd``
+    (from January 1st of ``end``'s year, UTC) or a date (``2026-11-01``)."""
+    value = (text or "").strip().lower()
+    if value == "ytd":
+        return datetime(end.year, 1, 1, tzinfo=UTC)
+    match = _DURATION.match(value)
+    if match and match.group(2).lower() in ("mo", "y") and int(match.group(1)) > 0:
+        count = int(match.group(1)) * (12 if match.group(2).lower() == "y" else 1)
+        if count > MAX_WINDOW_YEARS * 12:
+            raise UserError(f"{field}: {text!r} is too long; at most {MAX_WINDOW_YEARS} years")
+        return months_before(end, count)
+    if re.match(r"^\d{4}-\d{2}-\d{2}", value):
+        return parse_instant(text, field=field)
+    try:
+        return end - parse_duration(text, field=field)
+    except UserError as exc:
+        if "ambiguous" in str(exc) or "too long" in str(exc):
+            raise
+        raise UserError(
+            f"{field}: {text!r} is not a duration or date; use {DURATION_HELP}, or YYYY-MM-DD"
+        ) from None
 
 
 def parse_instant(text: str, *, field: str, end_of_day: bool = False) -> datetime:
@@ -60,6 +119,9 @@ def parse_instant(text: str, *, field: str, end_of_day: bool = False) -> datetim
             moment = datetime.combine(day, time(0), tzinfo=UTC)
             return moment + timedelta(days=1) if end_of_day else moment
         return as_utc(datetime.fromisoformat(text.strip()))
+    except OverflowError:
+        message = f"{field}: {text!r} is out of range; use a date before 9999-12-31"
+        raise UserError(message) from None
     except ValueError:
         raise UserError(
             f"{field}: {text!r} is not a date; use YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS][+00:00]"
@@ -91,16 +153,18 @@ def window(
     if since is not None and start is not None:
         raise UserError("since: give either --since or --from/--to, not both")
     now = as_utc(now or utcnow())
-    stop = (
-        parse_instant(end, field="to", end_of_day=True)
-        if isinstance(end, str)
-        else as_utc(end or now)
-    )
+    if isinstance(end, str) and not re.match(r"^\s*\d{4}-\d{2}-\d{2}", end):
+        stop = since_start(end, now, field="to")  # "--to 7d": seven days ago
+    elif isinstance(end, str):
+        stop = parse_instant(end, field="to", end_of_day=True)
+    else:
+        stop = as_utc(end or now)
     if start is not None:
         begin = parse_instant(start, field="from") if isinstance(start, str) else as_utc(start)
+    elif isinstance(since, str):
+        begin = since_start(since, stop)
     else:
-        span = parse_duration(since) if isinstance(since, str) else since or timedelta(days=7)
-        begin = stop - span
+        begin = stop - (since or timedelta(days=7))
     if begin >= stop:
         raise UserError("from: the window must start before it ends (--from < --to)")
     return begin, stop
@@ -122,6 +186,7 @@ class Metrics:
     utilisation: Decimal | None  # busy / billed GPU-hours over runs that reported busy time
     jobs: int
     runs: int
+    idle_cost: Decimal | None = None  # paid, not busy; None: no run reported busy time
 
 
 @dataclass(frozen=True)
@@ -150,6 +215,7 @@ class BudgetBurn:
     remaining: Decimal
     burn: Decimal  # (spent + committed) / amount
     elapsed: Decimal  # share of the period gone by at the window's end
+    forecast: Decimal = Decimal(0)  # spent / elapsed + committed: at the period's end
 
 
 @dataclass(frozen=True)
@@ -178,6 +244,10 @@ class Report:
     top_jobs: list[TopJob]
     notes: list[str] = field(default_factory=list)
     generated_at: datetime = field(default_factory=utcnow)
+    previous: Metrics | None = None  # the window of the same length just before
+    overruns: list[TopJob] = field(default_factory=list)
+    # Serving jobs: cost in the window per 1,000 requests and per million generated tokens.
+    serving: list[dict[str, Any]] = field(default_factory=list)
 
     def render(self, fmt: str) -> str:
         """The report as ``html``, ``csv`` or ``json`` text."""
@@ -225,6 +295,16 @@ def _metrics(slices: Sequence[Slice]) -> Metrics:
     measured = [s for s in slices if s.busy_gpu_hours is not None]
     busy = sum((s.busy_gpu_hours or Decimal(0) for s in measured), Decimal(0))
     billed = sum((s.gpu_hours for s in measured), Decimal(0))
+    idle = sum(
+        (
+            (
+                s.cost * (1 - min((s.busy_gpu_hours or Decimal(0)) / s.gpu_hours, Decimal(1)))
+            ).quantize(FINE)
+            for s in measured
+            if s.gpu_hours
+        ),
+        Decimal(0),
+    )
     return Metrics(
         spend=_q(spend),
         gpu_hours=_q(gpu_hours),
@@ -237,6 +317,7 @@ def _metrics(slices: Sequence[Slice]) -> Metrics:
         utilisation=(busy / billed).quantize(Decimal("0.0001")) if billed else None,
         jobs=len({s.job_id for s in slices}),
         runs=len({s.usage_id for s in slices}),
+        idle_cost=_q(idle) if measured else None,
     )
 
 
@@ -318,6 +399,8 @@ def _budget_burn(db: Database, end: datetime) -> list[BudgetBurn]:
             )
             metered, committed = Decimal(str(metered)), Decimal(str(committed))
             used = metered + committed
+            elapsed = Decimal((end - begin) / (finish - begin))
+            pace = metered / elapsed if elapsed > 0 else metered
             burns.append(
                 BudgetBurn(
                     team=row.team,
@@ -331,7 +414,8 @@ def _budget_burn(db: Database, end: datetime) -> list[BudgetBurn]:
                     burn=(used / row.amount).quantize(Decimal("0.0001"))
                     if row.amount
                     else Decimal(0),
-                    elapsed=Decimal((end - begin) / (finish - begin)).quantize(Decimal("0.0001")),
+                    elapsed=elapsed.quantize(Decimal("0.0001")),
+                    forecast=_q(max(pace, metered) + committed),
                 )
             )
     return burns
@@ -394,6 +478,8 @@ def build_report(
     with db.session() as session:
         slices = window_slices(session, start, end)
         costs = job_costs(session, (s.job_id for s in slices))
+        before = window_slices(session, start - (end - start), start)
+        serving = [row.to_dict() for row in serving_costs(session, start, end)]
     names = {job_id: cost.name for job_id, cost in costs.items()}
     bucket, timeline = _timeline(slices, start, end)
     return Report(
@@ -408,7 +494,33 @@ def build_report(
         budgets=_budget_burn(db, end),
         top_jobs=_top_jobs(slices, costs, top),
         notes=_notes(slices),
+        previous=_metrics(before),
+        overruns=_overruns(costs),
+        serving=serving,
     )
+
+
+def _overruns(costs: dict[int, JobCost]) -> list[TopJob]:
+    """Jobs whose lifetime cost is more than ``OVERRUN`` x their estimate, worst first."""
+    over = [
+        c
+        for c in costs.values()
+        if c.estimated is not None and c.estimated > 0 and c.actual > c.estimated * OVERRUN
+    ]
+    over.sort(key=lambda c: (-(c.actual / c.estimated), c.job_id))  # type: ignore[operator]
+    return [
+        TopJob(
+            job_id=c.job_id,
+            name=c.name,
+            team=c.team,
+            state=c.state,
+            spend=_q(c.actual),
+            gpu_hours=_q(c.gpu_hours),
+            actual_total=_q(c.actual),
+            estimated_total=_q(c.estimated),  # type: ignore[arg-type]
+        )
+        for c in over
+    ]
 
 
 # --- renderings ---------------------------------------------------------------------------
@@ -461,9 +573,12 @@ def render_text(report: Report, fmt: str) -> str:
     raise UserError(f"format: must be one of csv, json, html for a file (got {fmt!r})")
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file, so no reader sees half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def write_atomic(path: Path, text: str, *, make_parent: bool = False) -> None:
+    """Write ``text`` to ``path`` with ``broker.files.write_atomic`` (a regular file or a
+    new name only, exclusive temporary file, rename); ``make_parent``: create the folder
+    (0700) first, as a scheduled report's folder may not exist yet."""
+    from broker.files import write_atomic as write_safely
+
+    if make_parent:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_safely(path, text)

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from pathlib import Path
+from secrets import token_hex
 from typing import TYPE_CHECKING, Any, Protocol
 
 from broker.config import Settings
@@ -30,11 +31,10 @@ from broker.domain import (
     InstanceState,
     JobState,
 )
-from broker.errors import (
-    ProviderError,
-)
+from broker.errors import BrokerError, ProviderError
+from broker.services import budgets, leases, ray_jobs, serving
 from broker.services import jobs as jobs_service
-from broker.services import leases, ray_jobs
+from broker.services.node_boot import STOP_WAIT_S
 
 if TYPE_CHECKING:
     from broker.services.node_boot import ClusterSpec
@@ -240,6 +240,59 @@ def run_spec(ctx: RunContext) -> Any:
 GPT_LOOP = "workloads.train:gpt_worker"
 
 
+def serve_run_spec(ctx: RunContext, low: int, high: int) -> Any:
+    """The ``workloads.driver.RunSpec`` of a serving allocation holding ``low``..``high``
+    replicas: the user's Serve app, or the bundled GPT (fresh, or a training job's weights)."""
+    from workloads.driver import RunSpec
+    from workloads.spec import parse_spec
+
+    spec = parse_spec(ctx.spec)
+    assert spec.kind == "inference" and ctx.cluster is not None
+    checkpoint = None
+    if spec.source_job is not None:
+        source = jobs_service.get(ctx.db, spec.source_job)
+        checkpoint = newest_checkpoint(ctx.settings, source.id, source.spec)
+        if checkpoint is None:
+            raise BrokerError(f"model_from: job {source.id} has no checkpoint to serve")
+    per_node = max(1, -(-high // max(ctx.nodes, 1)))
+    gpus = ctx.gpus_per_node / per_node if ctx.gpu and ctx.gpus_per_node else 0.0
+    serve = {
+        "port": ctx.settings.serve_port,
+        "min_replicas": low,
+        "max_replicas": high,
+        "app": spec.serve,
+        "model": spec.shape.gpt_config().to_dict(),
+        "checkpoint": checkpoint,
+        "gpus_per_replica": gpus,
+        "max_batch_size": spec.max_batch_size,
+        "batch_wait_s": spec.batch_wait_ms / 1000,
+    }
+    return RunSpec(
+        mode="serve",
+        resource=ctx.cluster.resource,
+        nodes=ctx.nodes,
+        gpus_per_node=ctx.gpus_per_node if ctx.gpu else 0,
+        envs=dict(spec.envs),
+        name=ctx.run_dir.name,
+        join_timeout_s=ctx.settings.head_timeout_s,
+        serve=serve,
+    )
+
+
+def newest_checkpoint(settings: Settings, job_id: int, spec: dict[str, Any]) -> str | None:
+    """Where the job's newest checkpoint is: under its ``storage:``, else its run folder
+    (a storage URI, or a local path)."""
+    from workloads import storage
+
+    folder = run_dir(settings, job_id)
+    where = storage.join(spec["storage"], folder.name) if spec.get("storage") else str(folder)
+    try:
+        found = storage.latest_checkpoint(where)
+    except (BrokerError, OSError):  # storage out of reach from here: say nothing
+        return None
+    return None if found is None else found[0]
+
+
 def gpt_workers_per_node(ctx: RunContext) -> int:
     """The bundled GPT is data-parallel over every GPU: one worker each (one per CPU node)."""
     return ctx.gpus_per_node if ctx.gpu and ctx.gpus_per_node > 0 else 1
@@ -259,19 +312,30 @@ class RayJobRunner:
     def __call__(self, ctx: RunContext, monitor: Monitor) -> Outcome:
         from workloads.spec import parse_spec
 
-        assert ctx.head is not None
+        assert ctx.head is not None and ctx.cluster is not None
         spec = parse_spec(ctx.spec)
-        assert spec.kind == "training"
         client = ray_jobs.connect(
             ctx.head, ctx.settings.head_timeout_s, give_up=lambda: monitor.poll() is not None
         )
         if client is None:
             return Outcome(ok=False, stop=monitor.stop_reason)
-        run = run_spec(ctx)
-        submission = client.submit_job(
+        if spec.kind == "inference":
+            url = f"http://{ctx.head.host}:{ctx.settings.serve_port}"
+            low, high = serving.open_endpoint(ctx.db, ctx.allocation_id, url, spec.min_replicas)
+            monitor.endpoint = url
+            run = serve_run_spec(ctx, low, high)
+        else:
+            run = run_spec(ctx)
+        submission = ray_jobs.submit(
+            client,
+            f"gpubroker-{ctx.cluster.key}-{token_hex(4)}",
+            ctx.settings.head_timeout_s,
+            give_up=lambda: monitor.poll() is not None,
             entrypoint=ray_jobs.ENTRYPOINT,
             runtime_env=ray_jobs.runtime_env(run.to_env(), dict(spec.envs), spec.workdir),
         )
+        if submission is None:
+            return Outcome(ok=False, stop=monitor.stop_reason)
         monitor.event("ray_job", {"submission_id": submission, "head": ctx.head.url})
         output = ray_jobs.OutputCopy(
             ctx.run_dir, f"allocation {ctx.allocation_id}, Ray job {submission}"
@@ -293,6 +357,7 @@ def _follow(client: Any, submission: str, output: ray_jobs.OutputCopy, monitor: 
             _stop(client, submission)
             with contextlib.suppress(Exception):  # the last words, while the head still answers
                 _copy(client, submission, output, monitor)
+            monitor.poll(force=True)  # file them (a serving run's final counts)
             return Outcome(ok=False, stop=reason)
         try:
             status = client.get_job_status(submission)
@@ -329,10 +394,11 @@ def _copy(client: Any, submission: str, output: ray_jobs.OutputCopy, monitor: Mo
 
 
 def _stop(client: Any, submission: str) -> None:
-    """Stop the Ray job and wait a little for it to end (teardown follows either way)."""
+    """Stop the Ray job and wait for it to end, as long as the head lets it take (a
+    serving run drains its requests); teardown follows either way."""
     try:
         client.stop_job(submission)
-        deadline = time.monotonic() + 10.0
+        deadline = time.monotonic() + STOP_WAIT_S + 5.0
         while time.monotonic() < deadline and not client.get_job_status(submission).is_terminal():
             time.sleep(POLL_S)
     except Exception:  # the head is gone already: teardown stops what is left
@@ -367,6 +433,11 @@ class Monitor:
         self._progress_seen = False
         self._fed: list[dict[str, Any]] = []
         self._recent: deque[str] = deque(maxlen=256)
+        self.head_id = instance_ids[0] if instance_ids else None
+        self.endpoint: str | None = None  # a serving allocation's URL
+        # Set for serving: called with the ids of lost nodes other than the head, which
+        # the run survives (Serve restarts their replicas on the nodes left).
+        self.on_lost: Callable[[list[str]], None] | None = None
 
     def feed(self, records: list[dict[str, Any]]) -> None:
         """Events that arrived another way than the metrics file (a Ray job's output).
@@ -413,12 +484,18 @@ class Monitor:
         with ctx.db.session() as session:
             for record in records:
                 kind = str(record.pop("event", "progress"))
+                if kind == "serving":
+                    changed = serving.record(session, ctx.allocation_id, record)
+                    if changed is None:
+                        continue  # a routine report: the endpoint row holds it
+                    self._announce(changed, record)
                 if kind == "failed":
                     self.last_error = str(record.get("error"))
                 if kind in ("progress", "finished"):
                     self.last_metrics = record
                 jobs_service.record_event(session, ctx.job_id, kind, record)
             job = jobs_service.load_row(session, ctx.job_id)
+            budgets.enforce_running(session, job)  # the team's budget, checked every tick
             state = job.state
         leases.acquire(ctx.db, lease_name(ctx.allocation_id), lease_holder(), LEASE_TTL_S)
         if records and any(r for r in records if "step" in r) and self.progress:
@@ -445,9 +522,31 @@ class Monitor:
                 self.stop_reason = "cancelled"
             else:
                 lost = self._lost_nodes()
-                if lost:
+                if lost and self._survives(lost):
+                    assert self.on_lost is not None
+                    self.on_lost(lost)
+                    self.instance_ids -= set(lost)
+                elif lost:
                     self.stop_reason = f"preempted: node {lost[0]} was taken away"
         return self.stop_reason
+
+    def _survives(self, lost: list[str]) -> bool:
+        return (
+            self.on_lost is not None
+            and self.head_id not in lost
+            and len(lost) < len(self.instance_ids)
+        )
+
+    def _announce(self, state: str, record: dict[str, Any]) -> None:
+        if self.progress is not None:
+            replicas = record.get("replicas", 0)
+            self.progress(
+                Progress(
+                    job_id=self.ctx.job_id,
+                    state=JobState.RUNNING.value,
+                    message=f"endpoint {self.endpoint} {state.lower()} ({replicas} replicas)",
+                )
+            )
 
     def _lost_nodes(self) -> list[str]:
         try:

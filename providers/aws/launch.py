@@ -14,7 +14,14 @@ from typing import Any
 
 from broker.domain import InstanceState, Pricing, as_utc
 from providers.aws.instance_types import GpuShape
-from providers.base import TAG_OWNER, TAG_REQUEST, InstanceRecord, LaunchRequest, request_tags
+from providers.base import (
+    TAG_INSTALLATION,
+    TAG_OWNER,
+    TAG_REQUEST,
+    InstanceRecord,
+    LaunchRequest,
+    request_tags,
+)
 
 PROVIDER = "aws"
 _TOKEN_MAX = 64  # EC2 ClientToken: at most 64 ASCII characters
@@ -110,7 +117,10 @@ def efa_interfaces(shape: GpuShape, subnet_id: str, group_id: str) -> list[dict[
 
 def group_tags(req: LaunchRequest) -> list[dict[str, str]]:
     """The tags of the groups made for a request: how terminate knows they are its own."""
-    return [{"Key": TAG_OWNER, "Value": req.owner}, {"Key": TAG_REQUEST, "Value": req.request_id}]
+    tags = [{"Key": TAG_OWNER, "Value": req.owner}, {"Key": TAG_REQUEST, "Value": req.request_id}]
+    if req.installation:
+        tags.append({"Key": TAG_INSTALLATION, "Value": req.installation})
+    return tags
 
 
 def ingress_permissions(group_id: str, cidr: str, ports: Iterable[int]) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TextIO
 
-from broker.errors import NotFound, UserError
+from broker.errors import UserError
 from providers.base import OfferRecord
 
 
@@ -39,21 +39,25 @@ class ParseResult:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
 
+MAX_IMPORT_BYTES = 64 * 2**20  # larger than any public catalog CSV by far
+
+
 class RowError(ValueError):
     """A field of one line is wrong; the message names the column."""
 
 
 def open_text(path: str | Path) -> TextIO:
     """Open a catalog file for reading, or raise a one-line ``UserError``."""
+    import io
+
+    from broker.files import read_bounded
+
     target = Path(path)
-    if not target.exists():
-        raise NotFound(f"{target}: no such file")
-    if target.is_dir():
-        raise UserError(f"{target}: is a folder, expected a CSV file")
+    raw = read_bounded(target, MAX_IMPORT_BYTES, "file")  # regular files only, bounded
     try:
-        return target.open(newline="", encoding="utf-8")
-    except OSError as exc:
-        raise UserError(f"{target}: cannot read ({exc.strerror})") from None
+        return io.StringIO(raw.decode("utf-8"), newline="")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{target}: not UTF-8 text (byte {exc.start})") from None
 
 
 def read_rows(

@@ -8,7 +8,11 @@ Facts of the format this importer handles:
 - GCP bills GPUs apart from the host: a GPU row has no ``InstanceType`` and prices
   ``AcceleratorCount`` GPUs alone. A launchable a2/a3/a4/g2 offer is its host row plus the
   GPU row of the same zone; N1 hosts take attachable GPUs (T4, V100, P100, P4, K80),
-  emitted as ``n1-standard-<8n>+<accelerator>x<n>`` shapes;
+  emitted as ``n1-standard-<8n>+<accelerator>x<n>`` shapes. A host priced 0.0 (a4, whose
+  B200 row carries the whole price) adds nothing: the offer costs what its GPU row says;
+- vast.ai's ``GpuInfo`` gives the node's GPU memory in ``SizeInMiB`` (all its GPUs
+  together), so per-GPU memory is that divided by ``AcceleratorCount``; elsewhere it is
+  per GPU;
 - some files have lines with more fields than the header (an unquoted comma in the last
   column); they are repaired only when the extra fields lie past every column read.
 CPU-only and TPU rows are counted as skipped, not imported.
@@ -62,16 +66,17 @@ def provider_from_name(path: str | Path) -> str | None:
 
 
 @lru_cache(maxsize=4096)
-def gpu_memory_gib(gpu_info: str) -> float | None:
-    """Per-GPU memory from a ``GpuInfo`` literal; None when absent. Raises RowError if the
-    text looks like a literal but is not one."""
+def gpu_memory_gib(gpu_info: str, share: int = 1) -> float | None:
+    """Memory from a ``GpuInfo`` literal divided by ``share`` (the GPU count where the
+    literal gives the node's total); None when absent. Raises RowError if the text looks
+    like a literal but is not one."""
     text = gpu_info.strip()
     if not text.startswith("{"):
         return None  # some files write just the GPU name here
     try:
         data: Any = ast.literal_eval(text)
         mib = data["Gpus"][0]["MemoryInfo"]["SizeInMiB"]
-        return round(float(mib) / 1024, 2)
+        return round(float(mib) / 1024 / share, 2)
     except (ValueError, SyntaxError, KeyError, IndexError, TypeError):
         raise RowError(
             f"GpuInfo: not a Python literal with Gpus[0].MemoryInfo ({text[:40]!r})"
@@ -179,7 +184,7 @@ def _parse_plain(
                 instance_type=instance_type,
                 gpu=gpu,
                 gpus=int(raw_count),
-                gpu_memory=gpu_memory_gib(row["GpuInfo"]),
+                gpu_memory=_per_gpu_memory(provider, row["GpuInfo"], int(raw_count)),
                 vcpus=number(row["vCPUs"], "vCPUs"),
                 memory=number(row["MemoryGiB"], "MemoryGiB"),
                 on_demand=price(row["Price"], "Price"),
@@ -189,6 +194,10 @@ def _parse_plain(
             )
         except RowError as exc:
             result.issues.append(ImportIssue(line, str(exc)))
+
+
+def _per_gpu_memory(provider: str, gpu_info: str, gpus: int) -> float | None:
+    return gpu_memory_gib(gpu_info, gpus if provider == "vast" else 1)  # vast: node total
 
 
 _GpuKey = tuple[str, int, str]  # (accelerator name, count, zone)
@@ -273,8 +282,8 @@ def _compose(
     gpu_price: tuple[Decimal | None, Decimal | None, float | None] | None,
 ) -> None:
     try:
-        host_od = price(host["Price"], "Price")
-        host_spot = price(host["SpotPrice"], "SpotPrice")
+        host_od = _host_price(host["Price"], "Price")
+        host_spot = _host_price(host["SpotPrice"], "SpotPrice")
         gpu_od, gpu_spot, memory = gpu_price or (None, None, None)
         _offers(
             result,
@@ -294,6 +303,14 @@ def _compose(
         )
     except RowError as exc:
         result.issues.append(ImportIssue(line, str(exc)))
+
+
+def _host_price(raw: str, column: str) -> Decimal | None:
+    """A GCP host's price: zero is "carried by the GPU row" (a4), not unknown."""
+    value = price(raw, column)
+    if value is None and raw.strip() and Decimal(raw.strip()) == 0:
+        return Decimal(0)
+    return value
 
 
 def _sum(host: Decimal | None, gpu: Decimal | None) -> Decimal | None:

@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import TypeVar
 
@@ -117,6 +118,7 @@ class FakeProvider:
                 raise ValueError(f"fake offer {offer.instance_type} in {offer.region}: no zone")
         self._offers = [replace(offer, provider=name) for offer in supply]
         self._pools = {(o.zone, o.instance_type, o.pricing): o for o in self._offers}
+        self._offer_index: dict[tuple[str | None, str, Pricing], int] = {}  # for set_offer
         offer_regions = {offer.region for offer in self._offers}
         if quotas is None:
             quotas = {r: n for r, n in default_quotas().items() if r in offer_regions}
@@ -220,6 +222,32 @@ class FakeProvider:
                     inst.terminated_at = self.clock.now()
                     taken.append(instance_id)
             return taken
+
+    def set_offer(
+        self,
+        zone: str,
+        instance_type: str,
+        pricing: Pricing,
+        *,
+        capacity_nodes: int | None = None,
+        price_per_hour: Decimal | None = None,
+    ) -> None:
+        """Move a pool's capacity or price (a simulation replaying availability and spot
+        prices); what is left as None keeps its value. Live nodes above a lower capacity
+        keep running: taking them away is ``preempt``'s job."""
+        key = (zone, instance_type, pricing)
+        offer = self._pools[key]
+        changed = replace(
+            offer,
+            capacity_nodes=offer.capacity_nodes if capacity_nodes is None else capacity_nodes,
+            price_per_hour=offer.price_per_hour if price_per_hour is None else price_per_hour,
+        )
+        self._pools[key] = changed
+        if not self._offer_index:
+            self._offer_index.update(
+                ((o.zone, o.instance_type, o.pricing), i) for i, o in enumerate(self._offers)
+            )
+        self._offers[self._offer_index[key]] = changed
 
     def instances(self) -> list[InstanceRecord]:
         """Every instance ever created, terminated ones too, without lag or throttling."""

@@ -92,6 +92,52 @@ def node_address(index: int) -> str:
     return f"127.0.0.{index + 2}"
 
 
+_STATE_MAX_BYTES = 16 * 2**20
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    """The state file, checked to be what this module writes; a damaged one is one
+    ``ProviderError`` naming it, never a traceback from deep inside a launch."""
+    from broker.files import read_bounded
+
+    def damaged(why: str) -> ProviderError:
+        return ProviderError(NAME, f"state file {path} is damaged ({why}); move it aside")
+
+    try:
+        state = json.loads(read_bounded(path, _STATE_MAX_BYTES, "local provider state file"))
+    except (ValueError, RecursionError):
+        raise damaged("not JSON") from None
+    if not isinstance(state, dict) or not isinstance(state.get("instances"), dict):
+        raise damaged("no instances table")
+    if not isinstance(state.get("next_id"), int) or isinstance(state["next_id"], bool):
+        raise damaged("next_id is not an integer")
+    states = {s.value for s in InstanceState}
+    pricings = {p.value for p in Pricing}
+    for key, raw in state["instances"].items():
+        ok = (
+            isinstance(raw, dict)
+            and raw.get("id") == key
+            and isinstance(raw.get("instance_type"), str)
+            and raw.get("state") in states
+            and raw.get("pricing") in pricings
+            and isinstance(raw.get("address"), str | None)
+            and isinstance(raw.get("launched_at"), str | None)
+            and isinstance(raw.get("tags"), dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in raw["tags"].items())
+            and str(raw["tags"].get(TAG_NODE, "0")).isdigit()
+            and isinstance(raw.get("temp_dir"), str | None)
+            and isinstance(raw.get("boot_pid"), int | None)
+        )
+        if not ok:
+            raise damaged(f"instance {key!r} is malformed")
+        if raw["launched_at"] is not None:
+            try:
+                datetime.fromisoformat(raw["launched_at"])
+            except ValueError:
+                raise damaged(f"instance {key!r} has a bad launch time") from None
+    return state
+
+
 class LocalProvider:
     name = NAME
     capabilities = frozenset({Capability.LIST_OFFERS, Capability.LAUNCH})
@@ -142,7 +188,7 @@ class LocalProvider:
         with open(lock_path, "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             state = (
-                json.loads(self.state_path.read_text())
+                _read_state(self.state_path)
                 if self.state_path.exists()
                 else {"next_id": 1, "instances": {}}
             )
@@ -308,4 +354,4 @@ class LocalProvider:
 
 
 def create(settings: Settings) -> LocalProvider:
-    return LocalProvider(settings)
+    return LocalProvider(settings, nodes=settings.local_nodes)

@@ -42,11 +42,19 @@ def _canary_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(key, value)
 
 
-@pytest.fixture(params=["fake", "aws", "gcp"])
+@pytest.fixture(params=["fake", "local", "aws", "gcp"])
 def target(request: pytest.FixtureRequest) -> Iterator[harness.Target]:
     name = request.param
-    if name == "fake":
-        yield harness.fake_target()
+    if name in ("fake", "local"):
+        made = (
+            harness.fake_target()
+            if name == "fake"
+            else harness.local_target(request.getfixturevalue("tmp_path"))
+        )
+        reason = made.skips.get(request.node.originalname)
+        if reason is not None:
+            pytest.skip(f"{name}: {reason}")
+        yield made
         return
     modules, harness_module = _NEEDS[name]
     missing = _missing(modules)

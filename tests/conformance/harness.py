@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from broker.domain import InstanceState, Pricing
 from broker.errors import (
@@ -53,13 +54,14 @@ class Target:
     it creates its k-th node (1-based, counted from the first node of the call).
     ``failures``: kind (keys of ``FAILURE_TYPES``) -> while active, launches fail that way.
     ``lost_reply()``: while active, the cloud creates the nodes a launch asks for but the
-    reply never arrives (a timeout after create).
+    reply never arrives (a timeout after create); None where a launch has no reply to lose.
     ``foreign()``: creates an instance outside our tags through the cloud's own API
     (None where the cloud has no API besides the provider's own).
     ``metadata(record)``: what that node reads from its metadata service (None: the tags
     of the record the provider lists for it, as on EC2).
     ``ingress(request_id)``: the rules the cloud holds opening a request's nodes, each as
     ``"tcp:PORT from CIDR"`` or ``"all from gang"`` (None: the cloud makes none).
+    ``skips``: test name -> why that promise cannot be exercised on this target.
     """
 
     name: str
@@ -69,11 +71,12 @@ class Target:
     instance_type: str
     capacity_fault: Callable[[int], AbstractContextManager[None]]
     failures: Mapping[str, Injector]
-    lost_reply: Injector
+    lost_reply: Injector | None
     foreign: Callable[[], str] | None = None
     metadata: Callable[[InstanceRecord], Mapping[str, str]] | None = None
     ingress: Callable[[str], list[str]] | None = None
     pricing: Pricing = Pricing.ON_DEMAND
+    skips: Mapping[str, str] = field(default_factory=dict)
     owner: str = field(default_factory=lambda: f"conformance-{uuid.uuid4().hex[:8]}")
 
     def request(
@@ -144,4 +147,53 @@ def fake_target() -> Target:
             ),
         },
         lost_reply=lambda: faults(FaultPlan(timeout_after_create=1)),
+    )
+
+
+def local_target(home: Path) -> Target:
+    """The local provider with its state under ``home``. Its launches carry no user data,
+    so nodes are recorded but nothing boots (no Ray, no processes)."""
+    from broker.config import load_settings
+    from providers.local import DEFAULT_NODES, REGION, ZONE, LocalProvider
+
+    provider = LocalProvider(load_settings({"GPUBROKER_HOME": str(home)}), nodes=DEFAULT_NODES)
+    blocker = f"blocker-{uuid.uuid4().hex[:8]}"
+
+    @contextlib.contextmanager
+    def capacity(free: int) -> Iterator[None]:
+        """Other work holds every local node but ``free`` of them: the machine's real
+        capacity runs out, nothing is injected into the provider."""
+        held = provider.launch(
+            LaunchRequest(
+                request_id=f"req-{blocker}",
+                region=REGION,
+                zone=ZONE,
+                instance_type=provider.instance_type,
+                nodes=provider.nodes,
+                pricing=Pricing.ON_DEMAND,
+                owner=blocker,
+                gang=False,  # takes what is left, however much that is
+            )
+        )
+        provider.terminate([r.instance_id for r in held[:free]], f"req-{blocker}")
+        try:
+            yield
+        finally:
+            provider.terminate([r.instance_id for r in held], f"req-{blocker}")
+
+    return Target(
+        name="local",
+        provider=provider,
+        region=REGION,
+        zone=ZONE,
+        instance_type=provider.instance_type,
+        capacity_fault=lambda k: capacity(k - 1),
+        failures={"capacity": lambda: capacity(0)},
+        lost_reply=None,  # a launch is a locked file update in this process
+        skips={
+            "test_every_failure_is_our_typed_error": (
+                "the local machine has no quotas, credentials or API to throttle or fail: "
+                "only its capacity can run out"
+            ),
+        },
     )

@@ -48,6 +48,8 @@ def test_launch_converges_after_nodes_were_lost(target: Target) -> None:
 
 
 def test_retry_after_a_lost_reply_converges(target: Target) -> None:
+    if target.lost_reply is None:
+        pytest.skip(f"{target.name} launches have no reply to lose")
     req = target.request(2)
     with target.lost_reply(), pytest.raises(ProviderError) as err:
         target.provider.launch(req)

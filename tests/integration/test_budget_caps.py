@@ -59,7 +59,7 @@ def test_budget_cli(home: Path) -> None:
         timeout=60,
     )
     assert ok.returncode == 0, ok.stderr
-    assert "research" in ok.stdout and "5000" in ok.stdout
+    assert "research" in ok.stdout and "$5,000.00" in ok.stdout
     db = Database(f"sqlite:///{home / 'broker.db'}")
     assert [(b.team, b.amount, b.period) for b in budgets.list_budgets(db)] == [
         ("research", Decimal("5000"), "week")

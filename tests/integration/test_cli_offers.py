@@ -65,7 +65,7 @@ def test_summary_and_csv(home: Path, monkeypatch, capsys) -> None:  # type: igno
     gpus = {r["gpu"]: r for r in json.loads(out)}
     assert gpus["H100-80GB"]["on_demand"]["price_per_gpu_hour"] == 6.88
     code, out, _ = run_cli(["offers", "--provider", "gcp", "--format", "csv"], monkeypatch, capsys)
-    assert code == 0 and out.splitlines()[0].startswith("provider,region,zone,instance_type")
+    assert code == 0 and out.splitlines()[0].startswith("id,provider,region,zone,instance_type")
 
 
 @pytest.mark.parametrize(

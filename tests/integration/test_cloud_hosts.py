@@ -30,7 +30,7 @@ from broker.config import Settings
 from broker.db.engine import Database
 from broker.db.models import InstanceRow
 from broker.domain import JobState
-from broker.services import execution, jobs
+from broker.services import execution, jobs, runners
 from tests.support.aws_price_list import aws_price_list, aws_price_list_server  # noqa: F401
 from tests.support.execution import plan_allocation, tiny_spec
 from tests.support.moto_server import (  # noqa: F401
@@ -99,7 +99,7 @@ def _plan(database: Database, job_id: int, zone: str) -> int:
 
 
 def _output(settings: Settings, job_id: int) -> str:
-    path = execution.run_dir(settings, job_id) / "output.log"
+    path = runners.run_dir(settings, job_id) / "output.log"
     return path.read_text() if path.exists() else ""
 
 

@@ -47,7 +47,7 @@ def test_submit_list_logs_cancel_reconcile(home: Path) -> None:
     assert ",CANCELLED," in lines[1]
 
     logs = _run(home, "logs", str(job["id"]), "--events", "--format", "json")
-    states = [json.loads(line)["payload"]["state"] for line in logs.stdout.splitlines()]
+    states = [event["payload"]["state"] for event in json.loads(logs.stdout)]
     assert states == ["PENDING", "CANCELLED"]
 
     report = _run(home, "reconcile", "--format", "json")

@@ -48,9 +48,11 @@ def _plan(database: Database) -> tuple[int, int]:
     return job_id, alloc_id
 
 
-def _instances(aws_provider: Any, settings: Any, alloc_id: int) -> list[dict[str, Any]]:
+def _instances(
+    aws_provider: Any, settings: Any, db: Database, alloc_id: int
+) -> list[dict[str, Any]]:
     ec2 = aws_provider.client("ec2", "us-east-1")
-    request_id = execution.request_id_for(settings, alloc_id)
+    request_id = execution.request_id_for(db, settings, alloc_id)
     found = ec2.describe_instances(Filters=[{"Name": f"tag:{TAG_REQUEST}", "Values": [request_id]}])
     return [i for r in found["Reservations"] for i in r["Instances"]]
 
@@ -65,7 +67,7 @@ def test_a_cloud_launch_without_an_ingress_cidr_is_refused(
     assert jobs.get(database, job_id).state is JobState.PLANNED  # nothing half-done
     with database.session() as session:
         assert session.scalars(select(InstanceRow)).all() == []
-    assert _instances(aws_provider, aws_settings, alloc_id) == []
+    assert _instances(aws_provider, aws_settings, database, alloc_id) == []
     database.dispose()
 
 
@@ -86,7 +88,7 @@ def test_an_unreachable_head_fails_the_job_and_nothing_is_left(
     assert state is JobState.FAILED
     message = jobs.get(database, job_id).message or ""
     assert "did not answer within 2 s" in message and ":8265" in message
-    instances = _instances(aws_provider, settings, alloc_id)
+    instances = _instances(aws_provider, settings, database, alloc_id)
     assert len(instances) == 2
     assert {i["State"]["Name"] for i in instances} <= {"shutting-down", "terminated"}
     head = next(i for i in instances if {"Key": "gpubroker-node", "Value": "0"} in i["Tags"])

@@ -60,7 +60,8 @@ def test_reconcile_after_crash(home: Path, point: str) -> None:
     with database.session() as session:
         rows = list(session.scalars(select(InstanceRow).order_by(InstanceRow.node_index)))
     # The rows, with their request id, exist whatever point the broker died at.
-    assert [r.request_id for r in rows] == [f"gpubroker-alloc-{alloc_id}"] * 2
+    request_id = execution.request_id_for(database, settings, alloc_id)
+    assert [r.request_id for r in rows] == [request_id] * 2
     launched = provider.list_instances(settings.owner_tag)
     if point == "after_launch_record":
         assert launched == [] and {r.state for r in rows} == {InstanceState.REQUESTED.value}
@@ -118,7 +119,9 @@ def test_reconcile_terminates_only_what_nothing_owns(home: Path) -> None:
         )
     leases.acquire(database, execution.lease_name(alloc_id), execution.lease_holder(), 60)
 
-    def launch(request_id: str, allocation: int, owner: str = "gpubroker") -> None:
+    def launch(
+        request_id: str, allocation: int, owner: str = "gpubroker", installation: str = ""
+    ) -> None:
         provider.launch(
             LaunchRequest(
                 request_id=request_id,
@@ -127,6 +130,7 @@ def test_reconcile_terminates_only_what_nothing_owns(home: Path) -> None:
                 instance_type="local-node",
                 nodes=1,
                 owner=owner,
+                installation=installation or database.installation_id,
                 tags={TAG_ALLOCATION: str(allocation)},
             )
         )
@@ -134,10 +138,15 @@ def test_reconcile_terminates_only_what_nothing_owns(home: Path) -> None:
     launch("owned", alloc_id)
     launch("stray", 999)
     launch("not-ours", 998, owner="someone-else")
+    launch("other-installation", 997, installation="0" * 16)  # same owner tag, not ours
 
     report = reconcile(database, settings, ["local"])
 
     assert len(report.terminated) == 1 and report.orphaned_allocations == []
-    assert {r.request_id for r in provider.list_instances("gpubroker")} == {"owned"}
+    assert len(report.foreign) == 1
+    assert {r.request_id for r in provider.list_instances("gpubroker")} == {
+        "owned",
+        "other-installation",
+    }
     assert len(provider.list_instances("someone-else")) == 1
     database.dispose()

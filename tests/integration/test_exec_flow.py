@@ -52,7 +52,9 @@ def test_allocation_runs_to_success_and_is_metered(database: Database, home: Pat
         instances = sorted(rows, key=lambda r: r.node_index)
         usage = list(session.scalars(select(UsageRow).where(UsageRow.job_id == job_id)))
     assert [r.node_index for r in instances] == [0, 1]
-    assert {r.request_id for r in instances} == {f"gpubroker-alloc-{alloc_id}"}
+    assert {r.request_id for r in instances} == {
+        f"gpubroker-{database.installation_id}-alloc-{alloc_id}"
+    }
     assert all(r.state == InstanceState.TERMINATED.value for r in instances)
     assert [r.address for r in instances] == ["127.0.0.2", "127.0.0.3"]
     assert len(usage) == 2
@@ -330,11 +332,10 @@ def _serving_spec() -> dict:  # type: ignore[type-arg]
     }
 
 
-@pytest.mark.parametrize("entry", ["run_job", "run_pending"])
-def test_serving_job_releases_every_allocation_of_its_plan(
-    database: Database, home: Path, entry: str
+def test_a_serving_plan_names_each_allocations_area_and_replicas(
+    database: Database, home: Path
 ) -> None:
-    from broker.db.models import PlanRow
+    from broker.services import planning
     from providers.fake import FakeProvider
     from workloads.spec import parse_spec
 
@@ -343,22 +344,129 @@ def test_serving_job_releases_every_allocation_of_its_plan(
     _fake_offer(database, fake, zone="us-east-1a", instance_type="fake-l4x1", pricing="on_demand")
     job_id = jobs.submit(database, parse_spec(_serving_spec())).id
 
-    if entry == "run_job":
-        assert execution.run_job(database, settings, job_id) is JobState.FAILED
-    else:
-        assert execution.run_pending(database, settings) == [job_id]
+    planning.schedule(database, settings, job_ids=[job_id])
 
-    view = jobs.get(database, job_id)
-    assert view.state is JobState.FAILED
-    assert view.message == "serving is not run by this version; the plan stands"
     with database.session() as session:
         allocs = session.scalars(select(AllocationRow).where(AllocationRow.job_id == job_id)).all()
-        plans = {a.plan_id for a in allocs}
-        assert len(plans) == 1 and session.get(PlanRow, plans.pop()) is not None
-        assert list(session.scalars(select(InstanceRow))) == []
-    assert len({a.region for a in allocs}) >= 2  # one allocation per pool of the mix
-    assert {a.state for a in allocs} == {AllocationState.RELEASED.value}
-    assert fake.stats.calls["launch"] == 0 and fake.instances() == []
+    assert {a.area for a in allocs} == {"us", "europe"}
+    assert all(a.replicas >= 1 and a.replicas >= a.nodes for a in allocs)
+    assert sum(a.replicas for a in allocs) >= 2  # min_replicas
+
+
+class _AreaRunner:
+    """Stands in for the Serve run on fake nodes (they boot nothing): each allocation
+    opens its endpoint and reports like the driver does; the ``lose`` area's head is lost
+    after its first report, which two regions on one machine cannot produce for real."""
+
+    def __init__(self, lose: str) -> None:
+        self.lose = lose
+
+    def __call__(self, ctx: runners.RunContext, monitor: runners.Monitor) -> runners.Outcome:
+        from broker.services import serving
+
+        with ctx.db.session() as session:
+            area = session.get(AllocationRow, ctx.allocation_id).area  # type: ignore[union-attr]
+        low, _ = serving.open_endpoint(ctx.db, ctx.allocation_id, f"http://{area}", 1)
+        served = 0
+        while monitor.poll() is None:
+            served += 3
+            report = {"event": "serving", "state": "RUNNING", "replicas": low}
+            monitor.feed([{**report, "requests": served, "tokens": served * 8}])
+            if area == self.lose and served > 3:
+                return runners.Outcome(ok=False, stop="preempted: head node taken away")
+            time.sleep(0.2)
+        return runners.Outcome(ok=False, stop=monitor.stop_reason)
+
+
+def test_serving_areas_run_at_once_a_lost_area_leaves_the_other_answering(
+    database: Database, home: Path
+) -> None:
+    from broker.services import serving
+    from providers.fake import FakeProvider
+    from workloads.spec import parse_spec
+
+    fake = FakeProvider()
+    settings = _fake_settings(home, database, fake)
+    _fake_offer(database, fake, zone="us-east-1a", instance_type="fake-l4x1", pricing="on_demand")
+    job_id = jobs.submit(database, parse_spec(_serving_spec())).id
+    result: list[JobState] = []
+    thread = threading.Thread(
+        target=lambda: result.append(
+            execution.run_job(database, settings, job_id, runner=_AreaRunner(lose="europe"))
+        )
+    )
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            states = {e.area: e.state for e in serving.endpoints(database, job_id, live=False)}
+            if states == {"us": "READY", "europe": "LOST"}:
+                break
+            time.sleep(0.2)
+        assert states == {"us": "READY", "europe": "LOST"}
+        assert jobs.get(database, job_id).state is JobState.RUNNING
+        assert any(e.kind == "allocation_ended" for e in jobs.events(database, job_id))
+        us = next(e for e in serving.endpoints(database, job_id) if e.area == "us")
+        assert us.requests > 0 and us.tokens == us.requests * 8
+    finally:
+        jobs.cancel(database, settings, job_id)
+        thread.join(timeout=60)
+    assert result == [JobState.CANCELLED]
+    states = {e.area: e.state for e in serving.endpoints(database, job_id, live=False)}
+    assert states == {"us": "STOPPED", "europe": "LOST"}
+    with database.session() as session:
+        allocs = session.scalars(select(AllocationRow).where(AllocationRow.job_id == job_id)).all()
+        nodes = list(session.scalars(select(InstanceRow)))
+        usage = list(session.scalars(select(UsageRow).where(UsageRow.job_id == job_id)))
+    assert not any(AllocationState(a.state).live for a in allocs)
+    assert nodes and {n.state for n in nodes} == {InstanceState.TERMINATED.value}
+    assert len(usage) == len(nodes)
+    assert fake.instances() == [] or all(i.state != "running" for i in fake.instances())
+
+    # The report prices the job's traffic: its ledger cost per 1,000 requests and 1M tokens.
+    from broker.services.reports import build_report
+
+    report = build_report(database, min(u.start for u in usage), max(u.end for u in usage))
+    (row,) = report.serving
+    counted = sum(e.requests for e in serving.endpoints(database, job_id, live=False))
+    assert row["job_id"] == job_id and row["requests"] == counted > 0
+    assert row["cost"] == sum(u.cost for u in usage) > 0
+    assert row["cost_per_1k_requests"] == (row["cost"] * 1000 / counted).quantize(Decimal("1e-6"))
+    assert row["tokens"] == counted * 8
+
+
+def test_the_next_plan_serves_the_measured_rate_when_it_is_higher(
+    database: Database, home: Path
+) -> None:
+    from broker.db.models import EndpointRow, JobRow
+    from broker.services import planning
+    from providers.fake import FakeProvider
+    from workloads.spec import parse_spec
+
+    fake = FakeProvider()
+    settings = _fake_settings(home, database, fake)
+    _fake_offer(database, fake, zone="us-east-1a", instance_type="fake-l4x1", pricing="on_demand")
+    job_id = jobs.submit(database, parse_spec(_serving_spec())).id
+    planning.schedule(database, settings, job_ids=[job_id])
+
+    def planned() -> int:
+        return sum(a["replicas"] for a in planning.plan(database, settings).allocations)
+
+    with database.session() as session:
+        allocs = session.scalars(select(AllocationRow).where(AllocationRow.job_id == job_id)).all()
+        for alloc in allocs:
+            alloc.state = AllocationState.RELEASED.value
+        session.get(JobRow, job_id).state = JobState.PENDING.value  # type: ignore[union-attr]
+    before = planned()
+    with database.session() as session:
+        session.add(
+            EndpointRow(
+                job_id=job_id, allocation_id=allocs[0].id, area="us", state="STOPPED",
+                replicas=0, min_replicas=1, max_replicas=1, requests=0, tokens=0, errors=0,
+                request_rate=400.0,
+            )
+        )  # fmt: skip
+    assert planned() > before  # 400 req/s measured against the spec's 40
 
 
 def test_budget_lowered_after_planning_refuses_the_launch(database: Database, home: Path) -> None:

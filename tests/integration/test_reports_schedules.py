@@ -18,7 +18,7 @@ from tests.support.usage_ledger import seed
 CREATED = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)  # a Monday
 
 
-def test_add_list_remove_and_validation(database, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_add_list_remove_and_validation(database, tmp_path: Path, home: Path) -> None:  # type: ignore[no-untyped-def]
     view = schedules.add_schedule(
         database,
         "0 8 * * 1",
@@ -112,7 +112,7 @@ class _Hook(BaseHTTPRequestHandler):
         pass
 
 
-def test_webhook_gets_the_report(database, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_webhook_gets_the_report(database, tmp_path: Path, home: Path) -> None:  # type: ignore[no-untyped-def]
     server = HTTPServer(("127.0.0.1", 0), _Hook)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -140,3 +140,74 @@ def test_webhook_gets_the_report(database, tmp_path: Path) -> None:  # type: ign
     assert len(made) == 1 and made[0].webhook is not None
     assert made[0].webhook.startswith("error: ") and "token" not in made[0].webhook
     assert Path(made[0].path).exists()
+
+
+def test_email_reaches_the_smtp_server_once(database, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from broker.config import load_settings
+    from tests.support.smtp_sink import SmtpSink
+
+    seed(database, now=CREATED, jobs=6)
+    with pytest.raises(UserError, match=r"^email: 'not-an-address'"):
+        schedules.add_schedule(database, "0 * * * *", out_dir=tmp_path, email="not-an-address")
+    view = schedules.add_schedule(
+        database,
+        "0 * * * *",
+        period="7d",
+        fmt="html",
+        out_dir=tmp_path,
+        email=["lead@example.com", "finance@example.com, lead@example.com"],
+        now=CREATED,
+    )
+    assert view.email == "lead@example.com,finance@example.com"
+    with SmtpSink() as sink:
+        settings = load_settings(
+            {
+                "GPUBROKER_HOME": str(tmp_path / "home"),
+                "GPUBROKER_SMTP_HOST": "127.0.0.1",
+                "GPUBROKER_SMTP_PORT": str(sink.port),
+                "GPUBROKER_SMTP_FROM": "gpu@example.com",
+            }
+        )
+        made = schedules.run_due(database, now=CREATED + timedelta(minutes=45), settings=settings)
+        assert [m.email for m in made] == ["sent to 2"]
+        # a second daemon at the same time makes nothing and sends nothing
+        again = schedules.run_due(database, now=CREATED + timedelta(minutes=50), settings=settings)
+        assert again == []
+        [received] = sink.messages
+    assert received.sender == "gpu@example.com"
+    assert received.recipients == ["lead@example.com", "finance@example.com"]
+    message = received.message
+    assert message["Subject"] == "gpubroker report 2026-10-26 to 2026-11-02"
+    body = message.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
+    assert "spend" in body and "attached" in body
+    [attachment] = list(message.iter_attachments())  # type: ignore[attr-defined]
+    assert attachment.get_filename() == Path(made[0].path).name
+    assert attachment.get_content_type() == "text/html"
+    assert attachment.get_content() == Path(made[0].path).read_text()
+    # no server at all: the report is still made, the failure recorded without secrets
+    unreachable = load_settings(
+        {
+            "GPUBROKER_HOME": str(tmp_path / "home"),
+            "GPUBROKER_SMTP_HOST": "127.0.0.1",
+            "GPUBROKER_SMTP_PORT": str(sink.port),
+            "GPUBROKER_SMTP_USER": "reports",
+            "GPUBROKER_SMTP_PASSWORD": "hunter2",
+        }
+    )
+    later = CREATED + timedelta(hours=1, minutes=35)  # due at 11:00
+    made = schedules.run_due(database, now=later, settings=unreachable)
+    assert len(made) == 1 and made[0].email is not None
+    assert made[0].email.startswith("error: ") and "hunter2" not in made[0].email
+    assert Path(made[0].path).exists()
+
+
+def test_monthly_reports_cover_the_calendar_month(database, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    for bad, words in (("1m", "ambiguous"), ("2026-11-01", "not a length"), ("ytd", "length")):
+        with pytest.raises(UserError, match=rf"^period: .*{words}"):
+            schedules.add_schedule(database, "0 8 1 * *", period=bad, out_dir=tmp_path)
+    schedules.add_schedule(
+        database, "0 8 1 * *", period="1mo", fmt="json", out_dir=tmp_path, now=CREATED
+    )
+    [made] = schedules.run_due(database, now=datetime(2026, 12, 1, 8, 0, tzinfo=UTC))
+    assert made.period_from == datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
+    assert made.period_to == datetime(2026, 12, 1, 8, 0, tzinfo=UTC)

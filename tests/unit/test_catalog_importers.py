@@ -146,3 +146,96 @@ def test_snapshot_covers_the_promised_types_in_three_regions() -> None:
             assert {o.pricing for o in mine} >= {Pricing.ON_DEMAND}
             assert all(o.as_of and o.source and o.price_per_hour for o in mine)
     assert {o.rdma for o in offers} >= {Fabric.EFA, Fabric.TCPX, Fabric.TCPXO, Fabric.ROCE}
+
+
+def test_gcp_a4_host_priced_zero_takes_the_b200_row_price() -> None:
+    rows = _rows("gcp_vms.csv")
+    hosts = [r for _, r in rows if r[0] == "a4-highgpu-8g"]
+    assert hosts and all(float(r[8]) == 0.0 for r in hosts)  # the case at hand
+    result = skypilot.parse_file(shared_dataset(*CATALOGS, "gcp_vms.csv"))
+    offers = {(o.instance_type, o.zone, o.pricing): o for o in result.records}
+    for host in hosts:
+        gpu = next(r for _, r in rows
+                   if r[0] == "" and r[3] == "B200" and r[4] == "8" and r[7] == host[7])
+        on_demand = offers[("a4-highgpu-8g", host[7], Pricing.ON_DEMAND)]
+        assert on_demand.price_per_hour == Decimal(gpu[8]) + Decimal(host[8])
+        assert on_demand.gpu == "B200" and on_demand.gpus_per_node == 8
+        if float(gpu[9]) > 0:
+            spot = offers[("a4-highgpu-8g", host[7], Pricing.SPOT)]
+            assert spot.price_per_hour == Decimal(gpu[9]) + Decimal(host[9])
+
+
+def test_vast_gpu_memory_is_the_node_total_divided_by_its_gpus() -> None:
+    import ast
+
+    rows = _rows("vast_vms.csv")
+    result = skypilot.parse_file(shared_dataset(*CATALOGS, "vast_vms.csv"))
+    by_line = dict(zip([line for line, _ in rows], result.records, strict=True))
+    multi = [(line, r) for line, r in rows if r[2] not in ("", "1")]
+    assert multi
+    for line, r in multi:
+        node_mib = ast.literal_eval(r[5])["Gpus"][0]["MemoryInfo"]["SizeInMiB"]
+        offer = by_line[line]
+        assert offer.instance_type == r[0] and offer.gpus_per_node == int(r[2])
+        assert offer.gpu_memory_gib == round(node_mib / 1024 / int(r[2]), 2)
+    # the two 2 x A100 rows of the issue: 80 GB and 40 GB cards, not 160 and 80
+    two = {by_line[line].gpu_memory_gib for line, r in multi
+           if r[0] == "2x-A100_SXM4-32-65536"}
+    assert {40.0, 80.0} <= two
+
+
+def _price_or_none(text: str) -> Decimal | None:
+    text = text.strip()
+    return Decimal(text) if text and Decimal(text) > 0 else None
+
+
+def test_every_offer_is_priced_as_the_catalog_prices_it() -> None:
+    """Over the five shared catalogs: each offer's price is the row's (GCP: host plus GPU
+    row of its zone), and an offer is unpriced only where the catalog gives no price."""
+    from collections import Counter
+
+    for name in ("aws_vms.csv", "azure_vms.csv", "lambda_vms.csv", "vast_vms.csv"):
+        path = shared_dataset(*CATALOGS, name)
+        with path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(enumerate(reader))
+        result = skypilot.parse_file(path)
+        expected: Counter = Counter()
+        for _, row in rows:  # lines with an extra trailing field are read (and reported)
+            count = (row["AcceleratorCount"] or "").strip()
+            if not (row["AcceleratorName"] or "").strip() or not count:
+                continue
+            if float(count) != int(float(count)):
+                continue  # fractional GPU shares are not imported
+            where = (row["InstanceType"], row["Region"], row.get("AvailabilityZone") or None)
+            on_demand, spot = _price_or_none(row["Price"]), _price_or_none(row["SpotPrice"])
+            if on_demand is not None or spot is None:
+                expected[(*where, "on_demand", on_demand)] += 1
+            if spot is not None:
+                expected[(*where, "spot", spot)] += 1
+        got = Counter((o.instance_type, o.region, o.zone, o.pricing.value, o.price_per_hour)
+                      for o in result.records)
+        assert got == expected, name
+
+    rows = _rows("gcp_vms.csv")
+    gpu_rows = {(r[3], r[4], r[7]): r for _, r in rows if r[0] == "" and r[3]}
+    result = skypilot.parse_file(shared_dataset(*CATALOGS, "gcp_vms.csv"))
+    offers = {(o.instance_type, o.zone, o.pricing.value): o.price_per_hour
+              for o in result.records}
+    by_place = {(o.instance_type, o.zone): o for o in result.records}
+    checked = 0
+    for _, host in rows:
+        if not host[0].startswith(("a2-", "a3-", "a4-", "g2-")):
+            continue
+        offer = by_place[(host[0], host[7])]
+        gpu = gpu_rows.get((offer.gpu, str(offer.gpus_per_node), host[7]))
+        for col, pricing in ((8, "on_demand"), (9, "spot")):
+            want = None
+            if gpu is not None and host[col] and gpu[col] and Decimal(gpu[col]) > 0:
+                want = Decimal(host[col]) + Decimal(gpu[col])
+            if want is None and pricing == "spot":
+                assert (host[0], host[7], pricing) not in offers
+            else:
+                assert offers[(host[0], host[7], pricing)] == want, (host[0], host[7], pricing)
+            checked += 1
+    assert checked > 100

@@ -86,7 +86,8 @@ def test_pinned_versions_are_installed_only_when_missing(tmp_path: Path) -> None
     assert proc.wait(timeout=30) == 0
     pip, ray = (tmp_path / "n0" / "calls").read_text().splitlines()
     versions = node_boot.pinned_versions()
-    assert f"ray[default,train]=={versions['ray']}" in pip and f"torch=={versions['torch']}" in pip
+    assert f"{node_boot.RAY_EXTRAS}=={versions['ray']}" in pip
+    assert "serve" in node_boot.RAY_EXTRAS and f"torch=={versions['torch']}" in pip
     assert ray.startswith("ray start --head")
 
 
@@ -123,3 +124,13 @@ def test_the_token_is_per_cluster_from_a_private_secret(tmp_path: Path) -> None:
     )
     other = load_settings({"GPUBROKER_HOME": str(tmp_path / "other")})
     assert node_boot.cluster_token(other, "a1") != first  # another installation, another token
+
+
+def test_a_serving_cluster_opens_its_http_port_to_the_ingress(tmp_path: Path) -> None:
+    settings = load_settings(
+        {"GPUBROKER_HOME": str(tmp_path / "home"), "GPUBROKER_SERVE_PORT": "8123"}
+    )
+    training = node_boot.cluster_spec(settings, "aws", "a1")
+    serving = node_boot.cluster_spec(settings, "aws", "a2", serving=True)
+    assert training.ports == (settings.ray_port, settings.ray_dashboard_port)
+    assert serving.ports == (settings.ray_port, settings.ray_dashboard_port, 8123)

@@ -28,10 +28,29 @@ def test_durations() -> None:
     assert parse_duration("7d") == timedelta(days=7)
     assert parse_duration(" 12h ") == timedelta(hours=12)
     assert parse_duration("2w") == timedelta(days=14)
-    assert parse_duration("30m") == timedelta(minutes=30)
-    for bad in ("", "7", "0d", "7 days", "-1d", "1y"):
+    assert parse_duration("30min") == timedelta(minutes=30)
+    for bad in ("", "7", "0d", "7 days", "-1d", "1y", "1mo"):
         with pytest.raises(UserError, match=r"^since:"):
             parse_duration(bad)
+    with pytest.raises(UserError, match=r"'1m' is ambiguous; write 1min .* or 1mo"):
+        parse_duration("1m")
+
+
+def test_calendar_windows() -> None:
+    """Months and ytd follow the calendar; a date works as --since; --to takes them too."""
+    end = datetime(2026, 3, 31, 12, 0, tzinfo=UTC)
+    assert window(since="1mo", now=end) == (datetime(2026, 2, 28, 12, 0, tzinfo=UTC), end)
+    assert window(since="13mo", now=end)[0] == datetime(2025, 2, 28, 12, 0, tzinfo=UTC)
+    assert window(since="ytd", now=end)[0] == datetime(2026, 1, 1, tzinfo=UTC)
+    assert window(since="2026-03-01", now=end)[0] == datetime(2026, 3, 1, tzinfo=UTC)
+    assert window(since="30d", end="7d", now=end) == (
+        end - timedelta(days=37),
+        end - timedelta(days=7),
+    )
+    with pytest.raises(UserError, match=r"^since: '1m' is ambiguous"):
+        window(since="1m", now=end)
+    with pytest.raises(UserError, match=r"^since: 'soon' is not a duration or date; use .*ytd"):
+        window(since="soon", now=end)
 
 
 def test_windows() -> None:

@@ -95,3 +95,66 @@ def test_inference_spec_becomes_units_per_area() -> None:
     providers = {problem.pools[int(problem.candidates.pool[a.candidate])].provider
                  for a in plan.assignments}
     assert providers == {"aws", "gcp"}
+
+
+def test_spot_adds_only_recovery_time_not_checkpoint_writes_again() -> None:
+    """Checkpoint writes are in the estimate's hours already: at 40 % of the on-demand
+    price, spot with frequent checkpoints must come out far cheaper, not dearer."""
+    from scheduler.candidates import training_spot_overhead
+
+    spec = _train(checkpoint_every=500, nodes=None,
+                  constraints={"gpus": ["H100"], "spot": True})
+    on_demand = _pool("a", 4, price=50.0)
+    spot = Pool("aws", "us-east-1", "a", "p5.48xlarge", "spot", "H100-80GB", 8, 20.0, 4,
+                3200.0, "efa")
+    problem = build_problem([(1, spec)], [on_demand, spot], now=NOW)
+    c = problem.candidates
+    by_pricing = {problem.pools[int(c.pool[i])].pricing: i for i in range(len(c))
+                  if int(c.nodes[i]) == 1}
+    od, sp = by_pricing["on_demand"], by_pricing["spot"]
+    assert float(c.hours[od]) == float(c.hours[sp])
+    assert 0 < float(c.overhead[sp]) < 0.2
+    assert float(c.cost[sp]) < 0.5 * float(c.cost[od])
+    two = [i for i in range(len(c)) if int(c.nodes[i]) == 2 and float(c.overhead[i]) > 0]
+    for i in two:  # the same rule estimate uses: every node of the gang can be reclaimed
+        from workloads.estimate import Hardware, estimate_training
+
+        est = estimate_training(spec, Hardware(gpu="H100-80GB", gpus_per_node=8, nodes=2,
+                                               interconnect_gbps=3200.0, rdma=True))
+        assert float(c.overhead[i]) == training_spot_overhead(spec, est.step_seconds, 2)
+
+
+def test_zone_less_pools_hold_a_gang_within_their_region() -> None:
+    lam = Pool("lambda", "us-east-1", "", "gpu_8x_h100_sxm5", "on_demand", "H100-80GB", 8,
+               23.92, 4, 3200.0, "infiniband")
+    problem = build_problem([(1, _train())], [lam], now=NOW)
+    assert len(problem.candidates) and int(problem.candidates.nodes[0]) == 2
+    plan = solve(problem, time_limit=5)
+    assert plan.unplaced == {} and check(problem, plan) == []
+
+
+def test_the_validator_counts_spot_overhead_against_the_deadline() -> None:
+    from scheduler.problem import Assignment, Candidates, Job, Plan, Problem
+
+    spot = Pool("aws", "us-east-1", "a", "p5", "spot", "H100-80GB", 8, 20.0, 4, 3200.0)
+    # 10 h of work plus 10 % recovery: 11 h on the wall, against a 10.5 h deadline
+    rows = [(0, 0, 1, 10.0, 20.0 * 10.0 * 1.1, 8, -1, 0.0, 0, 0.1)]
+    job = Job(id=1, name="j", team="a", priority=0, shape=0, spot=True, deadline_hours=10.5)
+    problem = Problem(jobs=[job], pools=[spot], candidates=Candidates.from_rows(rows, 1),
+                      n_shapes=1)
+    plan = Plan([Assignment(1, 0)], {}, 220.0, 220.0)
+    assert any("misses its deadline" in v for v in check(problem, plan))
+
+
+def test_an_unknown_fabric_is_a_setting_and_is_flagged_in_the_plan() -> None:
+    from scheduler.candidates import Settings
+
+    unknown = Pool("lambda", "us-east-1", "", "gpu_8x_h100_sxm5", "on_demand", "H100-80GB", 8,
+                   23.92, 4, None)
+    slow = build_problem([(1, _train())], [unknown], now=NOW)
+    fast = build_problem([(1, _train())], [unknown], now=NOW,
+                         knobs=Settings(unknown_interconnect_gbps=400.0))
+    assert float(fast.candidates.hours[0]) < float(slow.candidates.hours[0])
+    plan = solve(fast, time_limit=5)
+    assert plan.explain[1]["chosen"]["fabric"] == (
+        "unknown; hours assume 400 Gbps between nodes")

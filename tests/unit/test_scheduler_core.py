@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import itertools
+import math
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from broker.errors import Infeasible
 from scheduler.baselines import first_come, greedy_regret, per_job_cheapest, units_to_plan
 from scheduler.model import build_classes
 from scheduler.problem import INFERENCE, Assignment, Candidates, Job, Plan, Pool, Problem
-from scheduler.solve import solve
+from scheduler.solve import WorkLimits, lp_bound, solve
 from scheduler.validate import capacity_violations, check
 
 
@@ -70,6 +73,14 @@ def small_problems(draw):
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(small_problems())
 def test_solver_is_valid_and_optimal_against_brute_force(problem: Problem) -> None:
+    hosts = {problem.pools[int(p)].provider for p in problem.candidates.pool}
+    if problem.share_cap is not None and hosts and problem.share_cap < 1 / len(hosts):
+        # no plan with a job in it meets the cap: refused, not "optimal" with none placed
+        with pytest.raises(Infeasible, match="smallest cap that can hold is"):
+            solve(problem, time_limit=5)
+        empty = sum(problem.penalty(job) for job in problem.jobs)
+        assert _brute_force(problem) == pytest.approx(empty)
+        return
     plan = solve(problem, time_limit=5, relative_gap=1e-9)
     assert check(problem, plan) == []
     assert abs(plan.objective - _brute_force(problem)) <= 1e-6 * max(1.0, plan.objective)
@@ -214,7 +225,8 @@ def test_serving_plans_are_optimal_and_the_bound_holds(problem: Problem) -> None
     assert check(problem, plan) == []
     assert abs(plan.objective - exact) <= 1e-6 * max(1.0, exact)
     classes, pools = build_classes(problem), PoolIndex.of(problem)
-    lp, _, master = _column_generation(problem, classes, pools, {}, deadline=1e18)
+    cg = _column_generation(problem, classes, pools, {}, rounds=10_000, deadline=1e18)
+    lp, master = cg.bound, cg.master
     strong = lagrangian_bound(problem, classes, pools, master.duals, deadline=1e18)
     assert lp <= exact + 1e-6 * max(1.0, exact)
     assert strong is None or strong <= exact + 1e-6 * max(1.0, exact)
@@ -242,11 +254,10 @@ def test_a_solve_without_duals_keeps_a_valid_bound(monkeypatch) -> None:  # type
         return objective, None
 
     monkeypatch.setattr(Master, "solve_lp", without_duals)
-    monkeypatch.setattr("scheduler.solve.FULL_BOUND_MAX_COLUMNS", 0)  # the fallback alone
     # both jobs' cheapest pool holds one of them: the optimum is 21, zero multipliers give 20
     pools = [_pool(0, "aws", 1, 10.0), _pool(1, "gcp", 1, 11.0)]
     problem = _problem(pools, [("a", 0, [(0, 1, 1.0), (1, 1, 1.0)]), ("a", 0, [(0, 1, 1.0)])])
-    plan = solve(problem, time_limit=5)
+    plan = solve(problem, time_limit=5, work=WorkLimits(full_space_columns=0))  # fallback alone
     assert check(problem, plan) == []
     assert plan.objective == 21.0 and plan.lp_bound == 20.0
     assert abs(plan.gap - 1 / 21) < 1e-9
@@ -255,15 +266,17 @@ def test_a_solve_without_duals_keeps_a_valid_bound(monkeypatch) -> None:  # type
     assert bound == 20.0
 
 
-def test_the_full_space_integer_bound_closes_an_integrality_gap(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_the_full_space_integer_bound_closes_an_integrality_gap() -> None:
     """A 3-node and a 2-node gang, a cheap pool of 4 nodes: only one fits there, but the LP
     puts half of the 2-node gang beside the 3-node one (bound 60). The integer model over
-    the full candidate space proves the optimum, 70."""
+    the full candidate space proves the optimum, 70; so does the integer model over the
+    kept columns, since no candidate is left out of it."""
     pools = [_pool(0, "aws", 4, 10.0), _pool(1, "gcp", 8, 20.0)]
     jobs = [("a", 0, [(0, 3, 1.0), (1, 3, 1.0)]), ("a", 0, [(0, 2, 1.0), (1, 2, 1.0)])]
     plan = solve(_problem(pools, jobs), time_limit=5)
     assert check(_problem(pools, jobs), plan) == []
     assert plan.objective == 70.0
     assert plan.lp_bound == 70.0 and plan.gap == 0.0
-    monkeypatch.setattr("scheduler.solve.FULL_BOUND_MAX_COLUMNS", 0)
-    assert solve(_problem(pools, jobs), time_limit=5).lp_bound == 60.0
+    assert lp_bound(_problem(pools, jobs)) == 60.0
+    without = solve(_problem(pools, jobs), time_limit=5, work=WorkLimits(full_space_columns=0))
+    assert without.lp_bound == 70.0 and without.timings["cheapest_excluded_rc"] == math.inf

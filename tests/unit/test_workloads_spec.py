@@ -211,14 +211,17 @@ def test_alias_bomb_and_huge_documents_fail_fast() -> None:
 
 
 def test_examples_are_valid(tmp_path: Path) -> None:
-    names = sorted(p.name for p in EXAMPLES.glob("*.yaml"))
+    scenarios = {"month.yaml"}  # fleet simulations, not job specs
+    names = sorted(p.name for p in EXAMPLES.glob("*.yaml") if p.name not in scenarios)
     assert names == [
         "gpt-125m-pretrain.yaml",
         "gpt-tiny-local.yaml",
+        "gpt-tiny-serve.yaml",
         "hello-ranks.yaml",
         "llama-70b-pretrain.yaml",
         "llama-7b-finetune.yaml",
         "llama-7b-serve.yaml",
+        "user-serve.yaml",
         "user-train.yaml",
     ]
     hello = load_spec(EXAMPLES / "hello-ranks.yaml")  # a SkyPilot task, unchanged
@@ -233,6 +236,10 @@ def test_examples_are_valid(tmp_path: Path) -> None:
     assert tiny.precision == "fp32"
     assert tiny.total_steps() >= 3 * tiny.checkpoint_every
     assert isinstance(load_spec(EXAMPLES / "llama-7b-serve.yaml"), InferenceJob)
+    served = load_spec(EXAMPLES / "gpt-tiny-serve.yaml")
+    assert isinstance(served, InferenceJob) and served.constraints.providers == ["local"]
+    user_app = load_spec(EXAMPLES / "user-serve.yaml")
+    assert isinstance(user_app, InferenceJob) and user_app.serve == "echo:app"
     big = load_spec(EXAMPLES / "llama-70b-pretrain.yaml")
     assert isinstance(big, TrainingJob) and big.constraints.min_interconnect_gbps
     with pytest.raises(NotFound):
