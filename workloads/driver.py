@@ -276,7 +276,7 @@ def _bundled_app(spec: RunSpec, serving: ServeSpec) -> Any:
     actor: dict[str, Any] = {"num_cpus": 0, "resources": {spec.resource: 1 / per_node}}
     if serving.gpus_per_replica:
         actor["num_gpus"] = serving.gpus_per_replica
-    threads = max(1, (os.cpu_count() or 1) // per_node) if not serving.gpus_per_replica else None
+    threads = None if serving.gpus_per_replica else max(1, int(_node_cpus(spec) // per_node))
     return GptServer.options(
         ray_actor_options=actor,
         max_ongoing_requests=serving.max_batch_size * 4,
@@ -289,6 +289,19 @@ def _bundled_app(spec: RunSpec, serving: ServeSpec) -> Any:
             "downscale_delay_s": 60.0,
         },
     ).bind(serving.model, serving.checkpoint, serving.max_batch_size, serving.batch_wait_s, threads)
+
+
+def _node_cpus(spec: RunSpec) -> float:
+    """The CPUs the smallest of the allocation's nodes gives Ray (a replica's torch threads
+    share them; loopback nodes share one machine, so this is not ``os.cpu_count()``)."""
+    import ray
+
+    counts = [
+        node["Resources"].get("CPU", 1.0)
+        for node in ray.nodes()
+        if node.get("Alive") and spec.resource in node.get("Resources", {})
+    ]
+    return min(counts) if counts else float(os.cpu_count() or 1)
 
 
 def serve_status(app_name: str = APP_NAME) -> dict[str, Any]:
