@@ -90,6 +90,16 @@ def plan(
         f"{report.solver} {report.solve_seconds:.2f} s  validated: "
         f"{'yes' if report.validated else 'no'}"
     )
+    if report.lp_placed is not None:
+        placed = len({a["job"] for a in report.allocations})
+        cost_gap = "-" if report.cost_gap is None else f"{report.cost_gap:.3%}"
+        typer.echo(
+            f"placed {placed} jobs of at most {report.lp_placed:g} (LP)  "
+            f"cost gap over them {cost_gap}"
+        )
+    if report.clock_stop:
+        typer.echo("note: the solver's safety time limit cut a step short; on a busier or "
+                   "slower machine the plan may differ (raise --time-limit)")  # fmt: skip
 
 
 def schedule(

@@ -8,6 +8,7 @@ share one file.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 from collections.abc import Iterator
@@ -132,6 +133,25 @@ def downgrade(engine: Engine, revision: str = "base") -> None:
     command.downgrade(alembic_config(engine), revision)
 
 
+@contextmanager
+def _first_use_lock(engine: Engine) -> Iterator[None]:
+    """Processes opening one new SQLite file at once migrate it one after the other (the
+    second would otherwise find the first one's tables before its revision)."""
+    database = engine.url.database if engine.url.get_backend_name() == "sqlite" else None
+    if not database or database == ":memory:":
+        yield
+        return
+    lock_path = Path(database).with_name(Path(database).name + ".lock")
+    try:
+        lock = open(lock_path, "a+")  # noqa: SIM115 (held for the block below)
+    except OSError:  # a folder we cannot write to: the schema check says what is wrong
+        yield
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 class Database:
     """One engine plus a session factory; upgrades the schema on first use."""
 
@@ -145,6 +165,11 @@ class Database:
     def ensure_schema(self) -> None:
         if self._ready:
             return
+        with _first_use_lock(self.engine):
+            self._check_and_upgrade()
+        self._ready = True
+
+    def _check_and_upgrade(self) -> None:
         try:
             current = current_revision(self.engine)
             if current is not None and current not in known_revisions():
@@ -167,7 +192,6 @@ class Database:
             raise ConfigError(
                 f"database {redact_url(self.url)}: not usable ({first_line(exc)})"
             ) from None
-        self._ready = True
 
     def _has_tables(self) -> bool:
         return bool(inspect(self.engine).get_table_names())

@@ -70,6 +70,9 @@ class PlanReport:
     solver: str = "highs"
     status: str = ""
     explain: dict[int, dict[str, Any]] = field(default_factory=dict)
+    lp_placed: float | None = None  # jobs the LP places (fractions counted): the most any plan can
+    cost_gap: float | None = None  # the cost gap over the jobs the plan places
+    clock_stop: bool = False  # the wall-clock safety stop cut a step short (load-dependent)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -82,6 +85,9 @@ class PlanReport:
             "validated": self.validated,
             "solver": self.solver,
             "status": self.status,
+            "lp_placed": self.lp_placed,
+            "cost_gap": self.cost_gap,
+            "clock_stop": self.clock_stop,
             "explain": {str(k): v for k, v in sorted(self.explain.items())},
         }
 
@@ -295,6 +301,9 @@ def _report(problem: Any, plan: Any, solver: str) -> PlanReport:
         solver=solver,
         status=plan.status,
         explain=plan.explain,
+        lp_placed=None if plan.lp_placed is None else round(plan.lp_placed, 4),
+        cost_gap=None if plan.cost_gap is None else round(plan.cost_gap, 6),
+        clock_stop=plan.clock_stop,
     )
 
 

@@ -314,7 +314,7 @@ class LocalProvider:
         roots = [raw["boot_pid"]] if raw.get("boot_pid") else []
         left = processes.stop([raw["temp_dir"]], roots)
         if left:
-            raise ProviderError(f"local node {raw['id']}: processes {left} did not stop")
+            raise ProviderError(NAME, f"node {raw['id']}: processes {left} did not stop")
         shutil.rmtree(raw["temp_dir"], ignore_errors=True)
 
     def set_metadata(self, instance_ids: Sequence[str], items: Mapping[str, str]) -> None:

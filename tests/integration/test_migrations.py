@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -53,3 +55,26 @@ def test_first_use_upgrades_an_empty_database(db_url: str) -> None:
         assert session.query(Base.metadata.tables["offers"]).count() == 0
     assert current_revision(db.engine) == head_revision()
     db.dispose()
+
+
+def test_processes_opening_one_new_sqlite_file_at_once_agree_on_it(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    code = (
+        "import sys; from broker.db.engine import Database; "
+        "db = Database(sys.argv[1]); db.ensure_schema(); print(db.installation_id)"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    results = [proc.communicate(timeout=120) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0] * 4, [err for _, err in results]
+    assert len({out.strip() for out, _ in results}) == 1
