@@ -68,14 +68,22 @@ CLI_MODULES: list[str] = [
 ]
 
 
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM ends a command as Ctrl-C does: a run in progress tears its nodes down first
+    (the daemon installs its own handler)."""
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Console entry point: every failure ends as one ``error:`` line on stderr and an exit
     code: a broker error's own (2 for bad input), 2 for a usage error or an out-of-range
     value, 1 for a database that cannot be reached, 70 for anything unforeseen (its
     traceback only with ``GPUBROKER_DEBUG=1``)."""
     import os
+    import signal
 
     _register()
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         code = _command()(standalone_mode=False)
     except BrokerError as exc:

@@ -21,6 +21,7 @@ cluster, or, in tests, the bundled loop in this process with no cluster booted.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import socket
@@ -779,8 +780,15 @@ def _run_allocations(
     ]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        thread.join()
+    try:
+        for thread in threads:
+            thread.join()
+    except KeyboardInterrupt:  # only this thread hears it: stop every area, then go
+        with contextlib.suppress(ConflictError):  # unless the job already ended
+            jobs_service.cancel(db, settings, job_id)
+        for thread in threads:
+            thread.join(timeout=jobs_service.CANCEL_GRACE_S)
+        raise
     if errors:
         raise errors[0]
     return JobState(jobs_service.get(db, job_id).state)
