@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -75,6 +73,7 @@ from broker.services.runners import (
     Runner,
     cluster_key,
     crash_point,
+    executor_alive,
     lease_holder,
     lease_name,
     needs_cluster,
@@ -679,7 +678,7 @@ def release_job(
     """
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline and any(
-        _executor_alive(db, i) for i in _live_allocations(db, job_id)
+        executor_alive(db, i) for i in _live_allocations(db, job_id)
     ):
         time.sleep(POLL_S)
     ids = _live_allocations(db, job_id)
@@ -693,23 +692,6 @@ def release_job(
                 session, job_id, "released", {"allocation": allocation_id, "reason": reason}
             )
     return ids
-
-
-def _executor_alive(db: Database, allocation_id: int) -> bool:
-    """Whether an executor holds the allocation's lease and, on this host, still lives."""
-    holder = leases.holder_of(db, lease_name(allocation_id))
-    if holder is None:
-        return False
-    host, _, pid = holder.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return True  # another machine's executor: its lease says it is alive
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def schedule_job(db: Database, settings: Settings, job_id: int) -> list[int]:

@@ -14,7 +14,6 @@ either complete (its executor still runs it) or absent.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -26,9 +25,8 @@ from broker.db.engine import Database
 from broker.db.models import AllocationRow, InstanceRow
 from broker.domain import AllocationState, InstanceState, JobState, utcnow
 from broker.errors import BrokerError, UserError
-from broker.services import execution, leases
+from broker.services import execution, runners
 from broker.services import jobs as jobs_service
-from providers.local import processes
 
 if TYPE_CHECKING:
     from providers.base import InstanceRecord
@@ -53,17 +51,6 @@ class ReconcileReport:
             "foreign": list(self.foreign),
             "errors": list(self.errors),
         }
-
-
-def executor_alive(db: Database, allocation_id: int) -> bool:
-    """Whether a process still holds the allocation's lease (checked by pid on this host)."""
-    holder = leases.holder_of(db, execution.lease_name(allocation_id))
-    if holder is None:
-        return False
-    host, _, pid = holder.rpartition(":")
-    if host == socket.gethostname() and pid.isdigit():
-        return processes.alive(int(pid))
-    return True  # another host's executor: trust its unexpired lease
 
 
 def _orphan(db: Database, settings: Settings, allocation_id: int, report: ReconcileReport) -> None:
@@ -140,7 +127,7 @@ def reconcile(
             raise UserError(f"--provider {name!r} is unknown; known: {', '.join(registry.names())}")
     report = ReconcileReport()
     for allocation_id, state in sorted(_live_allocations(db).items()):
-        if state in _STARTED and not executor_alive(db, allocation_id):
+        if state in _STARTED and not runners.executor_alive(db, allocation_id):
             if dry_run:
                 report.orphaned_allocations.append(allocation_id)
                 continue

@@ -62,6 +62,19 @@ def lease_holder() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def executor_alive(db: Database, allocation_id: int) -> bool:
+    """Whether a process still holds the allocation's lease (checked by pid on this host)."""
+    from providers.local import processes
+
+    holder = leases.holder_of(db, lease_name(allocation_id))
+    if holder is None:
+        return False
+    host, _, pid = holder.rpartition(":")
+    if host == socket.gethostname() and pid.isdigit():
+        return processes.alive(int(pid))
+    return True  # another host's executor: trust its unexpired lease
+
+
 def cluster_key(allocation_id: int) -> str:
     return f"a{allocation_id}"
 
