@@ -35,6 +35,7 @@ from workloads.estimate import (
     estimate_inference_cpu,
     estimate_training,
     min_gpus,
+    replicas_per_node,
     spot_overhead,
 )
 from workloads.gpus import GPUS
@@ -269,7 +270,7 @@ class _Builder:
             if est.gpus_per_replica > pool.gpus_per_node:
                 why = why or f"a replica needs {est.gpus_per_replica} GPUs per node"
                 continue
-            replicas = pool.gpus_per_node // est.gpus_per_replica if est.gpus_per_replica else 1
+            replicas = replicas_per_node(est, pool.gpus_per_node)
             overhead = (
                 self.knobs.preemptions_per_hour * RESTART_HOURS if pool.pricing == "spot" else 0.0
             )

@@ -637,6 +637,13 @@ def _batch_sizes(limit: int) -> list[int]:
     return sizes
 
 
+def replicas_per_node(estimate: InferenceEstimate, gpus_per_node: int) -> int:
+    """Replicas of ``estimate``'s shape one node holds (a CPU-only node holds one)."""
+    if not estimate.gpus_per_replica:
+        return 1
+    return gpus_per_node // estimate.gpus_per_replica
+
+
 def replicas_needed(job: InferenceJob, estimate: InferenceEstimate) -> int | None:
     """Replicas of ``estimate``'s shape to serve ``job.request_rate`` (None: infeasible).
 

@@ -30,6 +30,7 @@ from workloads.estimate import (
     estimate_inference_cpu,
     estimate_training,
     min_gpus,
+    replicas_per_node,
     training_flops,
 )
 from workloads.gpus import GPUS, resolve
@@ -380,7 +381,7 @@ def _inference_option(job: InferenceJob, offer: _Offer, area: str | None, share:
         )
     nodes = 0
     if replicas is not None and est is not None:
-        per_node = offer.gpus_per_node // est.gpus_per_replica if est.gpus_per_replica else 1
+        per_node = replicas_per_node(est, offer.gpus_per_node)
         nodes = math.ceil(replicas / per_node)
         if offer.capacity_nodes is not None and nodes > offer.capacity_nodes:
             reason = f"needs {nodes} nodes; the offer has {offer.capacity_nodes}"
