@@ -262,7 +262,6 @@ class ServeSpec:
     app: str | None = None  # the user's ``package.module:app``; None: the bundled GPT
     model: dict[str, Any] = field(default_factory=dict)  # the GPT's GPTConfig fields
     checkpoint: str | None = None  # where the GPT's weights come from (None: fresh)
-    gpus_per_replica: float = 0.0
     max_batch_size: int = 8
     batch_wait_s: float = 0.01
 
@@ -274,9 +273,9 @@ def _bundled_app(spec: RunSpec, serving: ServeSpec) -> Any:
 
     per_node = max(1, -(-serving.max_replicas // max(spec.nodes, 1)))
     actor: dict[str, Any] = {"num_cpus": 0, "resources": {spec.resource: 1 / per_node}}
-    if serving.gpus_per_replica:
-        actor["num_gpus"] = serving.gpus_per_replica
-    threads = None if serving.gpus_per_replica else max(1, int(_node_cpus(spec) // per_node))
+    if spec.gpus_per_node:
+        actor["num_gpus"] = spec.gpus_per_node / per_node
+    threads = None if spec.gpus_per_node else max(1, int(_node_cpus(spec) // per_node))
     return GptServer.options(
         ray_actor_options=actor,
         max_ongoing_requests=serving.max_batch_size * 4,

@@ -267,8 +267,6 @@ def serve_run_spec(ctx: RunContext, low: int, high: int) -> Any:
         checkpoint = newest_checkpoint(ctx.settings, source.id, source.spec)
         if checkpoint is None:
             raise BrokerError(f"model_from: job {source.id} has no checkpoint to serve")
-    per_node = max(1, -(-high // max(ctx.nodes, 1)))
-    gpus = ctx.gpus_per_node / per_node if ctx.gpu and ctx.gpus_per_node else 0.0
     serve = {
         "port": ctx.settings.serve_port,
         "min_replicas": low,
@@ -276,7 +274,6 @@ def serve_run_spec(ctx: RunContext, low: int, high: int) -> Any:
         "app": spec.serve,
         "model": spec.shape.gpt_config().to_dict(),
         "checkpoint": checkpoint,
-        "gpus_per_replica": gpus,
         "max_batch_size": spec.max_batch_size,
         "batch_wait_s": spec.batch_wait_ms / 1000,
     }
