@@ -6,6 +6,7 @@ import threading
 import time
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -317,8 +318,16 @@ def test_out_of_capacity_cools_the_pool_and_runs_elsewhere(database: Database, h
     assert all(r.state is InstanceState.TERMINATED for r in fake.instances())
 
 
-def _serving_spec() -> dict:  # type: ignore[type-arg]
-    return {
+def _serving_job(database: Database, home: Path) -> tuple[Any, Settings, int]:
+    """A fake cloud with its offers loaded, its settings, and a PENDING serving job for users
+    in the US and Europe: (fake, settings, job id)."""
+    from providers.fake import FakeProvider
+    from workloads.spec import parse_spec
+
+    fake = FakeProvider()
+    settings = _fake_settings(home, database, fake)
+    _fake_offer(database, fake, zone="us-east-1a", instance_type="fake-l4x1", pricing="on_demand")
+    spec = {
         "kind": "inference",
         "name": "serve",
         "model": {"preset": "llama-7b"},
@@ -330,19 +339,15 @@ def _serving_spec() -> dict:  # type: ignore[type-arg]
         "min_replicas": 2,
         "constraints": {"providers": ["fake"]},
     }
+    return fake, settings, jobs.submit(database, parse_spec(spec)).id
 
 
 def test_a_serving_plan_names_each_allocations_area_and_replicas(
     database: Database, home: Path
 ) -> None:
     from broker.services import planning
-    from providers.fake import FakeProvider
-    from workloads.spec import parse_spec
 
-    fake = FakeProvider()
-    settings = _fake_settings(home, database, fake)
-    _fake_offer(database, fake, zone="us-east-1a", instance_type="fake-l4x1", pricing="on_demand")
-    job_id = jobs.submit(database, parse_spec(_serving_spec())).id
+    _, settings, job_id = _serving_job(database, home)
 
     planning.schedule(database, settings, job_ids=[job_id])
 
@@ -382,13 +387,8 @@ def test_serving_areas_run_at_once_a_lost_area_leaves_the_other_answering(
     database: Database, home: Path
 ) -> None:
     from broker.services import serving
-    from providers.fake import FakeProvider
-    from workloads.spec import parse_spec
 
-    fake = FakeProvider()
-    settings = _fake_settings(home, database, fake)
-    _fake_offer(database, fake, zone="us-east-1a", instance_type="fake-l4x1", pricing="on_demand")
-    job_id = jobs.submit(database, parse_spec(_serving_spec())).id
+    fake, settings, job_id = _serving_job(database, home)
     result: list[JobState] = []
     thread = threading.Thread(
         target=lambda: result.append(
@@ -440,13 +440,8 @@ def test_the_next_plan_serves_the_measured_rate_when_it_is_higher(
 ) -> None:
     from broker.db.models import EndpointRow, JobRow
     from broker.services import planning
-    from providers.fake import FakeProvider
-    from workloads.spec import parse_spec
 
-    fake = FakeProvider()
-    settings = _fake_settings(home, database, fake)
-    _fake_offer(database, fake, zone="us-east-1a", instance_type="fake-l4x1", pricing="on_demand")
-    job_id = jobs.submit(database, parse_spec(_serving_spec())).id
+    _, settings, job_id = _serving_job(database, home)
     planning.schedule(database, settings, job_ids=[job_id])
 
     def planned() -> int:
