@@ -18,19 +18,6 @@ class SimFormat(enum.StrEnum):
     html = "html"
 
 
-COLUMNS = [
-    "policy",
-    "cost",
-    "gpu_hours",
-    "deadline_misses",
-    "preemptions",
-    "mean_wait_hours",
-    "p95_wait_hours",
-    "budget_overruns",
-    "completed",
-    "jobs",
-    "shares",
-]
 HEADERS = {
     "gpu_hours": "GPU-h",
     "deadline_misses": "missed",
@@ -114,9 +101,11 @@ def _emit(text: str, out: Path | None) -> None:
 
 
 def _table(name: str, summaries: list[Any]) -> None:
+    from broker.services.simulate.results import SUMMARY_FIGURES
+
     rows = [
         {
-            **{c: getattr(s, c) for c in COLUMNS if c != "shares"},
+            **{c: getattr(s, c) for c in SUMMARY_FIGURES},
             "shares": ", ".join(f"{p} {v:.0%}" for p, v in s.provider_shares.items()),
         }
         for s in summaries
@@ -124,7 +113,7 @@ def _table(name: str, summaries: list[Any]) -> None:
     seeds = summaries[0].seeds if summaries else 0
     render(
         rows,
-        COLUMNS,
+        [*SUMMARY_FIGURES, "shares"],
         Format.table,
         headers=HEADERS,
         title=f"SIMULATED {name}: means over {seeds} seed(s)",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from html import escape
 
-from broker.services.simulate.results import PolicySummary
+from broker.services.simulate.results import SUMMARY_FIGURES, PolicySummary
 
 COLOURS = ("#2f6fb0", "#d9822b", "#5a9e4b", "#b04a4a", "#7b5ea7", "#8c8c8c")
 CHARTS = (
@@ -70,18 +70,7 @@ def _shares(summaries: list[PolicySummary]) -> str:
 
 
 def render_html(scenario: str, summaries: list[PolicySummary]) -> str:
-    head = (
-        "policy",
-        "cost",
-        "gpu_hours",
-        "deadline_misses",
-        "preemptions",
-        "mean_wait_hours",
-        "p95_wait_hours",
-        "budget_overruns",
-        "completed",
-        "jobs",
-    )
+    head = SUMMARY_FIGURES
     rows = "".join(
         "<tr>" + "".join(f"<td>{escape(_fmt(getattr(s, c)))}</td>" for c in head) + "</tr>"
         for s in summaries

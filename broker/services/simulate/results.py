@@ -153,6 +153,21 @@ def _percentile(values: list[float], q: float) -> float:
     return values[rank - 1]
 
 
+# The figures of a PolicySummary that the table and the HTML page show, in their order.
+SUMMARY_FIGURES = (
+    "policy",
+    "cost",
+    "gpu_hours",
+    "deadline_misses",
+    "preemptions",
+    "mean_wait_hours",
+    "p95_wait_hours",
+    "budget_overruns",
+    "completed",
+    "jobs",
+)
+
+
 @dataclass
 class PolicySummary:
     """Means over the seeds of one policy (``runs`` keeps each seed's figures)."""
