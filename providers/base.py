@@ -1,6 +1,10 @@
-"""The provider contract (DESIGN §4): one Protocol, its records and capability flags.
+"""The provider contract (DESIGN §4): what supplies offers, what launches, their records.
 
-Promises every adapter keeps, checked by one conformance suite for all of them:
+A supply source is an ``OfferSource`` (offers, quotas, ``check``); one that owns machines
+is also a ``Launcher`` (launch, list, terminate, metadata). A cloud is both: a ``Provider``.
+The bundled catalog is an offer source only.
+
+Promises every launcher keeps, checked by one conformance suite for all of them:
 - ``launch`` is convergent: it lists what already carries the request's tags and creates
   only what is missing, and passes the cloud's own idempotency key too;
 - a gang launch is all-or-nothing: short of nodes, it terminates what it got and raises
@@ -13,10 +17,10 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from broker.domain import Fabric, InstanceState, Pricing
 
@@ -28,7 +32,7 @@ TAG_ALLOCATION = "gpubroker-allocation"
 TAG_REQUEST = "gpubroker-request"
 TAG_NODE = "gpubroker-node"
 # Metadata a node's boot script reads besides its tags: the head's private address, which
-# the broker publishes with ``Provider.set_metadata`` once every node of the gang runs.
+# the broker publishes with ``Launcher.set_metadata`` once every node of the gang runs.
 META_HEAD = "gpubroker-head"
 
 
@@ -127,14 +131,43 @@ class InstanceRecord:
         return int(raw) if raw is not None and raw.isdigit() else None
 
 
+@dataclass(frozen=True)
+class ProviderCheck:
+    """Whether a provider is usable from here, and how. Names where credentials come from
+    (``env``, ``iam-role``, ``GOOGLE_APPLICATION_CREDENTIALS`` ...), never a credential."""
+
+    provider: str
+    usable: bool
+    credentials: str | None
+    endpoint: str | None
+    detail: str = ""  # one line for the person at the terminal
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 @runtime_checkable
-class Provider(Protocol):
+class OfferSource(Protocol):
+    """What the broker plans from: offers and quotas of one supply source."""
+
     name: str
     capabilities: frozenset[Capability]
 
     def list_offers(self, regions: Sequence[str] | None = None) -> Iterator[OfferRecord]: ...
 
     def quotas(self, regions: Sequence[str] | None = None) -> Iterator[QuotaRecord]: ...
+
+    def check(self, probe: bool = False) -> ProviderCheck:
+        """Credential source and endpoint, found without calling the provider's API;
+        ``probe`` makes one cheap call that proves the credentials work."""
+        ...
+
+
+@runtime_checkable
+class Launcher(Protocol):
+    """What owns machines: launches, lists and terminates them."""
+
+    name: str
 
     def launch(self, req: LaunchRequest) -> list[InstanceRecord]: ...
 
@@ -149,6 +182,11 @@ class Provider(Protocol):
         metadata attributes. Convergent: setting the same items twice is one change.
         """
         ...
+
+
+@runtime_checkable
+class Provider(OfferSource, Launcher, Protocol):
+    """A cloud: it lists offers and launches them."""
 
 
 def request_tags(req: LaunchRequest, node_index: int) -> dict[str, str]:

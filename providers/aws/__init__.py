@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from broker.config import Settings
-    from providers.aws.check import AwsCheck
     from providers.aws.provider import AwsProvider
 
 
@@ -19,11 +18,3 @@ def create(settings: Settings) -> AwsProvider:
     from providers.aws.provider import AwsProvider
 
     return AwsProvider(settings)
-
-
-def check(settings: Settings, *, verify: bool = False) -> AwsCheck:
-    """``gpubroker check`` for AWS: credential source and endpoint (see ``AwsProvider.check``)."""
-    return create(settings).check(verify=verify)
-
-
-__all__ = ["check", "create"]

@@ -6,33 +6,24 @@ Reports where boto3 found credentials (its ``method``: ``env``, ``shared-credent
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from broker.errors import BrokerError
 from providers.aws.errors import aws_call
+from providers.base import ProviderCheck
 
 if TYPE_CHECKING:
     from providers.aws.clients import Clients
 
 PROVIDER = "aws"
+_NO_CREDENTIALS = (
+    "no credentials: set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+    "or run on an instance with a role"
+)
 
 
-@dataclass(frozen=True)
-class AwsCheck:
-    provider: str
-    usable: bool
-    credential_source: str | None  # boto3's name for where credentials came from
-    endpoint: str | None  # the EC2 endpoint in ``region``
-    region: str
-    detail: str  # one line for the person at the terminal
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def check_credentials(clients: Clients, *, verify: bool = False) -> AwsCheck:
-    """Without ``verify`` nothing is sent; with it, STS ``GetCallerIdentity`` proves the
+def check_credentials(clients: Clients, *, probe: bool = False) -> ProviderCheck:
+    """Without ``probe`` nothing is sent; with it, STS ``GetCallerIdentity`` proves the
     credentials work."""
     region = clients.default_region
     endpoint: str | None = None
@@ -41,26 +32,18 @@ def check_credentials(clients: Clients, *, verify: bool = False) -> AwsCheck:
         with aws_call("find credentials", region):
             credentials = clients.session.get_credentials()
     except BrokerError as exc:
-        return AwsCheck(PROVIDER, False, None, endpoint, region, str(exc))
+        return ProviderCheck(PROVIDER, False, None, endpoint, exc.message)
     if credentials is None:
-        return AwsCheck(
-            PROVIDER,
-            False,
-            None,
-            endpoint,
-            region,
-            "no credentials: set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
-            "or run on an instance with a role",
-        )
+        return ProviderCheck(PROVIDER, False, None, endpoint, _NO_CREDENTIALS)
     source = str(getattr(credentials, "method", None) or "unknown")
     profile = clients.session.profile_name
     if source in ("shared-credentials-file", "config-file", "sso") and profile:
         source = f"{source} (profile {profile})"
-    if not verify:
-        return AwsCheck(PROVIDER, True, source, endpoint, region, f"credentials from {source}")
+    if not probe:
+        return ProviderCheck(PROVIDER, True, source, endpoint, f"region {region}")
     try:
         with aws_call("GetCallerIdentity", region):
             clients.client("sts", region).get_caller_identity()
     except BrokerError as exc:
-        return AwsCheck(PROVIDER, False, source, endpoint, region, str(exc))
-    return AwsCheck(PROVIDER, True, source, endpoint, region, f"credentials from {source} work")
+        return ProviderCheck(PROVIDER, False, source, endpoint, exc.message)
+    return ProviderCheck(PROVIDER, True, source, endpoint, f"region {region}; the credentials work")

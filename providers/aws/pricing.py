@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from broker.domain import as_utc, utcnow
 from broker.errors import ProviderError
@@ -105,7 +105,7 @@ def fetch_prices(base_url: str, region: str, *, now: datetime | None = None) -> 
         with urllib.request.urlopen(request, timeout=FETCH_TIMEOUT_S) as response:
             stream: IO[bytes] = response
             if response.headers.get("Content-Encoding", "").lower() == "gzip":
-                stream = gzip.GzipFile(fileobj=response)
+                stream = cast(IO[bytes], gzip.GzipFile(fileobj=response))
             prices, publication = parse_offer_file(stream)
     except urllib.error.HTTPError as exc:
         raise ProviderError(

@@ -31,7 +31,7 @@ from broker.errors import BrokerError, OutOfCapacity, ProviderError, UserError
 from providers.aws import launch as ln
 from providers.aws import network as net
 from providers.aws import offers as of
-from providers.aws.check import AwsCheck, check_credentials
+from providers.aws.check import check_credentials
 from providers.aws.clients import Clients
 from providers.aws.errors import NOT_FOUND_CODES, aws_call, error_code
 from providers.aws.instance_types import GpuShape
@@ -44,6 +44,7 @@ from providers.base import (
     InstanceRecord,
     LaunchRequest,
     OfferRecord,
+    ProviderCheck,
     QuotaRecord,
 )
 
@@ -120,9 +121,9 @@ class AwsProvider:
                 raise UserError(f"aws region {region!r} is not a region name like us-east-1")
         return chosen
 
-    def check(self, *, verify: bool = False) -> AwsCheck:
+    def check(self, probe: bool = False) -> ProviderCheck:
         """Credential source and endpoint, for ``gpubroker check`` (no secret in it)."""
-        return check_credentials(self.clients, verify=verify)
+        return check_credentials(self.clients, probe=probe)
 
     # --- offers ------------------------------------------------------------------------
 

@@ -17,8 +17,7 @@ from importlib import resources
 from typing import TYPE_CHECKING
 
 from broker.domain import Fabric, Pricing
-from broker.errors import ProviderError
-from providers.base import Capability, InstanceRecord, LaunchRequest, OfferRecord, QuotaRecord
+from providers.base import Capability, OfferRecord, ProviderCheck, QuotaRecord
 
 if TYPE_CHECKING:
     from broker.config import Settings
@@ -39,7 +38,8 @@ def snapshot() -> tuple[OfferRecord, ...]:
     for row in _rows():
         as_of = datetime.strptime(row["as_of"], "%Y-%m-%d").replace(tzinfo=UTC)
         prices = [(Pricing.ON_DEMAND, row["on_demand"]), (Pricing.SPOT, row["spot"])]
-        for zone in row["zones"].split() or [None]:
+        zones: list[str | None] = [*row["zones"].split()] or [None]
+        for zone in zones:
             for pricing, raw in prices:
                 if not raw.strip():
                     continue
@@ -72,7 +72,7 @@ def snapshot_date() -> datetime | None:
 
 
 class CatalogProvider:
-    """Lists the bundled offers; it owns no machines, so it launches nothing."""
+    """Lists the bundled offers: an offer source only, it owns no machines."""
 
     name = "catalog"
     capabilities = frozenset({Capability.LIST_OFFERS})
@@ -86,18 +86,16 @@ class CatalogProvider:
     def quotas(self, regions: Sequence[str] | None = None) -> Iterator[QuotaRecord]:
         return iter(())
 
-    def launch(self, req: LaunchRequest) -> list[InstanceRecord]:
-        raise ProviderError(
+    def check(self, probe: bool = False) -> ProviderCheck:
+        as_of = snapshot_date()
+        when = as_of.date().isoformat() if as_of else "unknown date"
+        return ProviderCheck(
             self.name,
-            "the bundled catalog only lists prices; launch through the offer's own provider",
+            True,
+            "none needed",
+            "bundled snapshot",
+            f"{len(snapshot())} offers as of {when}",
         )
-
-    def list_instances(self, owner_tag: str) -> list[InstanceRecord]:
-        return []
-
-    def terminate(self, instance_ids: Sequence[str], request_id: str) -> None:
-        if instance_ids:
-            raise ProviderError(self.name, "the bundled catalog owns no instances")
 
 
 def create(settings: Settings) -> CatalogProvider:

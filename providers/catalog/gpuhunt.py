@@ -26,7 +26,7 @@ from providers.catalog.parse import (
     price,
     read_rows,
 )
-from providers.catalog.shapes import network_of
+from providers.catalog.shapes import gpu_share, network_of
 
 REQUIRED = (
     "instance_name",
@@ -85,9 +85,13 @@ def _parse_row(
     if gpus <= 0 or not gpu:
         result.skip("cpu-only")
         return
-    if gpus != int(gpus):
-        result.skip("fractional GPU share")
-        return
+    memory = number(row["gpu_memory"], "gpu_memory")
+    if gpus != int(gpus):  # a share of one GPU: see ``shapes.gpu_share``
+        try:
+            gpu, memory = gpu_share(gpu, gpus)
+        except ValueError as exc:
+            raise RowError(f"gpu_count: {exc}") from None
+        gpus = 1
     spot_text = row["spot"].strip().lower()
     if spot_text not in _TRUE | _FALSE:
         raise RowError(f"spot: expected True or False, got {row['spot']!r}")
@@ -106,7 +110,7 @@ def _parse_row(
             instance_type=instance_type,
             gpu=gpu,
             gpus_per_node=int(gpus),
-            gpu_memory_gib=number(row["gpu_memory"], "gpu_memory"),
+            gpu_memory_gib=memory,
             vcpus=None if vcpus is None else round(vcpus),
             memory_gib=number(row["memory"], "memory"),
             pricing=Pricing.SPOT if spot_text in _TRUE else Pricing.ON_DEMAND,

@@ -7,14 +7,22 @@ providers' published per-node bandwidths and fabrics; a type not listed here get
 
 GCP also bills the GPUs of its fixed-GPU families (a2, a3, a4, g2) apart from the host, so
 importers need to know which GPU, and how many, each of those machine types carries.
+
+Some offers sell a share of one GPU (Azure's NVads A10 v5: a sixth, a third or half of an
+A10). ``gpu_share`` names such a node's single GPU for its share (``A10-1/6``) with that
+share of the card's memory. The performance model knows whole GPUs only, so the planner
+leaves these offers out (a slice's time-sliced throughput is no known fraction of the
+card's); they are still listed and priced.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 
 from broker.domain import Fabric
+from workloads.gpus import resolve
 
 
 @dataclass(frozen=True)
@@ -145,3 +153,14 @@ def n1_shape(gpu: str, count: int) -> tuple[str, str]:
     """
     host = f"n1-standard-{8 * count}"
     return host, f"{host}+{count}x{N1_ATTACHABLE[gpu]}"
+
+
+def gpu_share(gpu: str, count: float) -> tuple[str, float | None]:
+    """(name, memory GiB) of a fractional GPU: ``A10`` x 0.167 -> ``A10-1/6`` with a sixth
+    of the card's memory (None when the card is unknown). Raises ValueError past one card."""
+    share = Fraction(count).limit_denominator(16)
+    if not 0 < share < 1:
+        raise ValueError(f"{count:g} is neither a whole number of GPUs nor a share of one")
+    card = resolve(gpu).spec
+    memory = round(card.memory_gib * share.numerator / share.denominator, 2) if card else None
+    return f"{gpu}-{share.numerator}/{share.denominator}", memory

@@ -14,7 +14,10 @@ Facts of the format this importer handles:
   together), so per-GPU memory is that divided by ``AcceleratorCount``; elsewhere it is
   per GPU;
 - some files have lines with more fields than the header (an unquoted comma in the last
-  column); they are repaired only when the extra fields lie past every column read.
+  column); they are repaired only when the extra fields lie past every column read;
+- Azure sells fractional GPUs (``AcceleratorCount`` 0.167, 0.333, 0.5 of an A10): such a
+  row is a node with one GPU named for its share, ``A10-1/6`` (``shapes.gpu_share``),
+  listed and priced but not planned.
 CPU-only and TPU rows are counted as skipped, not imported.
 """
 
@@ -41,7 +44,13 @@ from providers.catalog.parse import (
     price,
     read_rows,
 )
-from providers.catalog.shapes import N1_ATTACHABLE, gcp_fixed_gpus, n1_shape, network_of
+from providers.catalog.shapes import (
+    N1_ATTACHABLE,
+    gcp_fixed_gpus,
+    gpu_share,
+    n1_shape,
+    network_of,
+)
 
 REQUIRED = (
     "InstanceType",
@@ -139,18 +148,47 @@ def _offers(
     if on_demand is not None or spot is None:
         result.records.append(
             OfferRecord(
-                provider, region, zone, instance_type, gpu, gpus, gpu_memory, cores, memory,
-                Pricing.ON_DEMAND, on_demand, net.gbps, net.fabric, net.nvlink, None, source,
+                provider,
+                region,
+                zone,
+                instance_type,
+                gpu,
+                gpus,
+                gpu_memory,
+                cores,
+                memory,
+                Pricing.ON_DEMAND,
+                on_demand,
+                net.gbps,
+                net.fabric,
+                net.nvlink,
+                None,
+                source,
                 as_of,
             )
-        )  # fmt: skip
+        )
     if spot is not None:
         result.records.append(
             OfferRecord(
-                provider, region, zone, instance_type, gpu, gpus, gpu_memory, cores, memory,
-                Pricing.SPOT, spot, net.gbps, net.fabric, net.nvlink, None, source, as_of,
+                provider,
+                region,
+                zone,
+                instance_type,
+                gpu,
+                gpus,
+                gpu_memory,
+                cores,
+                memory,
+                Pricing.SPOT,
+                spot,
+                net.gbps,
+                net.fabric,
+                net.nvlink,
+                None,
+                source,
+                as_of,
             )
-        )  # fmt: skip
+        )
 
 
 def _parse_plain(
@@ -169,9 +207,12 @@ def _parse_plain(
             raw_count = number(row["AcceleratorCount"], "AcceleratorCount")
             if raw_count is None or raw_count <= 0:
                 raise RowError("AcceleratorCount: missing for a GPU row")
-            if raw_count != int(raw_count):
-                result.skip("fractional GPU share")
-                continue
+            gpus, memory = int(raw_count), None
+            if raw_count != gpus:
+                gpu, memory = _share(gpu, raw_count, "AcceleratorCount")
+                gpus = 1
+            else:
+                memory = _per_gpu_memory(provider, row["GpuInfo"], gpus)
             instance_type = row["InstanceType"].strip()
             region = row["Region"].strip()
             if not instance_type or not region:
@@ -183,8 +224,8 @@ def _parse_plain(
                 zone=row.get("AvailabilityZone", "").strip() or None,
                 instance_type=instance_type,
                 gpu=gpu,
-                gpus=int(raw_count),
-                gpu_memory=_per_gpu_memory(provider, row["GpuInfo"], int(raw_count)),
+                gpus=gpus,
+                gpu_memory=memory,
                 vcpus=number(row["vCPUs"], "vCPUs"),
                 memory=number(row["MemoryGiB"], "MemoryGiB"),
                 on_demand=price(row["Price"], "Price"),
@@ -194,6 +235,13 @@ def _parse_plain(
             )
         except RowError as exc:
             result.issues.append(ImportIssue(line, str(exc)))
+
+
+def _share(gpu: str, count: float, column: str) -> tuple[str, float | None]:
+    try:
+        return gpu_share(gpu, count)
+    except ValueError as exc:
+        raise RowError(f"{column}: {exc}") from None
 
 
 def _per_gpu_memory(provider: str, gpu_info: str, gpus: int) -> float | None:

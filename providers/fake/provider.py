@@ -48,6 +48,7 @@ from providers.base import (
     InstanceRecord,
     LaunchRequest,
     OfferRecord,
+    ProviderCheck,
     QuotaRecord,
     request_tags,
 )
@@ -160,6 +161,16 @@ class FakeProvider:
             ]
 
         return iter(self._call("quotas", run))
+
+    def check(self, probe: bool = False) -> ProviderCheck:
+        """Usable with no credentials; ``probe`` makes one call, which may be throttled."""
+        where = str(self.state_path) if self.state_path else "this process"
+        if probe:
+            try:
+                self._call("check", lambda _state: None)
+            except BrokerError as exc:
+                return ProviderCheck(self.name, False, "none needed", where, exc.message)
+        return ProviderCheck(self.name, True, "none needed", where, f"{len(self._offers)} offers")
 
     def launch(self, req: LaunchRequest) -> list[InstanceRecord]:
         if req.nodes < 1:

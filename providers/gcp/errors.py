@@ -199,15 +199,15 @@ def call(
                 raise
         if isinstance(error, _Missing):
             if if_missing is not _UNSET:
-                return if_missing  # type: ignore[no-any-return]
+                return if_missing
             error = ProviderError(PROVIDER, f"{what}: not found (HTTP 404)")
         elif isinstance(error, _Conflict):
             if if_conflict is not _UNSET:
-                return if_conflict  # type: ignore[no-any-return]
+                return if_conflict
             error = ProviderError(PROVIDER, f"{what}: conflict (HTTP 409)")
         elif isinstance(error, _Stale):
             if if_stale is not _UNSET:
-                return if_stale  # type: ignore[no-any-return]
+                return if_stale
             error = ProviderError(PROVIDER, f"{what}: precondition failed (HTTP 412)")
         elif isinstance(error, _Retryable):
             if attempt + 1 < policy.attempts:

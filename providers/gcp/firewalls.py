@@ -9,6 +9,7 @@ and are deleted once the last node of the request is gone.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from providers.base import LaunchRequest
@@ -73,7 +74,7 @@ def ensure(session: Session, req: LaunchRequest, stem: str, nonce: str) -> None:
             request_id=ops.request_uuid(req.request_id, rule.name, nonce),
         )
         op = call(
-            lambda r=request: client.insert_unary(request=r, retry=None, timeout=60.0),
+            functools.partial(client.insert_unary, request=request, retry=None, timeout=60.0),
             what=what,
             policy=session.policy,
             if_conflict=None,
@@ -88,8 +89,12 @@ def delete(session: Session, stem: str) -> None:
     for name in names(stem):
         what = "delete firewall rule"
         op = call(
-            lambda n=name: client.delete_unary(
-                project=session.project, firewall=n, retry=None, timeout=60.0
+            functools.partial(
+                client.delete_unary,
+                project=session.project,
+                firewall=name,
+                retry=None,
+                timeout=60.0,
             ),
             what=what,
             policy=session.policy,

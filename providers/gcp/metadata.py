@@ -9,6 +9,7 @@ again and merge again. Items already in place cost no write.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -70,7 +71,7 @@ def _set_one(session: Session, instance_id: str, items: dict[str, str]) -> None:
             ),
         )
         op = call(
-            lambda r=request: client.set_metadata_unary(request=r, retry=None, timeout=60.0),
+            functools.partial(client.set_metadata_unary, request=request, retry=None, timeout=60.0),
             what=what,
             policy=session.policy,
             zone=zone,

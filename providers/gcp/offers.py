@@ -15,14 +15,15 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
 
 from broker.domain import MICRO, Fabric, Pricing, utcnow
 from broker.errors import ProviderError
 from providers.base import OfferRecord
 from providers.gcp import families
 from providers.gcp.billing import COMPUTE_SERVICE, PriceBook, add_skus
-from providers.gcp.errors import PROVIDER, call
-from providers.gcp.session import Session
+from providers.gcp.errors import PROVIDER
+from providers.gcp.session import Session, last_segment, pages
 
 SOURCE = "gcp-api"
 # Machine types worth listing: the GPU families and the N1 hosts GPUs attach to.
@@ -37,27 +38,6 @@ class Shape:
     memory_mib: int
     accelerator: str | None
     gpus: int
-
-
-def last_segment(url: str) -> str:
-    return url.rstrip("/").rsplit("/", 1)[-1]
-
-
-def pages(method, request, *, what: str, session: Session):  # type: ignore[no-untyped-def]
-    """Each response page of a list call, every page retried on its own."""
-    token = ""
-    while True:
-        request.page_token = token
-        pager = call(
-            lambda: method(request=request, retry=None, timeout=60.0),
-            what=what,
-            policy=session.policy,
-        )
-        page = next(iter(pager.pages))
-        yield page
-        token = page.next_page_token
-        if not token:
-            return
 
 
 def zones_by_region(session: Session, regions: Sequence[str] | None) -> dict[str, list[str]]:
@@ -128,26 +108,26 @@ def price_book(session: Session) -> PriceBook:
     return book
 
 
-def _retired(machine_type: object) -> bool:
-    state = machine_type.deprecated.state if machine_type.deprecated else ""  # type: ignore[attr-defined]
+def _retired(machine_type: Any) -> bool:
+    state = machine_type.deprecated.state if machine_type.deprecated else ""
     return state in ("OBSOLETE", "DELETED")
 
 
-def shapes(machine_types: Sequence[object], accelerators: dict[str, int]) -> Iterator[Shape]:
+def shapes(machine_types: Sequence[Any], accelerators: dict[str, int]) -> Iterator[Shape]:
     """The GPU shapes one zone sells, from its machine types and accelerator types."""
-    by_name = {mt.name: mt for mt in machine_types}  # type: ignore[attr-defined]
+    by_name = {mt.name: mt for mt in machine_types}
     for mt in machine_types:
-        name: str = mt.name  # type: ignore[attr-defined]
+        name: str = mt.name
         if families.family_of(name) is None or name.startswith("n1-") or _retired(mt):
             continue
-        fixed = list(mt.accelerators)  # type: ignore[attr-defined]
+        fixed = list(mt.accelerators)
         if not fixed:
             continue
         yield Shape(
             name,
             name,
             mt.guest_cpus,
-            mt.memory_mb,  # type: ignore[attr-defined]
+            mt.memory_mb,
             fixed[0].guest_accelerator_type,
             fixed[0].guest_accelerator_count,
         )

@@ -9,7 +9,10 @@ Neither the credentials nor the project are ever put in a message.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -18,7 +21,6 @@ from broker.errors import ConfigError
 from providers.gcp.errors import PROVIDER, RetryPolicy, call
 
 COMPUTE_DEFAULT = "https://compute.googleapis.com"
-BILLING_DEFAULT = "https://cloudbilling.googleapis.com"
 
 
 def display_url(url: str) -> str:
@@ -28,6 +30,11 @@ def display_url(url: str) -> str:
     if parts.port:
         host = f"{host}:{parts.port}"
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def last_segment(url: str) -> str:
+    """The name at the end of a resource URL (``.../zones/us-east4-a`` -> ``us-east4-a``)."""
+    return url.rstrip("/").rsplit("/", 1)[-1]
 
 
 def _adc() -> tuple[Any, str | None]:
@@ -108,7 +115,12 @@ class Session:
             )
         return self._clients["catalog"]
 
-    def credential_source(self) -> str:
+    def credential_source(self, probe: bool = True) -> str | None:
+        """Where the credentials of the calls come from, or None where there are none.
+
+        Without ``probe`` application-default credentials are looked for as a file only:
+        the metadata server of a GCE VM, which ``google.auth`` would ask next, is not.
+        """
         overridden = [
             name
             for name, endpoint in (
@@ -119,12 +131,53 @@ class Session:
         ]
         if len(overridden) == 2:
             return "anonymous (endpoints overridden)"
+        where = adc_file_source()
+        if where is None and not probe:
+            return None
         credentials, _ = self.adc()
-        kind = type(credentials).__module__.rsplit(".", 1)[-1]
-        source = f"application-default credentials ({kind})"
+        kind = type(credentials).__module__.rsplit(".", 1)[-1].replace("_", " ")
+        source = f"{where or 'GCE metadata server'} ({kind})"
         if overridden:
             source += f"; anonymous for the {overridden[0]} endpoint override"
         return source
 
 
-__all__ = ["BILLING_DEFAULT", "COMPUTE_DEFAULT", "PROVIDER", "Session", "display_url"]
+def adc_file_source() -> str | None:
+    """Which application-default credentials file ``google.auth`` would read, by the name
+    of what points at it; None when there is none."""
+    if os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
+        return "GOOGLE_APPLICATION_CREDENTIALS"
+    config = os.environ.get("CLOUDSDK_CONFIG") or str(Path.home() / ".config" / "gcloud")
+    if (Path(config) / "application_default_credentials.json").exists():
+        return "gcloud application-default login"
+    return None
+
+
+def pages(
+    method: Callable[..., Any], request: Any, *, what: str, session: Session
+) -> Iterator[Any]:
+    """Each response page of a list call, every page retried on its own."""
+    token = ""
+    while True:
+        request.page_token = token
+        pager = call(
+            lambda: method(request=request, retry=None, timeout=60.0),
+            what=what,
+            policy=session.policy,
+        )
+        page = next(iter(pager.pages))
+        yield page
+        token = page.next_page_token
+        if not token:
+            return
+
+
+__all__ = [
+    "COMPUTE_DEFAULT",
+    "PROVIDER",
+    "Session",
+    "adc_file_source",
+    "display_url",
+    "last_segment",
+    "pages",
+]

@@ -39,6 +39,7 @@ from providers.base import (
     InstanceRecord,
     LaunchRequest,
     OfferRecord,
+    ProviderCheck,
     QuotaRecord,
     request_tags,
 )
@@ -178,6 +179,18 @@ class LocalProvider:
 
     def quotas(self, regions: Sequence[str] | None = None) -> Iterator[QuotaRecord]:
         return iter(())
+
+    def check(self, probe: bool = False) -> ProviderCheck:
+        """Usable with no credentials; ``probe`` also reads the state file of the nodes."""
+        detail = f"{self.nodes} nodes on loopback addresses"
+        if probe and self.state_path.exists():
+            try:
+                state = _read_state(self.state_path)
+            except ProviderError as exc:
+                return ProviderCheck(NAME, False, "none needed", "this machine", exc.message)
+            held = sum(raw["state"] in _HELD for raw in state["instances"].values())
+            detail += f", {held} in use"
+        return ProviderCheck(NAME, True, "none needed", "this machine", detail)
 
     # --- state ------------------------------------------------------------------------
 

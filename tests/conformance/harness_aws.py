@@ -120,9 +120,12 @@ def target(request: pytest.FixtureRequest) -> Iterator[Target]:
     def foreign() -> str:
         ec2 = provider.client("ec2", REGION)
         made = ec2.run_instances(
-            ImageId="ami-0123456789abcdef0", InstanceType=INSTANCE_TYPE, MinCount=1, MaxCount=1,
+            ImageId="ami-0123456789abcdef0",
+            InstanceType=INSTANCE_TYPE,
+            MinCount=1,
+            MaxCount=1,
             Placement={"AvailabilityZone": ZONE},
-        )  # fmt: skip
+        )
         return str(made["Instances"][0]["InstanceId"])
 
     yield Target(

@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 
 from broker.errors import BrokerError, OutOfCapacity, ProviderError
-from providers.base import META_HEAD, TAG_NODE, TAG_OWNER, TAG_REQUEST
+from providers.base import (
+    META_HEAD,
+    TAG_NODE,
+    TAG_OWNER,
+    TAG_REQUEST,
+    Capability,
+    Launcher,
+    OfferSource,
+    ProviderCheck,
+)
 from tests.conformance.harness import CANARIES, FAILURE_TYPES, Target
 
 
@@ -20,6 +29,23 @@ def _assert_ours(err: BaseException) -> None:
     text = f"{err} {err!r} {err.args!r}"
     for name, value in CANARIES.items():
         assert value not in text, f"{name} leaked into {type(err).__name__}"
+
+
+def test_lists_offers_launches_and_checks_itself(target: Target) -> None:
+    provider = target.provider
+    assert isinstance(provider, OfferSource) and isinstance(provider, Launcher)
+    assert {Capability.LIST_OFFERS, Capability.LAUNCH} <= provider.capabilities
+    offers = list(provider.list_offers([target.region]))
+    assert offers and {o.provider for o in offers} == {provider.name}
+    assert target.instance_type in {o.instance_type for o in offers}
+    for probe in (False, True):
+        found = provider.check(probe)
+        assert isinstance(found, ProviderCheck)
+        assert (found.provider, found.usable) == (provider.name, True), found
+        assert found.credentials and found.endpoint and found.detail
+        text = repr(found.to_dict())
+        for name, value in CANARIES.items():
+            assert value not in text, f"{name} shown by check"
 
 
 def test_same_request_twice_never_doubles(target: Target) -> None:

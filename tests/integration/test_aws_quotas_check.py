@@ -8,7 +8,7 @@ import pytest
 
 from broker.domain import Pricing
 from providers.aws.quotas import QUOTA_CODES, nodes_that_fit
-from providers.base import LaunchRequest
+from providers.base import LaunchRequest, ProviderCheck
 from tests.support.aws_faults import Answer, FailCalls, inject
 
 LIMITS = {"L-417A185B": 768.0, "L-DB2E81BA": 64.0, "L-7212CCBC": 384.0, "L-3819A6DF": 32.0}
@@ -79,18 +79,10 @@ def test_regions_default_to_every_enabled_region(
 
 def test_check_reports_source_and_endpoint(aws_provider: Any, moto_aws: Any) -> None:
     quick = aws_provider.check()
-    assert quick.usable and quick.credential_source == "env"
-    assert quick.endpoint == moto_aws.url
-    verified = aws_provider.check(verify=True)
+    assert quick == ProviderCheck("aws", True, "env", moto_aws.url, "region us-east-1")
+    verified = aws_provider.check(probe=True)
     assert verified.usable and "work" in verified.detail
-    assert set(verified.as_dict()) == {
-        "provider",
-        "usable",
-        "credential_source",
-        "endpoint",
-        "region",
-        "detail",
-    }
+    assert set(verified.to_dict()) == {"provider", "usable", "credentials", "endpoint", "detail"}
 
 
 def test_check_without_credentials_is_not_usable(
@@ -100,6 +92,6 @@ def test_check_without_credentials_is_not_usable(
 
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
-    result = create(aws_settings).check(verify=True)
-    assert not result.usable and result.credential_source is None
+    result = create(aws_settings).check(probe=True)
+    assert not result.usable and result.credentials is None
     assert "no credentials" in result.detail

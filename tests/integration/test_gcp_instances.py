@@ -19,9 +19,10 @@ from broker.errors import (
     Throttled,
 )
 from providers.base import META_HEAD, TAG_NODE, TAG_OWNER, LaunchRequest, request_tags
-from providers.gcp import GcpProvider, create
+from providers.gcp import create
 from providers.gcp.errors import RetryPolicy
 from providers.gcp.launch import TAGS_METADATA_KEY, instance_name, labels_for, request_stem
+from providers.gcp.provider import GcpProvider
 from tests.support.gce_server import FakeGce
 
 FAST = RetryPolicy(attempts=4, base_seconds=0.001, cap_seconds=0.005)

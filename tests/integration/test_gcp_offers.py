@@ -10,8 +10,9 @@ import pytest
 from broker.domain import Fabric, Pricing
 from broker.errors import AuthError, BrokerError, ProviderError, Throttled
 from providers.base import LaunchRequest, OfferRecord
-from providers.gcp import GcpProvider, create
+from providers.gcp import create
 from providers.gcp.errors import RetryPolicy
+from providers.gcp.provider import GcpProvider
 from tests.support.gce_server import FakeGce
 
 FAST = RetryPolicy(attempts=4, base_seconds=0.001, cap_seconds=0.005)
@@ -164,17 +165,18 @@ def test_quotas_regional_spot_and_project_wide(gce: FakeGce, provider: GcpProvid
 
 
 def test_check_reports_source_and_endpoints_without_secrets(gce: FakeGce, home: Path):
-    result = create(gce.settings(home)).check()
-    assert result["usable"] is True
-    assert result["credential_source"].startswith("anonymous")
-    assert result["compute_endpoint"] == gce.url
-    assert result["project_source"] == "config"
+    result = create(gce.settings(home)).check(probe=True)
+    assert result.usable and result.credentials and result.credentials.startswith("anonymous")
+    assert result.endpoint == gce.url
+    assert result.detail == f"project {gce.project} (from config)"
     down = create(
         gce.settings(home, GPUBROKER_GCP_COMPUTE_ENDPOINT="http://user:CANARY@127.0.0.1:9")
     )
     down.retry = FAST
-    result = down.check()
-    assert result["usable"] is False and "unreachable" in result["detail"]
+    assert down.check().usable  # no call made: nothing says the endpoint is down
+    result = down.check(probe=True)
+    assert not result.usable and "unreachable" in result.detail
+    assert result.endpoint == "http://127.0.0.1:9"
     assert "CANARY" not in repr(result)
 
 
@@ -193,8 +195,8 @@ def test_project_and_credentials_from_adc(
 
     provider = create(replace(settings, gcp_project=None))
     result = provider.check()
-    assert result["usable"] is True
-    assert result["project_source"] == "application-default credentials"
+    assert result.usable
+    assert result.detail == f"project {gce.project} (from application-default credentials)"
     assert "CANARY" not in repr(result)
     assert list(provider.quotas(["us-east4"]))
 
@@ -215,5 +217,7 @@ def test_missing_adc_is_an_auth_error_naming_the_fix(
         list(provider.list_offers(["us-central1"]))
     assert "application-default" in str(caught.value)
     result = provider.check()
-    assert result["usable"] is False and result["credential_source"] is None
+    assert not result.usable and result.credentials is None
+    assert "application-default" in result.detail
+    assert provider.check(probe=True).credentials is None
     assert isinstance(caught.value, BrokerError)

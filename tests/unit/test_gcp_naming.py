@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from providers.gcp.families import family_of, n1_shape, network_gbps, split_shape
-from providers.gcp.launch import instance_name, label_key, label_value, request_uuid
+from providers.gcp.launch import instance_name, label_key, label_value
+from providers.gcp.operations import request_uuid
 
 _VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
 _KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
