@@ -90,17 +90,24 @@ def greedy_regret(problem: Problem, classes: list[JobClass] | None = None) -> Un
     return _greedy(problem, classes, regret=True)
 
 
-def _greedy(problem: Problem, classes: list[JobClass] | None, *, regret: bool,
-            allowance: np.ndarray | None = None) -> Units:
+def _greedy(
+    problem: Problem,
+    classes: list[JobClass] | None,
+    *,
+    regret: bool,
+    allowance: np.ndarray | None = None,
+) -> Units:
     """Greedy placement. Under a share cap, a first pass without it estimates the total
     weight T, and the second pass gives each provider at most share x T (then repairs)."""
     classes = classes if classes is not None else build_classes(problem)
     pools = PoolIndex.of(problem)
     if problem.share_cap is not None and allowance is None:
-        first = _greedy(problem, classes, regret=regret,
-                        allowance=np.full(len(pools.providers), np.inf))
+        first = _greedy(
+            problem, classes, regret=regret, allowance=np.full(len(pools.providers), np.inf)
+        )
         total = sum(_weight(problem, cand) * n for (_, cand), n in first.items())
-        allowance = np.full(len(pools.providers), 0.98 * problem.share_cap * total)
+        rooms = np.array([problem.share_room(v) for v in pools.providers])
+        allowance = 0.98 * problem.share_cap * total + rooms
         return _greedy(problem, classes, regret=regret, allowance=allowance)
     ledger = _Ledger(problem, pools)
     if allowance is not None:
@@ -135,8 +142,10 @@ def _greedy(problem: Problem, classes: list[JobClass] | None, *, regret: bool,
     if not regret:
         by_id = {cls.jobs[0]: cls for cls in serving}
         order = sorted((job_id, cls) for cls in training for job_id in cls.jobs)
-        events = sorted([(j, "t", cls) for j, cls in order] +
-                        [(j, "s", cls) for j, cls in by_id.items()], key=lambda e: e[0])
+        events = sorted(
+            [(j, "t", cls) for j, cls in order] + [(j, "s", cls) for j, cls in by_id.items()],
+            key=lambda e: e[0],
+        )
         for _, what, cls in events:
             if what == "s":
                 _serve(problem, cls, c.of_shape(cls.shape), units, ledger)
@@ -177,8 +186,9 @@ def _greedy(problem: Problem, classes: list[JobClass] | None, *, regret: bool,
     return units
 
 
-def _serve(problem: Problem, cls: JobClass, rows: range, units: Units,
-           ledger: _Ledger | None) -> bool:
+def _serve(
+    problem: Problem, cls: JobClass, rows: range, units: Units, ledger: _Ledger | None
+) -> bool:
     """Cover each demand key with the cheapest units per request/s; all or nothing."""
     c = problem.candidates
     cand = np.arange(rows.start, rows.stop)
@@ -233,8 +243,9 @@ def _weight(problem: Problem, cand: int) -> float:
     return float(c.gpus[cand]) if problem.share_on == "gpus" else float(c.cost[cand])
 
 
-def _repair_share(problem: Problem, classes: list[JobClass], pools: PoolIndex,
-                  ledger: _Ledger, units: Units) -> None:
+def _repair_share(
+    problem: Problem, classes: list[JobClass], pools: PoolIndex, ledger: _Ledger, units: Units
+) -> None:
     """Move (or drop) placements of any provider above the share cap until none is."""
     c = problem.candidates
     share = problem.share_cap or 1.0
@@ -242,12 +253,14 @@ def _repair_share(problem: Problem, classes: list[JobClass], pools: PoolIndex,
     load = np.zeros(n_prov)
     for (_, cand), n in units.items():
         load[pools.provider[c.pool[cand]]] += _weight(problem, cand) * n
+    rooms = np.array([problem.share_room(v) for v in pools.providers])
     for _ in range(10 * max(sum(units.values()), 1)):
         total = load.sum()
-        over = np.flatnonzero(load > share * total + 1e-6)
+        excess = load - share * total - rooms
+        over = np.flatnonzero(excess > 1e-6)
         if len(over) == 0:
             return
-        v = int(over[np.argmax(load[over] - share * total)])
+        v = int(over[np.argmax(excess[over])])
         # Drop the lowest-priority, heaviest placement of provider v (whole job for serving).
         keys = [k for k in units if pools.provider[c.pool[k[1]]] == v]
         key = min(keys, key=lambda k: (classes[k[0]].priority, -_weight(problem, k[1]), k))
@@ -267,7 +280,7 @@ def _repair_share(problem: Problem, classes: list[JobClass], pools: PoolIndex,
         for i in c.of_shape(cls.shape):
             u = int(pools.provider[c.pool[i]])
             w = _weight(problem, i)
-            if u == v or load[u] + w > share * (total + w) + 1e-6:
+            if u == v or load[u] + w > share * (total + w) + rooms[u] + 1e-6:
                 continue
             if ledger.max_units(i, cls.team) >= 1:
                 ledger.take(i, cls.team)
@@ -276,8 +289,9 @@ def _repair_share(problem: Problem, classes: list[JobClass], pools: PoolIndex,
                 break
 
 
-def units_to_plan(problem: Problem, classes: list[JobClass], units: Units,
-                  *, solver: str = "") -> Plan:
+def units_to_plan(
+    problem: Problem, classes: list[JobClass], units: Units, *, solver: str = ""
+) -> Plan:
     """Give each class's units to its jobs (cheapest first, lowest job id first)."""
     c = problem.candidates
     assignments: list[Assignment] = []
@@ -299,8 +313,9 @@ def units_to_plan(problem: Problem, classes: list[JobClass], units: Units,
                 unplaced[cls.jobs[0]] = "not placed"
                 penalty += cls.penalty
             continue
-        slots = [cand for cand, n in sorted(got, key=lambda x: (c.cost[x[0]], x[0]))
-                 for _ in range(n)]
+        slots = [
+            cand for cand, n in sorted(got, key=lambda x: (c.cost[x[0]], x[0])) for _ in range(n)
+        ]
         for i, job_id in enumerate(cls.jobs):
             if i < len(slots):
                 assignments.append(Assignment(job_id, slots[i], 1))
@@ -308,8 +323,13 @@ def units_to_plan(problem: Problem, classes: list[JobClass], units: Units,
             else:
                 unplaced[job_id] = "not placed"
                 penalty += cls.penalty
-    return Plan(assignments=assignments, unplaced=unplaced, objective=cost + penalty,
-                cost=cost, solver=solver)
+    return Plan(
+        assignments=assignments,
+        unplaced=unplaced,
+        objective=cost + penalty,
+        cost=cost,
+        solver=solver,
+    )
 
 
 def covers(problem: Problem, cls: JobClass, got: list[tuple[int, int]]) -> bool:

@@ -26,15 +26,28 @@ import time
 
 import numpy as np
 
-from scheduler.model import Duals, JobClass, PoolIndex, reduced_costs, solver_output_to_stderr
+from scheduler.model import (
+    Duals,
+    JobClass,
+    PoolIndex,
+    quiet_parameters,
+    reduced_costs,
+    unit_bounds,
+)
 from scheduler.problem import INFERENCE, Problem
 
 SERVING_NODES = 2_000  # branch-and-bound nodes per serving job's covering problem
 
 
-def lagrangian_bound(problem: Problem, classes: list[JobClass], pools: PoolIndex,
-                     duals: Duals | None, *, deadline: float,
-                     serving_nodes: int = SERVING_NODES) -> float | None:
+def lagrangian_bound(
+    problem: Problem,
+    classes: list[JobClass],
+    pools: PoolIndex,
+    duals: Duals | None,
+    *,
+    deadline: float,
+    serving_nodes: int = SERVING_NODES,
+) -> float | None:
     """The bound with each serving job's covering problem solved in integers, or None when
     the wall-clock safety stop ``deadline`` passes first (or the bound is unbounded).
 
@@ -61,8 +74,13 @@ def lagrangian_bound(problem: Problem, classes: list[JobClass], pools: PoolIndex
     return max(value, 0.0)
 
 
-def relaxed_bound(problem: Problem, classes: list[JobClass], pools: PoolIndex, duals: Duals,
-                  rcs: dict[int, np.ndarray]) -> float | None:
+def relaxed_bound(
+    problem: Problem,
+    classes: list[JobClass],
+    pools: PoolIndex,
+    duals: Duals,
+    rcs: dict[int, np.ndarray],
+) -> float | None:
     """The bound from ``rcs``, every class's full reduced costs under ``duals`` (as column
     generation computes them each round), with serving covering rows relaxed too: no
     solver call, so it is cheap enough for every round. None where it is unbounded."""
@@ -87,34 +105,17 @@ def _linking_constant(problem: Problem, pools: PoolIndex, duals: Duals) -> float
     if share is not None and duals.total + share * float(duals.provider.sum()) < -1e-7:
         return None
     value = float(np.dot(duals.pool, pools.capacity))
+    if share is not None:
+        value += sum(
+            float(mu) * problem.share_room(name)
+            for mu, name in zip(duals.provider, pools.providers, strict=True)
+        )
     if len(problem.quotas):
         value += float(np.dot(duals.quota, [q.limit for q in problem.quotas]))
     value += sum(mu * problem.budgets[team] for team, mu in duals.budget.items())
     for p, cuts in duals.cuts.items():
         value += sum(mu * (int(pools.capacity[p]) // d) for d, mu in cuts)
     return value
-
-
-def unit_bounds(problem: Problem, pools: PoolIndex, cls: JobClass,
-                cands: np.ndarray) -> np.ndarray:
-    """Most units of each candidate any plan can hold (vectorised ``model.unit_bound``)."""
-    c = problem.candidates
-    pool = c.pool[cands]
-    fit = pools.capacity[pool] // np.maximum(c.nodes[cands], 1)
-    gpus = c.gpus[cands].astype(np.float64)
-    quota = pools.quota_cap[pool]
-    limited = np.isfinite(quota) & (gpus > 0)
-    if limited.any():
-        by_quota = np.floor(quota[limited] / gpus[limited]).astype(np.int64)
-        fit[limited] = np.minimum(fit[limited], by_quota)
-    budget = problem.budgets.get(cls.team)
-    cost = c.cost[cands]
-    if budget is not None:
-        priced = cost > 0
-        fit[priced] = np.minimum(fit[priced], np.floor(budget / cost[priced]).astype(np.int64))
-    if cls.kind != INFERENCE:
-        fit = np.minimum(fit, cls.count)
-    return np.maximum(fit, 0)
 
 
 def _training(problem: Problem, pools: PoolIndex, cls: JobClass, rc: np.ndarray) -> float:
@@ -135,13 +136,13 @@ def _training(problem: Problem, pools: PoolIndex, cls: JobClass, rc: np.ndarray)
     return float(np.dot(taken, rc[order])) + left * cls.penalty
 
 
-def _serving_relaxed(problem: Problem, pools: PoolIndex, cls: JobClass, duals: Duals,
-                     rc: np.ndarray) -> float:
+def _serving_relaxed(
+    problem: Problem, pools: PoolIndex, cls: JobClass, duals: Duals, rc: np.ndarray
+) -> float:
     """The serving job's own rows relaxed as well: their duals times their right-hand
     sides, plus each column (and "unplaced") at its bound where its reduced cost is
     negative."""
-    own = sum(duals.cover.get((cls.index, a), 0.0) * rate
-              for a, (_, rate) in enumerate(cls.demand))
+    own = sum(duals.cover.get((cls.index, a), 0.0) * rate for a, (_, rate) in enumerate(cls.demand))
     own += duals.replicas.get(cls.index, 0.0) * cls.min_replicas
     for a, t, mu in duals.cover_cuts.get(cls.index, ()):
         own += mu * math.ceil(cls.demand[a][1] / t - 1e-9)
@@ -153,11 +154,18 @@ def _serving_relaxed(problem: Problem, pools: PoolIndex, cls: JobClass, duals: D
     return value
 
 
-def _serving(problem: Problem, pools: PoolIndex, cls: JobClass, start: int, rc: np.ndarray,
-             deadline: float, nodes: int) -> float | None:
+def _serving(
+    problem: Problem,
+    pools: PoolIndex,
+    cls: JobClass,
+    start: int,
+    rc: np.ndarray,
+    deadline: float,
+    nodes: int,
+) -> float | None:
     import datetime
 
-    from ortools.math_opt.python import mathopt
+    from ortools.math_opt.python import mathopt  # type: ignore[import-untyped]
 
     c = problem.candidates
     model = mathopt.Model(name="serving")
@@ -183,11 +191,13 @@ def _serving(problem: Problem, pools: PoolIndex, cls: JobClass, start: int, rc: 
     if left <= 0.05:
         return None
     # a node limit makes the bound the same on any machine; the clock only as a safety stop
-    params = mathopt.SolveParameters(time_limit=datetime.timedelta(seconds=min(left, 1e6)),
-                                     node_limit=nodes, relative_gap_tolerance=1e-6)
+    params = quiet_parameters(
+        time_limit=datetime.timedelta(seconds=min(left, 1e6)),
+        node_limit=nodes,
+        relative_gap_tolerance=1e-6,
+    )
     params.highs.int_options["threads"] = 1
-    with solver_output_to_stderr():
-        result = mathopt.solve(model, mathopt.SolverType.HIGHS, params=params)
+    result = mathopt.solve(model, mathopt.SolverType.HIGHS, params=params)
     if result.termination.limit == mathopt.Limit.TIME:
         return None
     bound = result.termination.objective_bounds.dual_bound

@@ -28,21 +28,30 @@ class _Usage:
             self.nodes[p] += int(c.nodes[a.candidate]) * a.count
             self.gpus[p] += int(c.gpus[a.candidate]) * a.count
             self.team[jobs[a.job].team] += float(c.cost[a.candidate]) * a.count
-            w = c.gpus[a.candidate] if problem.share_on == "gpus" else c.cost[a.candidate]
-            self.weight[problem.pools[p].provider] += float(w) * a.count
+            self.weight[problem.pools[p].provider] += _weight(problem, a.candidate) * a.count
         self.quota_used = [
             sum(g for p, g in self.gpus.items() if q.matches(problem.pools[p]))
             for q in problem.quotas
         ]
 
 
-def _blocker(problem: Problem, usage: _Usage, cand: int, team: str, extra_cost: float,
-             *, freed: tuple[int, int] | None = None) -> str | None:
-    """The constraint that keeps candidate ``cand`` out; ``freed`` = (pool, nodes) given back."""
+def _blocker(
+    problem: Problem,
+    usage: _Usage,
+    cand: int,
+    team: str,
+    extra_cost: float,
+    *,
+    freed: int | None = None,
+) -> str | None:
+    """The constraint that keeps candidate ``cand`` out; ``freed``: the job's own chosen
+    candidate, whose nodes and share weight it would give back."""
     c = problem.candidates
     p = int(c.pool[cand])
     pool = problem.pools[p]
-    used = usage.nodes.get(p, 0) - (freed[1] if freed and freed[0] == p else 0)
+    used = usage.nodes.get(p, 0)
+    if freed is not None and int(c.pool[freed]) == p:
+        used -= int(c.nodes[freed])
     if used + int(c.nodes[cand]) > pool.capacity:
         return f"pool {pool.label} full"
     for q, quota in enumerate(problem.quotas):
@@ -53,19 +62,33 @@ def _blocker(problem: Problem, usage: _Usage, cand: int, team: str, extra_cost: 
     share = problem.share_cap
     if share is not None:
         total = sum(usage.weight.values())
-        w = float(c.gpus[cand]) if problem.share_on == "gpus" else float(c.cost[cand])
-        if usage.weight.get(pool.provider, 0.0) + w > share * (total + w) + 1e-9:
+        w = _weight(problem, cand)
+        # over the whole fleet: share_room counts what live allocations hold
+        mine = usage.weight.get(pool.provider, 0.0) + w
+        if freed is not None:
+            total -= _weight(problem, freed)
+            if problem.pools[int(c.pool[freed])].provider == pool.provider:
+                mine -= _weight(problem, freed)
+        if mine - share * (total + w) > problem.share_room(pool.provider) + 1e-9:
             return "provider share cap"
     return None
+
+
+def _weight(problem: Problem, cand: int) -> float:
+    c = problem.candidates
+    return float(c.gpus[cand]) if problem.share_on == "gpus" else float(c.cost[cand])
 
 
 def _describe(problem: Problem, cand: int) -> dict[str, Any]:
     c = problem.candidates
     p = int(c.pool[cand])
     pool = problem.pools[p]
-    out: dict[str, Any] = {"pool": pool.key, "nodes": int(c.nodes[cand]),
-                           "hours": round(float(c.hours[cand]), 4),
-                           "cost": round(float(c.cost[cand]), 4)}
+    out: dict[str, Any] = {
+        "pool": pool.key,
+        "nodes": int(c.nodes[cand]),
+        "hours": round(float(c.hours[cand]), 4),
+        "cost": round(float(c.cost[cand]), 4),
+    }
     assumed = problem.assumed_fabric_gbps.get(p)
     if assumed is not None and int(c.nodes[cand]) > 1:
         out["fabric"] = f"unknown; hours assume {assumed:g} Gbps between nodes"
@@ -93,9 +116,14 @@ def explain_plan(problem: Problem, plan: Plan) -> dict[int, dict[str, Any]]:
             }
             continue
         chosen = items[0].candidate
-        freed = (int(c.pool[chosen]), int(c.nodes[chosen]))
-        runner = next((i for i in rows if i != chosen and
-                       (c.pool[i], c.nodes[i]) != (c.pool[chosen], c.nodes[chosen])), None)
+        runner = next(
+            (
+                i
+                for i in rows
+                if i != chosen and (c.pool[i], c.nodes[i]) != (c.pool[chosen], c.nodes[chosen])
+            ),
+            None,
+        )
         info: dict[str, Any] = {"chosen": _describe(problem, chosen)}
         if runner is not None:
             info["runner_up"] = dict(
@@ -107,8 +135,9 @@ def explain_plan(problem: Problem, plan: Plan) -> dict[int, dict[str, Any]]:
         for i in rows:
             if float(c.cost[i]) >= float(c.cost[chosen]) - 1e-9:
                 break
-            block = _blocker(problem, usage, i, job.team, float(c.cost[i] - c.cost[chosen]),
-                             freed=freed)
+            block = _blocker(
+                problem, usage, i, job.team, float(c.cost[i] - c.cost[chosen]), freed=chosen
+            )
             binding = block or "within the solver's gap"
             break
         info["binding"] = binding
@@ -121,7 +150,7 @@ def _unplaced_reason(problem: Problem, usage: _Usage, job: Any, rows: range) -> 
         return job.no_candidate_reason or "no viable offer for this job"
     c = problem.candidates
     if job.kind == INFERENCE:
-        areas = set(c.area[rows.start:rows.stop].tolist())
+        areas = set(c.area[rows.start : rows.stop].tolist())
         if any(a not in areas for a in range(len(job.demand))):
             return job.no_candidate_reason or "some user region has no offer that meets the SLO"
     cheapest = float(c.cost[rows.start])
@@ -132,8 +161,10 @@ def _unplaced_reason(problem: Problem, usage: _Usage, job: Any, rows: range) -> 
     if job.team in problem.budgets:
         left = problem.budgets[job.team] - usage.team.get(job.team, 0.0)
         if cheapest > left + 1e-9:
-            return (f"budget of team {job.team} has ${max(left, 0):,.2f} left, "
-                    f"cheapest placement costs ${cheapest:,.2f}")
+            return (
+                f"budget of team {job.team} has ${max(left, 0):,.2f} left, "
+                f"cheapest placement costs ${cheapest:,.2f}"
+            )
     reasons: dict[str, int] = defaultdict(int)
     for i in rows:
         block = _blocker(problem, usage, i, job.team, float(c.cost[i]))
@@ -145,8 +176,11 @@ def _unplaced_reason(problem: Problem, usage: _Usage, job: Any, rows: range) -> 
         return f"every viable pool is full ({pools_full} pools)"
     top = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
     if job.kind == INFERENCE:
-        return "not enough capacity to serve the request rate at the SLO (" + \
-            ", ".join(r for r, _ in top[:2]) + ")"
+        return (
+            "not enough capacity to serve the request rate at the SLO ("
+            + ", ".join(r for r, _ in top[:2])
+            + ")"
+        )
     named = [r for r, _ in top if not r.startswith("pool ")][:2]
     if pools_full:
         named.insert(0, f"{pools_full} viable pools full")

@@ -9,9 +9,11 @@ Identical jobs (same shape, team and priority) form one class with a count; a co
 - pool p:            sum nodes_c y[.,c] <= capacity_p
 - quota q:           sum gpus_c y[.,c] over pools of q <= limit_q
 - team t:            sum cost_c y[.,c] over classes of t <= budget left_t
-- provider share:    sum w_c y - T = 0 and, per provider v, sum_{c in v} w_c y - s T <= 0
-                     (w = GPUs or cost; the auxiliary total T keeps every row sparse;
-                     with few providers the integer model may write them densely instead)
+- provider share:    sum w_c y - T = 0 and, per provider v, sum_{c in v} w_c y - s T <= room_v
+                     (w = GPUs or cost; room_v = s x held - held_v, at least 0, from what
+                     live allocations hold: ``Problem.share_room``; the auxiliary total T
+                     keeps every row sparse; with few providers the integer model may
+                     write them densely instead)
 
 Objective: sum cost_c y + penalty_k u_k. ``reduced_costs`` prices any candidate of a class
 against LP duals, which drives column generation over the full candidate space.
@@ -22,14 +24,12 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from scheduler.problem import INFERENCE, Problem
+from scheduler.problem import INFERENCE, Job, Problem
 
 
 @dataclass
@@ -51,14 +51,14 @@ class JobClass:
 
 def build_classes(problem: Problem) -> list[JobClass]:
     """Group identical training jobs; every inference job is a class of its own."""
-    groups: dict[tuple, list] = {}
+    groups: dict[tuple[str | int, ...], list[Job]] = {}
     for job in sorted(problem.jobs, key=lambda j: j.id):
         if job.kind == INFERENCE:
-            key: tuple = ("inference", job.id)
+            key: tuple[str | int, ...] = ("inference", job.id)
         else:
             key = ("training", job.shape, job.team, job.priority)
         groups.setdefault(key, []).append(job)
-    classes = []
+    classes: list[JobClass] = []
     for jobs in sorted(groups.values(), key=lambda js: js[0].id):
         first = jobs[0]
         classes.append(
@@ -124,6 +124,28 @@ def unit_bound(problem: Problem, pools: PoolIndex, cls: JobClass, cand: int) -> 
     return min(fit, cls.count) if cls.kind != INFERENCE else fit
 
 
+def unit_bounds(problem: Problem, pools: PoolIndex, cls: JobClass, cands: np.ndarray) -> np.ndarray:
+    """Most units of each candidate any plan can hold (vectorised ``model.unit_bound``)."""
+    c = problem.candidates
+    pool = c.pool[cands]
+    fit = pools.capacity[pool] // np.maximum(c.nodes[cands], 1)
+    gpus = c.gpus[cands].astype(np.float64)
+    quota = pools.quota_cap[pool]
+    limited = np.isfinite(quota) & (gpus > 0)
+    if limited.any():
+        by_quota = np.floor(quota[limited] / gpus[limited]).astype(np.int64)
+        fit[limited] = np.minimum(fit[limited], by_quota)
+    budget = problem.budgets.get(cls.team)
+    cost = c.cost[cands]
+    if budget is not None:
+        priced = cost > 0
+        fit[priced] = np.minimum(fit[priced], np.floor(budget / cost[priced]).astype(np.int64))
+    if cls.kind != INFERENCE:
+        fit = np.minimum(fit, cls.count)
+    out: np.ndarray = np.maximum(fit, 0)
+    return out
+
+
 @dataclass
 class Duals:
     cls_row: dict[int, float]  # training classes
@@ -164,6 +186,7 @@ class Master:
     integer: bool
     dense_share: bool = False
     integral_total: bool = False
+    capped: bool = True  # False: the share cap left out (a relaxation, for its bound)
     model: Any = None
     columns: dict[tuple[int, int], Any] = field(default_factory=dict)
     unplaced: list[Any] = field(default_factory=list)
@@ -171,7 +194,7 @@ class Master:
     _rows: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from ortools.math_opt.python import mathopt
+        from ortools.math_opt.python import mathopt  # type: ignore[import-untyped]
 
         self.model = model = mathopt.Model(name="placement")
         self._cls_rows: dict[int, Any] = {}
@@ -211,10 +234,14 @@ class Master:
         self._provider_rows: dict[int, Any] = {}
         self._total_row = None
         self._total = None
-        share = self.problem.share_cap
+        # (variable ids, classes, candidates) of columns written by full_space.write_every_column
+        self._bulk: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        share = self.problem.share_cap if self.capped else None
         if share is not None:
-            for v in range(len(self.pools.providers)):
-                self._provider_rows[v] = model.add_linear_constraint(ub=0.0, name=f"share{v}")
+            for v, name in enumerate(self.pools.providers):
+                self._provider_rows[v] = model.add_linear_constraint(
+                    ub=self.problem.share_room(name), name=f"share{v}"
+                )
             if not self.dense_share:
                 # CP-SAT wants every variable integer; HiGHS does better with T continuous
                 integral = self.integer and self.integral_total
@@ -223,6 +250,14 @@ class Master:
                 self._total_row.set_coefficient(self._total, -1.0)
                 for row in self._provider_rows.values():
                     row.set_coefficient(self._total, -share)
+
+    def limit_unplaced(self, jobs: int) -> None:
+        """Penalties off and at most ``jobs`` jobs unplaced (fractions counted): the
+        model's optimum is then the least cost of placing all but that many."""
+        row = self.model.add_linear_constraint(ub=float(jobs), name="unplaced")
+        for u in self.unplaced:
+            self.model.objective.set_linear_coefficient(u, 0.0)
+            row.set_coefficient(u, 1.0)
 
     # --- rows created on first use --------------------------------------------------
 
@@ -254,7 +289,7 @@ class Master:
     def add_columns(self, cls: JobClass, cands: np.ndarray) -> int:
         """Add (class, candidate) columns not yet in the model; returns how many were added."""
         c = self.problem.candidates
-        share = self.problem.share_cap
+        share = self.problem.share_cap if self.capped else None
         added = 0
         for cand in (int(x) for x in cands):
             key = (cls.index, cand)
@@ -298,6 +333,7 @@ class Master:
                     for v, row in self._provider_rows.items():
                         row.set_coefficient(var, weight * ((1.0 if v == own else 0.0) - share))
                 else:
+                    assert self._total_row is not None  # made with the share rows
                     self._total_row.set_coefficient(var, weight)
                     self._provider_rows[own].set_coefficient(var, weight)
         return added
@@ -379,8 +415,7 @@ class Master:
         empty model, with no rows, has nothing to price against)."""
         from ortools.math_opt.python import mathopt
 
-        with solver_output_to_stderr():
-            result = mathopt.solve(self.model, mathopt.SolverType.HIGHS)
+        result = mathopt.solve(self.model, mathopt.SolverType.HIGHS, params=quiet_parameters())
         if result.termination.reason != mathopt.TerminationReason.OPTIMAL:
             raise RuntimeError(f"LP relaxation ended {result.termination.reason.name}")
         self.values = result.variable_values()
@@ -426,37 +461,49 @@ class Master:
         seed: int,
         nodes: int,
         hint: dict[tuple[int, int], int] | None = None,
+        root_bound: bool = False,
+        target: float | None = None,
     ) -> MipResult:
         """Integer solve limited by work (``nodes`` branch-and-bound nodes for HiGHS; for
         CP-SAT, one deterministic second per hundred nodes), so that the result does not
         depend on the machine's speed or load; ``time_limit`` is only a safety stop, and
-        the result says when it fired. The best units found and the proven bound."""
+        the result says when it fired. The best units found and the proven bound.
+
+        ``root_bound`` (HiGHS): only the root node's cutting planes, for their bound; no
+        presolve, primal heuristics or restarts, which on a large model take several times
+        as long as the cuts and do not raise the bound. ``target`` (HiGHS): stop at the
+        first solution whose objective is at most this."""
         import datetime
         import math
 
         from ortools.math_opt.python import mathopt
 
         kind = mathopt.SolverType.CP_SAT if solver == "cpsat" else mathopt.SolverType.HIGHS
-        params = mathopt.SolveParameters(
+        params = quiet_parameters(
             time_limit=datetime.timedelta(seconds=max(time_limit, 0.5)),
             relative_gap_tolerance=relative_gap,
             random_seed=seed,
-            enable_output=bool(os.environ.get("GPUBROKER_SOLVER_LOG")),
         )
         if kind == mathopt.SolverType.CP_SAT:
             params.threads = 1
             params.cp_sat.max_deterministic_time = max(nodes / 100.0, 1.0)
         else:
-            params.node_limit = nodes
+            params.node_limit = 1 if root_bound else nodes
             params.highs.int_options["threads"] = 1
+            if target is not None:
+                params.highs.double_options["objective_target"] = target
+            if root_bound:
+                params.highs.string_options["presolve"] = "off"
+                params.highs.double_options["mip_heuristic_effort"] = 0.0
+                for option in ROOT_BOUND_OFF:
+                    params.highs.bool_options[option] = False
         model_params = None
         if hint and kind == mathopt.SolverType.CP_SAT:
             values = {var: float(hint.get(key, 0)) for key, var in self.columns.items()}
             model_params = mathopt.ModelSolveParameters(
                 solution_hints=[mathopt.SolutionHint(variable_values=values)]
             )
-        with solver_output_to_stderr():
-            result = mathopt.solve(self.model, kind, params=params, model_params=model_params)
+        result = mathopt.solve(self.model, kind, params=params, model_params=model_params)
         bound = float(result.termination.objective_bounds.dual_bound)
         found = MipResult(
             units=None,
@@ -467,7 +514,26 @@ class Master:
         if result.has_primal_feasible_solution():
             values = result.variable_values()
             found.units = {k: round(values[v]) for k, v in self.columns.items() if values[v] > 0.5}
+            if self._bulk is not None:
+                by_id = {var.id: x for var, x in values.items() if x > 0.5}
+                found.units.update(
+                    ((int(k), int(cand)), round(by_id[int(i)]))
+                    for i, k, cand in zip(*self._bulk, strict=True)
+                    if int(i) in by_id
+                )
         return found
+
+
+# HiGHS switches a root-bound-only solve turns off (see Master.solve_mip)
+ROOT_BOUND_OFF = (
+    "mip_allow_restart",
+    "mip_heuristic_run_feasibility_jump",
+    "mip_heuristic_run_rins",
+    "mip_heuristic_run_rens",
+    "mip_heuristic_run_root_reduced_cost",
+    "mip_heuristic_run_zi_round",
+    "mip_heuristic_run_shifting",
+)
 
 
 @dataclass
@@ -481,29 +547,16 @@ class MipResult:
     clock_stop: bool = False  # the wall-clock safety stop ended it (not the work limit)
 
 
-@contextmanager
-def solver_output_to_stderr() -> Iterator[None]:
-    """Send what a native solver prints on standard output to standard error meanwhile,
-    so that a JSON document on stdout (``gpubroker plan --format json``) stays whole."""
-    import ctypes
-    import sys
+def quiet_parameters(**settings: Any) -> Any:
+    """MathOpt parameters with the solver's own log off (on with GPUBROKER_SOLVER_LOG set):
+    a native solver printing on standard output would break a JSON document there."""
+    from ortools.math_opt.python import mathopt
 
-    try:
-        stdout_fd = sys.stdout.fileno()
-        stderr_fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):
-        yield  # not real files (captured output): nothing native can reach them anyway
-        return
-    sys.stdout.flush()
-    saved = os.dup(stdout_fd)
-    libc = ctypes.CDLL(None)
-    try:
-        os.dup2(stderr_fd, stdout_fd)
-        yield
-    finally:
-        libc.fflush(None)
-        os.dup2(saved, stdout_fd)
-        os.close(saved)
+    log = bool(os.environ.get("GPUBROKER_SOLVER_LOG"))
+    params = mathopt.SolveParameters(enable_output=log, **settings)
+    params.highs.bool_options["output_flag"] = log
+    params.highs.bool_options["log_to_console"] = log
+    return params
 
 
 def reduced_costs(

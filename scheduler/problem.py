@@ -16,9 +16,10 @@ integer number of units, mixing GPU types and regions.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -43,6 +44,7 @@ class Pool:
     rdma: str = "none"
     offer_id: int | None = None
     vcpus: int | None = None
+    memory_gib: float | None = None  # host memory per node
 
     @property
     def key(self) -> str:
@@ -107,9 +109,19 @@ class Quota:
         return self.name or "quota " + "/".join(parts)
 
 
-_COLUMNS = ("shape", "pool", "nodes", "hours", "cost", "gpus", "area", "rate", "replicas",
-            "overhead")
-_DTYPES = {
+_COLUMNS = (
+    "shape",
+    "pool",
+    "nodes",
+    "hours",
+    "cost",
+    "gpus",
+    "area",
+    "rate",
+    "replicas",
+    "overhead",
+)
+CANDIDATE_DTYPES = {
     "shape": np.int32,
     "pool": np.int32,
     "nodes": np.int32,
@@ -145,24 +157,36 @@ class Candidates:
     starts: np.ndarray = field(init=False)  # candidates of shape s: starts[s]:starts[s+1]
 
     @classmethod
-    def from_rows(cls, rows: Sequence[tuple], n_shapes: int) -> Candidates:
+    def from_rows(cls, rows: Sequence[tuple[Any, ...]], n_shapes: int) -> Candidates:
         """Build from tuples in ``_COLUMNS`` order (any order of rows)."""
-        cols = list(zip(*rows, strict=True)) if rows else [[] for _ in _COLUMNS]
-        arrays = {name: np.asarray(col, dtype=_DTYPES[name]) for name, col in
-                  zip(_COLUMNS, cols, strict=True)}
+        cols: list[Sequence[Any]] = (
+            list(zip(*rows, strict=True)) if rows else [[] for _ in _COLUMNS]
+        )
+        arrays = {
+            name: np.asarray(col, dtype=CANDIDATE_DTYPES[name])
+            for name, col in zip(_COLUMNS, cols, strict=True)
+        }
         return cls.from_arrays(arrays, n_shapes)
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], n_shapes: int) -> Candidates:
+        """Build from one array per column (a missing one is filled in); the arrays are
+        taken out of ``arrays`` as each is sorted, so that at 10^7 candidates the input and
+        the table are never both held whole."""
         size = len(arrays["shape"])
+        order = np.lexsort(
+            tuple(np.asarray(arrays[name]) for name in ("nodes", "pool", "cost", "shape"))
+        )
         full = {}
         for name in _COLUMNS:
-            value = arrays.get(name)
+            value, dtype = arrays.pop(name, None), CANDIDATE_DTYPES[name]
             if value is None:
-                value = np.full(size, -1 if name == "area" else 0, dtype=_DTYPES[name])
-            full[name] = np.asarray(value, dtype=_DTYPES[name])
-        order = np.lexsort((full["nodes"], full["pool"], full["cost"], full["shape"]))
-        table = cls(**{name: full[name][order] for name in _COLUMNS})
+                full[name] = np.full(size, -1 if name == "area" else 0, dtype=dtype)
+            else:
+                full[name] = np.asarray(value, dtype=dtype)[order]
+            del value
+        del order
+        table = cls(**full)
         table.starts = np.searchsorted(table.shape, np.arange(n_shapes + 1)).astype(np.int64)
         return table
 
@@ -184,6 +208,9 @@ class Problem:
     budgets: dict[str, float] = field(default_factory=dict)  # team -> dollars left
     max_provider_share: float | None = None  # None or 1.0: no cap
     share_on: Literal["gpus", "spend"] = "gpus"
+    # what live allocations already hold per provider, in the share's unit (GPUs, or
+    # dollars of estimated cost): the cap is on each provider's share of the whole fleet
+    held: dict[str, float] = field(default_factory=dict)
     seed: int = 0
     # pools whose offers do not state their fabric: the Gbps multi-node estimates assumed
     assumed_fabric_gbps: dict[int, float] = field(default_factory=dict)
@@ -208,7 +235,7 @@ class Problem:
                 rows = c.of_shape(job.shape)
                 if len(rows) == 0:
                     continue
-                costs, rates = c.cost[rows.start:rows.stop], c.rate[rows.start:rows.stop]
+                costs, rates = c.cost[rows.start : rows.stop], c.rate[rows.start : rows.stop]
                 worst = float(np.max(costs / np.maximum(rates, 1e-9)))
                 total = sum(rate for _, rate in job.demand)
                 top = max(top, worst * total + float(costs.max()) * (job.min_replicas + 1))
@@ -220,6 +247,18 @@ class Problem:
     def share_cap(self) -> float | None:
         share = self.max_provider_share
         return share if share is not None and share < 1.0 else None
+
+    def share_room(self, provider: str) -> float:
+        """How far ``provider``'s new placements may pass the cap's share of all new ones.
+
+        The fleet rule new_v + held_v <= cap x (new + held) is new_v - cap x new <=
+        cap x held - held_v. A provider already above the cap through what it holds gets
+        room 0 rather than less (a plan cannot move what is running): it takes at most the
+        cap's share of what is new, so its share of the fleet only falls."""
+        share = self.share_cap
+        if share is None:
+            return math.inf
+        return max(share * sum(self.held.values()) - self.held.get(provider, 0.0), 0.0)
 
     @property
     def providers(self) -> list[str]:
@@ -254,7 +293,7 @@ class Plan:
     lp_placed: float | None = None
     cost_gap: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
-    explain: dict[int, dict] = field(default_factory=dict)
+    explain: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def by_job(self) -> dict[int, list[Assignment]]:
         out: dict[int, list[Assignment]] = {}

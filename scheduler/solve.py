@@ -16,26 +16,42 @@
    plan's columns, so the integer model can always do at least as well as greedy.
 4. The integer model (HiGHS by default, CP-SAT on request; CP-SAT is hinted with the
    greedy plan; HiGHS in MathOpt takes no hint, so the greedy plan is its fallback)
-   runs to its node limit or the relative gap; the better of it and greedy wins. The
-   plan is checked by ``validate`` before it is returned.
+   runs to its node limit, the relative gap, or (HiGHS) its first plan within the gap
+   asked for of the best full-space bound so far; the better of it and greedy wins. Gaps
+   handed to the solvers are over cost: where penalties of jobs no plan can place fill
+   the objective, a gap over the whole would say nothing about cost. The plan is checked
+   by ``validate`` before it is returned.
 5. When serving jobs are in the problem, a Lagrangian bound (``scheduler.bound``) solves
    each serving job's covering problem in integers (before step 4, node-limited); the
    reported bound is the larger of it and the LP bound. Where pricing converged, the
    integer model's proven bound also holds for the full space up to the LP bound plus the
    least reduced cost of any column left out of it.
-6. When the full candidate space is small enough to hold as one integer model (with the
-   LP's cuts; a smaller limit under a share cap), HiGHS solves that model too: its proven
-   dual bound
-   raises the reported bound (whole nodes per serving area and whole gangs leave an
-   integrality gap no LP bound closes), and its solution replaces the plan when cheaper
-   (pruned columns can miss the optimum where budgets bind; see bench/RESULTS.md).
+6. The full-space step (``scheduler.full_space``), on the integer model over every
+   candidate (with the LP's cuts), by size (``_full_space_mode``); skipped when the plan is
+   already within the gap asked for of the bound proven so far (a re-plan the integer
+   solve has settled: decided by work, not the clock):
+   - small enough (a smaller limit under a share cap): HiGHS solves it; its proven dual
+     bound raises the reported bound (whole nodes per serving area and whole gangs leave
+     an integrality gap no LP bound closes), and its solution replaces the plan when
+     cheaper (pruned columns can miss the optimum where budgets bind);
+   - larger, up to ``root_bound_columns``: only its root node's cuts run, for their
+     bound (M synthetic: 0.04 % below the plan where the Lagrangian bound was 0.19 %);
+   - under a share cap beyond the capped limit: the same model with the cap left out, a
+     relaxation whose bound holds for the capped problem (a cap that does not bind is
+     then proven at once); its solution is never the plan.
+7. Where the LP places a fraction of a job more than the plan, the cost gap is read
+   against the least LP cost of leaving out no more jobs than the plan does (column
+   generation with penalties off and a limit on the jobs left out), since a bound that
+   carries penalties says nothing about cost there.
 Every step is limited by work (``WorkLimits``: rounds, nodes, columns), never by the clock,
 and the solvers run single-threaded with a fixed seed, so the same input gives the same plan
 on any machine and under any load. ``time_limit`` is a safety stop only: when it fires, the
 plan says so (``Plan.clock_stop``, and in its status).
 
-A share cap below 1 / (providers that can host any job) admits no plan with a job in it;
-it is refused as ``Infeasible`` naming the smallest cap that can hold.
+The share cap is on each provider's share of the whole fleet, what live allocations hold
+(``Problem.held``) included. A cap under which no new job can be placed (below
+1 / (providers that can host any job), none of which has room beside what is held) is
+refused as ``Infeasible`` naming the smallest cap that can hold.
 """
 
 from __future__ import annotations
@@ -50,6 +66,7 @@ from broker.errors import ConfigError, Infeasible
 from scheduler.baselines import Units, first_come, greedy_regret, units_to_plan
 from scheduler.bound import SERVING_NODES, lagrangian_bound, relaxed_bound
 from scheduler.explain import explain_plan
+from scheduler.full_space import ROOT_MODES, solve_full_space
 from scheduler.model import Duals, JobClass, Master, PoolIndex, build_classes, reduced_costs
 from scheduler.problem import Plan, Problem
 from scheduler.validate import check
@@ -67,11 +84,17 @@ DENSE_SHARE_MAX_COLUMNS = 20_000
 # The integer solver measures its gap against its own (restricted) bound, which is above the
 # full-space LP bound the plan reports; aim it at half the gap asked for.
 MIP_GAP_SHARE = 0.5
+# ... and stop it at the first plan within this share of the gap asked for of the bound
+# proven over the full space so far (the plan is then good enough; more work only moves
+# the bound)
+TARGET_GAP_SHARE = 0.8
+MIN_COST_SHARE = 1e-3
 # Wall-clock safety stops, as shares of time_limit: past them a step ends early and the plan
 # says so. A plan that depends on them is no longer reproducible, so the work limits are
 # sized to end well before them.
 CG_SAFETY_SHARE = 0.5
 SERVING_SAFETY_SHARE = 0.7
+RELAXED_SAFETY_SHARE = 0.8  # root cuts and the capless relaxation leave time for the cost yardstick
 LAGRANGIAN_MAX_SERVING = 100  # one small integer solve per serving job: skip beyond
 
 
@@ -82,13 +105,18 @@ class WorkLimits:
     The defaults end well inside a 30 s safety stop on fleets up to 1,000 jobs x 10,000
     pools on one shared core: the full-space step stops at 30,000 columns because HiGHS's
     presolve and root alone took over 30 s at 77,000, and at 8,000 under a share cap
-    because the capped root LP took a minute at 15,000 (see bench/RESULTS.md)."""
+    because the capped root LP took a minute at 15,000 (see bench/RESULTS.md). Above
+    that, root cuts alone (no presolve, heuristics or restarts) took 12 s over M
+    synthetic's 87,000 columns."""
 
     cg_rounds: int = 60  # column-generation rounds (one LP solve and one pricing pass each)
     mip_nodes: int = 2_000  # branch-and-bound nodes over the kept columns
     full_space_nodes: int = 1_000  # branch-and-bound nodes over every candidate
     full_space_columns: int = 30_000  # the full-space step only up to this many columns
     full_space_capped_columns: int = 8_000  # ... and this many under a share cap
+    # above full_space_columns and up to this many (no share cap), only the full-space
+    # model's root cuts run, for their bound
+    root_bound_columns: int = 120_000
     serving_nodes: int = SERVING_NODES  # per serving job's covering problem (bound only)
 
 
@@ -122,45 +150,95 @@ def solve(
 
     # warm start: the better of greedy-by-regret and first-come failover
     greedy, greedy_plan = min(
-        ((units, units_to_plan(problem, classes, units, solver="greedy"))
-         for units in (greedy_regret(problem, classes), first_come(problem, classes))),
+        (
+            (units, units_to_plan(problem, classes, units, solver="greedy"))
+            for units in (greedy_regret(problem, classes), first_come(problem, classes))
+        ),
         key=lambda pair: pair[1].objective,
     )
     timings["first_feasible"] = time.perf_counter() - start
 
-    cg = _column_generation(problem, classes, pools, greedy, rounds=work.cg_rounds,
-                            deadline=start + CG_SAFETY_SHARE * time_limit)
+    cg = _column_generation(
+        problem,
+        classes,
+        pools,
+        greedy,
+        rounds=work.cg_rounds,
+        deadline=start + CG_SAFETY_SHARE * time_limit,
+    )
     lp_bound, duals_columns, lp_model = cg.bound, cg.rcs, cg.master
     if cg.clock_stop:
         clock_stops.append("column generation")
     timings["lp_bound"] = time.perf_counter() - start
     timings["cg_rounds"] = float(cg.rounds)
     columns = _enrich(problem, classes, pools, duals_columns, greedy)
+    # The solvers measure gaps over cost and penalties together; where penalties of jobs no
+    # plan can place (those the LP leaves out) make up most of the objective, the gap asked
+    # for is one over cost.
+    lp_penalties = _lp_placement(classes, lp_model)[1]
+    cost_share = (
+        max(cg.lp_objective - lp_penalties, 0.0) / cg.lp_objective if cg.lp_objective > 0 else 1.0
+    )
+    mip_gap = relative_gap * MIP_GAP_SHARE * max(cost_share, MIN_COST_SHARE)
 
     n_columns = sum(len(cols) for cols in columns.values())
-    mip = Master(problem, classes, pools, integer=True,
-                 dense_share=_dense_share(problem, solver, n_columns),
-                 integral_total=solver == "cpsat")
+    mip = Master(
+        problem,
+        classes,
+        pools,
+        integer=True,
+        dense_share=_dense_share(problem, solver, n_columns),
+        integral_total=solver == "cpsat",
+    )
     mip.copy_cuts_from(lp_model)
     for cls in classes:
         mine = columns.get(cls.index)
         if mine is not None and len(mine):
             mip.add_columns(cls, mine)
     serving = sum(1 for cls in classes if cls.kind == "inference")
-    if lp_model.duals is not None and 0 < serving <= LAGRANGIAN_MAX_SERVING:
+    full_columns = sum(len(problem.candidates.of_shape(cls.shape)) for cls in classes)
+    full_mode = _full_space_mode(problem, full_columns, work)
+    if full_mode == "uncapped root" and _cap_binds(lp_model):
+        # a binding cap leaves the relaxed bound below the capped one, and its root cuts
+        # only take time from the integer solve below (L catalog, 35 % cap on GPUs: 18 of
+        # its 30 s, and the plan placed fewer jobs)
+        full_mode = None
+    if (
+        lp_model.duals is not None
+        and 0 < serving <= LAGRANGIAN_MAX_SERVING
+        and full_mode not in ("mip", "root")
+    ):
         # Serving units are whole nodes: the Lagrangian bound closes much of that LP gap.
         # It runs before the integer solve, whose time is the safety stop's remainder.
-        stronger = lagrangian_bound(problem, classes, pools, lp_model.duals,
-                                    deadline=start + SERVING_SAFETY_SHARE * time_limit,
-                                    serving_nodes=work.serving_nodes)
+        # The full-space step's cuts close more of it (M synthetic: the Lagrangian bound
+        # 0.19 % below the plan, the root cuts 0.04 %), so it is left out there.
+        stronger = lagrangian_bound(
+            problem,
+            classes,
+            pools,
+            lp_model.duals,
+            deadline=start + SERVING_SAFETY_SHARE * time_limit,
+            serving_nodes=work.serving_nodes,
+        )
         if stronger is None and time.perf_counter() > start + SERVING_SAFETY_SHARE * time_limit:
             clock_stops.append("serving bound")
         if stronger is not None and stronger > lp_bound:
             lp_bound = stronger
+    # a plan within this gap of a valid bound is solved: the full-space steps, which only
+    # raise the bound or find a plan a little cheaper, are then skipped
+    target_gap = mip_gap / MIP_GAP_SHARE * TARGET_GAP_SHARE
+    target = None
+    if solver == "highs" and lp_bound > 0:
+        target = lp_bound / (1.0 - target_gap)
     remaining = time_limit - (time.perf_counter() - start)
     restricted = mip.solve_mip(
-        solver, time_limit=remaining, relative_gap=relative_gap * MIP_GAP_SHARE, seed=seed,
-        nodes=work.mip_nodes, hint=greedy,
+        solver,
+        time_limit=remaining,
+        relative_gap=mip_gap,
+        seed=seed,
+        nodes=work.mip_nodes,
+        hint=greedy,
+        target=target,
     )
     timings["integer"] = time.perf_counter() - start
     if restricted.clock_stop:
@@ -172,24 +250,39 @@ def solve(
         excluded = _cheapest_excluded(problem, classes, cg.rcs, columns)
         lp_bound = max(lp_bound, min(restricted.bound, cg.lp_objective + excluded))
         timings["cheapest_excluded_rc"] = excluded
-    full = _full_space(problem, classes, pools, lp_model, work=work, deadline=stop,
-                       relative_gap=relative_gap * MIP_GAP_SHARE, seed=seed)
-    timings["full_space"] = time.perf_counter() - start
+    rejected: list[str] = []
+    plan = _better(problem, classes, greedy_plan, greedy_plan, restricted.units, solver, rejected)
+    if full_mode is not None and _gap(plan.objective, lp_bound) <= target_gap:
+        full_mode = None
+        timings["full_space_skipped"] = 1.0
+    full = solve_full_space(
+        problem,
+        classes,
+        pools,
+        lp_model,
+        full_mode,
+        dense_share=_dense_share(problem, "highs", full_columns),
+        nodes=work.full_space_nodes,
+        deadline=stop if full_mode == "mip" else start + RELAXED_SAFETY_SHARE * time_limit,
+        relative_gap=mip_gap,
+        seed=seed,
+    )
+    if full_mode is not None:
+        timings["root_bound" if full_mode in ROOT_MODES else "full_space"] = (
+            time.perf_counter() - start
+        )
     if full.clock_stop:
-        clock_stops.append("full-space integer solve")
+        clock_stops.append(
+            "full-space root bound" if full_mode in ROOT_MODES else "full-space integer solve"
+        )
     if full.bound is not None and full.bound > lp_bound:
         lp_bound = full.bound
-    plan = greedy_plan
-    for found in (restricted.units, full.units):
-        if found is not None:
-            candidate = units_to_plan(problem, classes, found, solver=solver)
-            if candidate.objective < plan.objective - 1e-9 or (
-                plan is greedy_plan and candidate.objective <= plan.objective + 1e-9
-            ):
-                plan = candidate
+    plan = _better(problem, classes, plan, greedy_plan, full.units, solver, rejected)
     plan.solver = solver
     status = restricted.status
     plan.status = status if plan is not greedy_plan else f"{status} (greedy plan kept)"
+    if rejected:
+        plan.status += f"; solver plan refused by the checker ({'; '.join(rejected)})"
     if clock_stops:
         plan.clock_stop = True
         plan.status += f"; safety time limit stopped the {', '.join(clock_stops)}"
@@ -205,6 +298,21 @@ def solve(
         yardstick = plan.lp_bound - left_out
         if plan.lp_placed <= len(problem.jobs) - len(plan.unplaced) + 1e-6:
             yardstick = max(yardstick, cg.lp_objective - lp_penalties)
+        elif plan.unplaced:
+            # the LP places a fraction of a job more than the plan: the penalties it pays
+            # no longer match the plan's, so bound the cost of placing as many jobs directly
+            floor = _placement_cost_bound(
+                problem,
+                classes,
+                pools,
+                lp_model,
+                len(plan.unplaced),
+                rounds=work.cg_rounds,
+                deadline=stop,
+            )
+            timings["placement_cost_bound"] = time.perf_counter() - start
+            if floor is not None:
+                yardstick = max(yardstick, floor)
         plan.cost_gap = _gap(plan.cost, max(yardstick, 0.0))
     plan.solve_seconds = time.perf_counter() - start
     timings["total"] = plan.solve_seconds
@@ -220,6 +328,34 @@ def solve(
     return plan
 
 
+def _better(
+    problem: Problem,
+    classes: list[JobClass],
+    plan: Plan,
+    greedy_plan: Plan,
+    found: Units | None,
+    solver: str,
+    rejected: list[str],
+) -> Plan:
+    """The solver's ``found`` units as the plan where cheaper than ``plan`` (or as cheap as
+    the greedy plan) and passing the checker; a refusal is added to ``rejected``."""
+    if found is None:
+        return plan
+    candidate = units_to_plan(problem, classes, found, solver=solver)
+    better = candidate.objective < plan.objective - 1e-9 or (
+        plan is greedy_plan and candidate.objective <= plan.objective + 1e-9
+    )
+    if not better:
+        return plan
+    # HiGHS can hand back a solution mapped out of its presolved model that misses a share
+    # row by far more than its tolerance (L catalog, 35 % cap: 35.5 %)
+    problems = check(problem, candidate)
+    if problems:
+        rejected.append(problems[0])
+        return plan
+    return candidate
+
+
 def _lp_placement(classes: list[JobClass], master: Master) -> tuple[float, float]:
     """Jobs the LP places (each class's jobs less its "unplaced" value) and the penalties
     of the fractions it leaves unplaced: its objective less those is its placement cost."""
@@ -230,8 +366,12 @@ def _lp_placement(classes: list[JobClass], master: Master) -> tuple[float, float
     return round(placed, 6), penalties
 
 
-def _cheapest_excluded(problem: Problem, classes: list[JobClass],
-                       rcs: dict[int, np.ndarray], columns: dict[int, np.ndarray]) -> float:
+def _cheapest_excluded(
+    problem: Problem,
+    classes: list[JobClass],
+    rcs: dict[int, np.ndarray],
+    columns: dict[int, np.ndarray],
+) -> float:
     """The least reduced cost of any candidate not among the integer model's columns."""
     cheapest = math.inf
     for cls in classes:
@@ -250,63 +390,71 @@ def _cheapest_excluded(problem: Problem, classes: list[JobClass],
 
 
 def _check_share_cap(problem: Problem) -> None:
-    """Refuse a share cap no plan with a job in it can meet: below 1 / (providers holding
-    any candidate), some provider always carries more than the cap of what is placed."""
+    """Refuse a share cap under which no plan can place a job: below 1 / (providers holding
+    any candidate) where none of them has room beside what live allocations hold
+    (``Problem.share_room``), some provider always carries more than the cap. Where one
+    has room, the integer model decides what fits.
+
+    The cap named is the smallest that holds new jobs spread over every provider, or, where
+    less, one job alone beside what is held: (held_v + w) / (held + w) for the lightest
+    candidate w of provider v."""
     cap = problem.share_cap
     c = problem.candidates
     if cap is None or len(c) == 0:
         return
-    hosts = sorted({problem.pools[int(p)].provider for p in np.unique(c.pool)})
-    smallest = 1.0 / len(hosts)
-    if cap < smallest - 1e-12:
-        raise Infeasible([
+    names = problem.providers
+    where = {name: i for i, name in enumerate(names)}
+    of_pool = np.array([where[pool.provider] for pool in problem.pools], dtype=np.int64)
+    weight = c.gpus.astype(np.float64) if problem.share_on == "gpus" else c.cost
+    lightest = np.full(len(names), np.inf)
+    np.minimum.at(lightest, of_pool[c.pool], weight)
+    hosting = np.flatnonzero(np.isfinite(lightest))
+    if cap >= 1.0 / len(hosting) - 1e-12 or float(lightest[hosting].min()) <= 0:
+        return  # spread over every provider, or a job that weighs nothing, fits
+    if any(problem.share_room(names[v]) > 0 for v in hosting):
+        return
+    held = sum(problem.held.values())
+    smallest = min(
+        [1.0 / len(hosting)]
+        + [
+            (problem.held.get(names[v], 0.0) + float(lightest[v])) / (held + float(lightest[v]))
+            for v in hosting
+        ]
+    )
+    hosts = [names[v] for v in hosting]
+    beside = " beside what live allocations hold" if held > 0 else ""
+    raise Infeasible(
+        [
             f"max_provider_share {cap:.0%}: no plan can place a job under it with "
             f"{len(hosts)} provider{'s' if len(hosts) > 1 else ''} offering candidates "
-            f"({', '.join(hosts)}); the smallest cap that can hold is {smallest:.0%}"
-        ])
+            f"({', '.join(hosts)}){beside}; the smallest cap that can hold is {smallest:.0%}"
+        ]
+    )
 
 
-@dataclass
-class _FullSpace:
-    bound: float | None = None
-    units: Units | None = None
-    clock_stop: bool = False
+def _cap_binds(lp_model: Master) -> bool:
+    """Whether the share rows hold a price in the LP (no duals: assume they do)."""
+    duals = lp_model.duals
+    return duals is None or bool(np.any(np.abs(duals.provider) > PRICE_TOL))
 
 
-def _full_space(
-    problem: Problem,
-    classes: list[JobClass],
-    pools: PoolIndex,
-    lp_model: Master,
-    *,
-    work: WorkLimits,
-    deadline: float,
-    relative_gap: float,
-    seed: int,
-) -> _FullSpace:
-    """HiGHS on the integer model over every candidate: its dual bound and its best
-    solution, each None when the space is above the work limit's columns or none was
-    found."""
-    ranges = [problem.candidates.of_shape(cls.shape) for cls in classes]
-    columns = sum(r.stop - r.start for r in ranges)
-    limit = (work.full_space_columns if problem.share_cap is None
-             else work.full_space_capped_columns)
-    if columns == 0 or columns > limit:
-        return _FullSpace()
-    if deadline - time.perf_counter() <= 0.5:
-        return _FullSpace(clock_stop=True)
-    full = Master(problem, classes, pools, integer=True,
-                  dense_share=_dense_share(problem, "highs", columns))
-    full.copy_cuts_from(lp_model)
-    for cls, rows in zip(classes, ranges, strict=True):
-        if rows.stop > rows.start:
-            full.add_columns(cls, np.arange(rows.start, rows.stop))
-    left = deadline - time.perf_counter()
-    if left <= 0.5:
-        return _FullSpace(clock_stop=True)
-    result = full.solve_mip("highs", time_limit=left, relative_gap=relative_gap, seed=seed,
-                            nodes=work.full_space_nodes)
-    return _FullSpace(result.bound, result.units, result.clock_stop)
+def _full_space_mode(problem: Problem, columns: int, work: WorkLimits) -> str | None:
+    """How the full-space step runs: "mip" (branch and bound), "root" (root cuts only, for
+    the bound), "uncapped" and "uncapped root" (the same with the share cap left out: a
+    relaxation, so its bound holds and its solution is not used; a cap that does not bind
+    is then proven at once) or None (the space of ``columns`` candidates is above the work
+    limits' columns)."""
+    if columns == 0:
+        return None
+    if problem.share_cap is not None:
+        if columns <= work.full_space_capped_columns:
+            return "mip"
+        if columns <= work.full_space_columns:
+            return "uncapped"
+        return "uncapped root" if columns <= work.root_bound_columns else None
+    if columns <= work.full_space_columns:
+        return "mip"
+    return "root" if columns <= work.root_bound_columns else None
 
 
 def _dense_share(problem: Problem, solver: str, columns: int) -> bool:
@@ -317,8 +465,7 @@ def _dense_share(problem: Problem, solver: str, columns: int) -> bool:
     on spend."""
     if solver == "cpsat" and problem.share_on == "spend":
         return True
-    return (len(problem.providers) <= DENSE_SHARE_PROVIDERS
-            and columns <= DENSE_SHARE_MAX_COLUMNS)
+    return len(problem.providers) <= DENSE_SHARE_PROVIDERS and columns <= DENSE_SHARE_MAX_COLUMNS
 
 
 def _gap(objective: float, bound: float) -> float:
@@ -331,8 +478,9 @@ def lp_bound(problem: Problem, *, rounds: int = 1_000, time_budget: float = 60.0
     """The full-space LP lower bound alone (used by benchmarks and tests)."""
     classes = build_classes(problem)
     pools = PoolIndex.of(problem)
-    return _column_generation(problem, classes, pools, {}, rounds=rounds,
-                              deadline=time.perf_counter() + time_budget).bound
+    return _column_generation(
+        problem, classes, pools, {}, rounds=rounds, deadline=time.perf_counter() + time_budget
+    ).bound
 
 
 def _initial_columns(problem: Problem, cls: JobClass, greedy: Units) -> np.ndarray:
@@ -354,19 +502,28 @@ class _ColumnGeneration:
     rounds: int = 0
     converged: bool = False
     clock_stop: bool = False
-    lp_objective: float = 0.0  # of the last LP solved
+    lp_objective: float = 0.0  # of the last LP solved (0 where none returned duals)
 
 
 def _column_generation(
-    problem: Problem, classes: list[JobClass], pools: PoolIndex, greedy: Units,
-    *, rounds: int, deadline: float, cuts: bool = True,
+    problem: Problem,
+    classes: list[JobClass],
+    pools: PoolIndex,
+    greedy: Units,
+    *,
+    rounds: int,
+    deadline: float,
+    cuts: bool = True,
+    master: Master | None = None,
 ) -> _ColumnGeneration:
-    """LP bound over the full space, and the final reduced costs per class."""
-    master = Master(problem, classes, pools, integer=False)
+    """LP bound over the full space, and the final reduced costs per class; from
+    ``master`` and its columns where given (its bound is then only its LP optimum)."""
+    if master is None:
+        master = Master(problem, classes, pools, integer=False)
+        for cls in classes:
+            master.add_columns(cls, _initial_columns(problem, cls, greedy))
     costs = problem.candidates.cost
     scale = max(1.0, float(np.median(costs))) if len(costs) else 1.0
-    for cls in classes:
-        master.add_columns(cls, _initial_columns(problem, cls, greedy))
     best = 0.0  # costs and penalties are never negative
     done = 0
     while True:
@@ -380,7 +537,9 @@ def _column_generation(
             best = max(best, lagrangian)
         clock = time.perf_counter() > deadline
         if clock or done >= rounds:
-            return _ColumnGeneration(best, rcs, master, done, clock_stop=clock)
+            return _ColumnGeneration(
+                best, rcs, master, done, clock_stop=clock, lp_objective=objective
+            )
         added = 0
         for cls in classes:
             rc = rcs[cls.index]
@@ -393,8 +552,37 @@ def _column_generation(
             best_new = fresh[np.argsort(rc[fresh], kind="stable")[:COLUMNS_PER_ROUND]]
             added += master.add_columns(cls, best_new + start)
         if added == 0 and (not cuts or master.add_gang_cuts() + master.add_cover_cuts() == 0):
-            return _ColumnGeneration(max(best, objective), rcs, master, done, converged=True,
-                                     lp_objective=objective)
+            return _ColumnGeneration(
+                max(best, objective), rcs, master, done, converged=True, lp_objective=objective
+            )
+
+
+def _placement_cost_bound(
+    problem: Problem,
+    classes: list[JobClass],
+    pools: PoolIndex,
+    lp_model: Master,
+    left_out: int,
+    *,
+    rounds: int,
+    deadline: float,
+) -> float | None:
+    """The least cost (penalties aside) of any plan that leaves at most ``left_out`` jobs
+    unplaced, as an LP over the full space: column generation from ``lp_model``'s columns
+    and cuts with the penalties off and one more row, sum of "unplaced" <= ``left_out``
+    (it holds no column, so pricing is unchanged). None when pricing does not end within
+    ``rounds``."""
+    master = Master(problem, classes, pools, integer=False)
+    master.copy_cuts_from(lp_model)
+    master.limit_unplaced(left_out)
+    for cls in classes:
+        mine = lp_model.by_class.get(cls.index)
+        if mine:
+            master.add_columns(cls, np.asarray(mine, dtype=np.int64))
+    cg = _column_generation(
+        problem, classes, pools, {}, rounds=rounds, deadline=deadline, master=master
+    )
+    return cg.lp_objective if cg.converged else None
 
 
 def _bound_without_duals(
@@ -410,8 +598,11 @@ def _bound_without_duals(
 
 
 def _enrich(
-    problem: Problem, classes: list[JobClass], pools: PoolIndex,
-    rcs: dict[int, np.ndarray], greedy: Units,
+    problem: Problem,
+    classes: list[JobClass],
+    pools: PoolIndex,
+    rcs: dict[int, np.ndarray],
+    greedy: Units,
 ) -> dict[int, np.ndarray]:
     """Columns for the integer model: best by reduced cost until pools hold 2x the class."""
     c = problem.candidates
@@ -457,7 +648,7 @@ def _first_of_pool(pool: np.ndarray) -> np.ndarray:
 
 def describe(plan: Plan) -> str:
     gap = "-" if plan.gap is None else f"{plan.gap:.3%}"
-    return (f"{plan.solver}: cost {plan.cost:.2f}, bound {plan.lp_bound}, gap {gap}, "
-            f"{len(plan.unplaced)} unplaced, {plan.solve_seconds:.1f} s")
-
-
+    return (
+        f"{plan.solver}: cost {plan.cost:.2f}, bound {plan.lp_bound}, gap {gap}, "
+        f"{len(plan.unplaced)} unplaced, {plan.solve_seconds:.1f} s"
+    )

@@ -37,9 +37,10 @@ def check(problem: Problem, plan: Plan) -> list[str]:
     team_cost: dict[str, float] = defaultdict(float)
     weight_by_provider: dict[str, float] = defaultdict(float)
     for job_id, items in sorted(by_job.items()):
-        job = jobs.get(job_id)
-        if job is None:
+        found = jobs.get(job_id)
+        if found is None:
             continue
+        job = found
         job_cost = 0.0
         served: dict[int, float] = defaultdict(float)
         replicas = 0
@@ -92,8 +93,9 @@ def check(problem: Problem, plan: Plan) -> list[str]:
         if job.kind == INFERENCE:
             for a_idx, (key, rate) in enumerate(job.demand):
                 if served[a_idx] < rate * (1 - 1e-9):
-                    out.append(f"job {job_id}: serves {served[a_idx]:.2f} of {rate:.2f} req/s "
-                               f"in {key}")
+                    out.append(
+                        f"job {job_id}: serves {served[a_idx]:.2f} of {rate:.2f} req/s in {key}"
+                    )
             if replicas < job.min_replicas:
                 out.append(f"job {job_id}: {replicas} replicas below {job.min_replicas}")
         if job.budget is not None and job_cost > job.budget * (1 + REL) + 1e-6:
@@ -114,10 +116,13 @@ def check(problem: Problem, plan: Plan) -> list[str]:
     share = problem.share_cap
     total = sum(weight_by_provider.values())
     if share is not None and total > 0:
+        # over the whole fleet: what live allocations hold counts (Problem.share_room)
+        held = sum(problem.held.values())
         for provider, weight in sorted(weight_by_provider.items()):
-            if weight > share * total * (1 + REL) + 1e-6:
-                out.append(f"provider {provider}: share {weight / total:.1%} above cap "
-                           f"{share:.0%}")
+            room = problem.share_room(provider)
+            if weight - share * total > room + share * (total + held) * REL + 1e-6:
+                fleet = (weight + problem.held.get(provider, 0.0)) / (total + held)
+                out.append(f"provider {provider}: share {fleet:.1%} above cap {share:.0%}")
     if not _close(cost, plan.cost):
         out.append(f"plan cost {plan.cost:.4f} != recomputed {cost:.4f}")
     penalty = sum(problem.penalty(jobs[j]) for j in plan.unplaced if j in jobs)

@@ -35,8 +35,9 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def row(name: str, problem: Problem, plan: Plan, bound: float, seconds: float,
-        first: float | None) -> dict:
+def row(
+    name: str, problem: Problem, plan: Plan, bound: float, seconds: float, first: float | None
+) -> dict:
     violations = check(problem, plan)
     placed = 1.0 - len(plan.unplaced) / max(len(problem.jobs), 1)
     shares = provider_shares(problem, plan)
@@ -53,8 +54,7 @@ def row(name: str, problem: Problem, plan: Plan, bound: float, seconds: float,
     }
 
 
-def run_fleet(label: str, problem: Problem, size: str, solver: str,
-              caps: list[str]) -> list[dict]:
+def run_fleet(label: str, problem: Problem, size: str, solver: str, caps: list[str]) -> list[dict]:
     limit, gap = TIME_LIMITS[size], GAPS[size]
     rows: list[dict] = []
     for cap in caps:
@@ -63,32 +63,42 @@ def run_fleet(label: str, problem: Problem, size: str, solver: str,
         name = f"{solver} MIP" + ("" if cap == "none" else f", 35% cap on {cap}")
         start = time.perf_counter()
         try:
-            plan = solve(problem, solver=solver, time_limit=limit, relative_gap=gap,
-                         explain=False)
+            plan = solve(problem, solver=solver, time_limit=limit, relative_gap=gap, explain=False)
         except Infeasible as exc:
             rows.append({"fleet": label, "plan": name, "status": str(exc)})
             continue
         bound = plan.lp_bound or 0.0
-        r = row(name, problem, plan, bound, time.perf_counter() - start,
-                plan.timings.get("first_feasible"))
-        r.update({
-            "gap": round(plan.gap or 0.0, 5),
-            "cost_gap": None if plan.cost_gap is None else round(plan.cost_gap, 5),
-            "placed_jobs": len(problem.jobs) - len(plan.unplaced),
-            "lp_placed": None if plan.lp_placed is None else round(plan.lp_placed, 2),
-            "lp_bound": round(bound, 2),
-            "clock_stop": plan.clock_stop,
-            "cg_rounds": int(plan.timings.get("cg_rounds", 0)),
-            "peak_rss_mib": round(peak_rss_mib(), 1),
-            "status": plan.status,
-        })
+        r = row(
+            name,
+            problem,
+            plan,
+            bound,
+            time.perf_counter() - start,
+            plan.timings.get("first_feasible"),
+        )
+        r.update(
+            {
+                "gap": round(plan.gap or 0.0, 5),
+                "cost_gap": None if plan.cost_gap is None else round(plan.cost_gap, 5),
+                "placed_jobs": len(problem.jobs) - len(plan.unplaced),
+                "lp_placed": None if plan.lp_placed is None else round(plan.lp_placed, 2),
+                "lp_bound": round(bound, 2),
+                "clock_stop": plan.clock_stop,
+                "cg_rounds": int(plan.timings.get("cg_rounds", 0)),
+                "peak_rss_mib": round(peak_rss_mib(), 1),
+                "status": plan.status,
+            }
+        )
         rows.append(r)
     problem.max_provider_share = None
     problem.share_on = "gpus"
     bound = next((r["lp_bound"] for r in rows if r["plan"] == f"{solver} MIP"), 0.0)
     classes = build_classes(problem)
-    for name, rule in (("per-job cheapest", per_job_cheapest), ("first-come failover", first_come),
-                       ("greedy regret", greedy_regret)):
+    for name, rule in (
+        ("per-job cheapest", per_job_cheapest),
+        ("first-come failover", first_come),
+        ("greedy regret", greedy_regret),
+    ):
         t0 = time.perf_counter()
         units = rule(problem, classes)
         base = units_to_plan(problem, classes, units, solver=name)
@@ -101,9 +111,22 @@ def run_fleet(label: str, problem: Problem, size: str, solver: str,
 
 
 def print_table(rows: list[dict]) -> None:
-    cols = ["fleet", "plan", "cost", "placed_jobs", "lp_placed", "cost_gap", "gap",
-            "violations", "overbooked_pools", "top_provider_share", "first_feasible_s",
-            "seconds", "clock_stop", "cg_rounds"]
+    cols = [
+        "fleet",
+        "plan",
+        "cost",
+        "placed_jobs",
+        "lp_placed",
+        "cost_gap",
+        "gap",
+        "violations",
+        "overbooked_pools",
+        "top_provider_share",
+        "first_feasible_s",
+        "seconds",
+        "clock_stop",
+        "cg_rounds",
+    ]
     widths = {c: max(len(c), *(len(str(r.get(c, "-"))) for r in rows)) for c in cols}
     print("  ".join(c.ljust(widths[c]) for c in cols))
     for r in rows:
@@ -113,14 +136,22 @@ def print_table(rows: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.scheduler")
     parser.add_argument("--size", choices=sorted(SIZES), default="S")
-    parser.add_argument("--kind", choices=["synthetic", "catalog", "adversarial", "all"],
-                        default="all")
+    parser.add_argument(
+        "--kind", choices=["synthetic", "catalog", "adversarial", "all"], default="all"
+    )
     parser.add_argument("--solver", choices=["highs", "cpsat"], default="highs")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--caps", default="none,gpus,spend",
-                        help="comma-separated runs: none, gpus, spend (a 35 %% share cap)")
-    parser.add_argument("--capacity-scale", type=float, default=1.0,
-                        help="multiply every pool's capacity (below 1: capacity-tight)")
+    parser.add_argument(
+        "--caps",
+        default="none,gpus,spend",
+        help="comma-separated runs: none, gpus, spend (a 35 %% share cap)",
+    )
+    parser.add_argument(
+        "--capacity-scale",
+        type=float,
+        default=1.0,
+        help="multiply every pool's capacity (below 1: capacity-tight)",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     jobs, offers = SIZES[args.size]
@@ -129,9 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     caps = [c.strip() for c in args.caps.split(",") if c.strip()]
     if not set(caps) <= {"none", "gpus", "spend"}:
         parser.error("--caps: each must be one of none, gpus, spend")
-    print(f"# scheduler bench size {args.size} ({jobs} jobs x {offers} offers), seed {args.seed},"
-          f" capacity x{args.capacity_scale},"
-          f" {platform.machine()}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
+    print(
+        f"# scheduler bench size {args.size} ({jobs} jobs x {offers} offers), seed {args.seed},"
+        f" capacity x{args.capacity_scale},"
+        f" {platform.machine()}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+    )
     rows: list[dict] = []
     for kind in kinds:
         t0 = time.perf_counter()
@@ -145,8 +178,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"catalog replay skipped: {CATALOGS} not present")
                 continue
         gen = time.perf_counter() - t0
-        print(f"{kind}: {len(problem.jobs)} jobs, {len(problem.pools)} pools, "
-              f"{len(problem.candidates)} candidates, generated in {gen:.1f} s", flush=True)
+        print(
+            f"{kind}: {len(problem.jobs)} jobs, {len(problem.pools)} pools, "
+            f"{len(problem.candidates)} candidates, generated in {gen:.1f} s",
+            flush=True,
+        )
         rows.extend(run_fleet(kind, problem, args.size, args.solver, caps))
     print_table(rows)
     mip = [r for r in rows if "MIP" in r["plan"]]

@@ -21,7 +21,16 @@ from pathlib import Path
 
 import numpy as np
 
-from scheduler.problem import INFERENCE, TRAINING, Candidates, Job, Pool, Problem, Quota
+from scheduler.problem import (
+    CANDIDATE_DTYPES,
+    INFERENCE,
+    TRAINING,
+    Candidates,
+    Job,
+    Pool,
+    Problem,
+    Quota,
+)
 from workloads.gpus import GPUS, resolve
 from workloads.regions import area_of
 
@@ -76,8 +85,13 @@ def _area(region: str) -> str:
     area = area_of(region)
     if area in AREAS:
         return area
-    for prefix, name in (("eu", "europe"), ("ap", "asia"), ("japan", "asia"),
-                         ("west", "europe"), ("east", "us")):
+    for prefix, name in (
+        ("eu", "europe"),
+        ("ap", "asia"),
+        ("japan", "asia"),
+        ("west", "europe"),
+        ("east", "us"),
+    ):
         if region.startswith(prefix) or name in region:
             return name
     return "us"
@@ -110,14 +124,29 @@ def synthetic_pools(cfg: Config, rng: np.random.Generator) -> list[Pool]:
         if spot:
             per_gpu *= SPOT_DISCOUNT
         high = gpu in HIGH_END and gpn == 8
-        fabric = float(rng.choice([400, 800, 1600, 3200])) if high and rng.random() < 0.7 else \
-            float(rng.choice([10, 25, 50, 100]))
+        fabric = (
+            float(rng.choice([400, 800, 1600, 3200]))
+            if high and rng.random() < 0.7
+            else float(rng.choice([10, 25, 50, 100]))
+        )
         capacity = int(min(64, rng.geometric(0.35 if gpn == 8 else 0.2)))
         if cfg.big_pools and high and rng.random() < cfg.big_pools:
             capacity = int(rng.integers(16, 65))
-        pools.append(Pool(provider, region, zone, itype, pricing, gpu, gpn,
-                          round(per_gpu * gpn, 4), capacity, fabric,
-                          "efa" if fabric >= 400 else "none"))
+        pools.append(
+            Pool(
+                provider,
+                region,
+                zone,
+                itype,
+                pricing,
+                gpu,
+                gpn,
+                round(per_gpu * gpn, 4),
+                capacity,
+                fabric,
+                "efa" if fabric >= 400 else "none",
+            )
+        )
     return pools
 
 
@@ -146,9 +175,21 @@ def catalog_pools(cfg: Config, rng: np.random.Generator, root: Path) -> list[Poo
                         continue
                     high = gpu in HIGH_END and gpn == 8
                     fabric = 3200.0 if high and provider != "lambda" else 100.0 if high else 25.0
-                    rows.append(Pool(provider, region, zone, rec["InstanceType"], pricing, gpu,
-                                     gpn, float(raw), int(min(32, rng.geometric(0.3))), fabric,
-                                     "efa" if fabric >= 400 else "none"))
+                    rows.append(
+                        Pool(
+                            provider,
+                            region,
+                            zone,
+                            rec["InstanceType"],
+                            pricing,
+                            gpu,
+                            gpn,
+                            float(raw),
+                            int(min(32, rng.geometric(0.3))),
+                            fabric,
+                            "efa" if fabric >= 400 else "none",
+                        )
+                    )
     unique = {p.key: p for p in rows}
     pools = [unique[k] for k in sorted(unique)]
     if len(pools) > cfg.offers:
@@ -189,34 +230,76 @@ def _templates(cfg: Config, rng: np.random.Generator) -> list[_Template]:
         if u < cfg.serving_share:
             params_gb = float(rng.choice([16, 40, 140]))
             allowed = tuple(g for g in GPU_MIX if GPUS[g].memory_gib >= 24)
-            gpr = {g: max(1, 2 ** math.ceil(math.log2(params_gb * 1.3 / GPUS[g].memory_gib)))
-                   for g in allowed}
+            gpr = {
+                g: max(1, 2 ** math.ceil(math.log2(params_gb * 1.3 / GPUS[g].memory_gib)))
+                for g in allowed
+            }
             gpr = {g: r for g, r in gpr.items() if r <= 8}
             shares = rng.dirichlet(np.ones(len(AREAS)))
-            out.append(_Template(INFERENCE, team, priority, tuple(gpr), {}, 0.0, 0.0,
-                                 bool(rng.random() < 0.3), None, None, None, None,
-                                 rate=float(rng.uniform(5, 60)),
-                                 shares=tuple((a, float(s)) for a, s in zip(AREAS, shares,
-                                                                             strict=True)),
-                                 rps_per_gpu_h100=float(8.0 * 16 / params_gb),
-                                 gpus_per_replica=gpr, min_replicas=int(rng.integers(1, 3))))
+            out.append(
+                _Template(
+                    INFERENCE,
+                    team,
+                    priority,
+                    tuple(gpr),
+                    {},
+                    0.0,
+                    0.0,
+                    bool(rng.random() < 0.3),
+                    None,
+                    None,
+                    None,
+                    None,
+                    rate=float(rng.uniform(5, 60)),
+                    shares=tuple((a, float(s)) for a, s in zip(AREAS, shares, strict=True)),
+                    rps_per_gpu_h100=float(8.0 * 16 / params_gb),
+                    gpus_per_replica=gpr,
+                    min_replicas=int(rng.integers(1, 3)),
+                )
+            )
         elif u < cfg.serving_share + cfg.gang_share:
             lo, hi = cfg.gang_nodes
             nodes = int(rng.integers(lo, hi + 1))
             allowed = tuple(g for g in HIGH_END if rng.random() < 0.8) or ("H100-80GB",)
-            out.append(_Template(TRAINING, team, priority, allowed,
-                                 {g: 8 * nodes for g in allowed},
-                                 float(rng.uniform(40, 400)) * nodes, float(rng.uniform(0.1, 0.4)),
-                                 bool(rng.random() < 0.4), 100.0 if rng.random() < 0.6 else None,
-                                 nodes, nodes, _deadline(cfg, rng)))
+            out.append(
+                _Template(
+                    TRAINING,
+                    team,
+                    priority,
+                    allowed,
+                    {g: 8 * nodes for g in allowed},
+                    float(rng.uniform(40, 400)) * nodes,
+                    float(rng.uniform(0.1, 0.4)),
+                    bool(rng.random() < 0.4),
+                    100.0 if rng.random() < 0.6 else None,
+                    nodes,
+                    nodes,
+                    _deadline(cfg, rng),
+                )
+            )
         else:
             mem = float(rng.choice([12, 24, 40, 70, 140]))
             allowed = tuple(g for g in GPU_MIX if GPUS[g].memory_gib * 8 >= mem)
-            need = {g: max(1, 2 ** math.ceil(math.log2(max(mem / GPUS[g].memory_gib, 1))))
-                    for g in allowed}
-            out.append(_Template(TRAINING, team, priority, allowed, need,
-                                 float(rng.uniform(2, 60)), float(rng.uniform(0.02, 0.2)),
-                                 bool(rng.random() < 0.5), None, 2, None, _deadline(cfg, rng)))
+            need = {
+                g: max(1, 2 ** math.ceil(math.log2(max(mem / GPUS[g].memory_gib, 1))))
+                for g in allowed
+            }
+            out.append(
+                _Template(
+                    TRAINING,
+                    team,
+                    priority,
+                    allowed,
+                    need,
+                    float(rng.uniform(2, 60)),
+                    float(rng.uniform(0.02, 0.2)),
+                    bool(rng.random() < 0.5),
+                    None,
+                    2,
+                    None,
+                    _deadline(cfg, rng),
+                )
+            )
     return out
 
 
@@ -246,8 +329,9 @@ def _per_gpu(gpu: np.ndarray, table: dict[str, float]) -> np.ndarray:
 def _training_rows(shape: int, tpl: _Template, arrays: dict) -> dict[str, np.ndarray]:
     h100 = GPUS["H100-80GB"].bf16_tflops
     best = min(tpl.gpu_hours_h100 * h100 / GPUS[g].bf16_tflops for g in tpl.gpus_allowed)
-    idx = np.flatnonzero(np.isin(arrays["gpu"], list(tpl.gpus_allowed)) &
-                         (arrays["spot"] <= tpl.spot))
+    idx = np.flatnonzero(
+        np.isin(arrays["gpu"], list(tpl.gpus_allowed)) & (arrays["spot"] <= tpl.spot)
+    )
     gpu, gpn, cap = arrays["gpu"][idx], arrays["gpn"][idx], arrays["cap"][idx]
     fabric, price, spot = arrays["fabric"][idx], arrays["price"][idx], arrays["spot"][idx]
     need = _per_gpu(gpu, {g: float(n) for g, n in tpl.min_gpus.items()})
@@ -268,18 +352,27 @@ def _training_rows(shape: int, tpl: _Template, arrays: dict) -> dict[str, np.nda
             ok &= ~(hours > tpl.deadline_factor * best / np.maximum(8, need))
         overhead = np.where(spot, SPOT_OVERHEAD, 0.0)
         cost = price * nodes * hours * (1 + overhead)
-        parts.append({"pool": idx[ok], "nodes": nodes[ok], "hours": hours[ok],
-                      "cost": cost[ok], "gpus": gpus[ok], "overhead": overhead[ok]})
-    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    out["shape"] = np.full(len(out["pool"]), shape)
+        parts.append(
+            {
+                "pool": idx[ok],
+                "nodes": nodes[ok],
+                "hours": hours[ok],
+                "cost": cost[ok],
+                "gpus": gpus[ok],
+                "overhead": overhead[ok],
+            }
+        )
+    out = {k: np.concatenate([p[k] for p in parts]).astype(CANDIDATE_DTYPES[k]) for k in parts[0]}
+    out["shape"] = np.full(len(out["pool"]), shape, dtype=CANDIDATE_DTYPES["shape"])
     return out
 
 
 def _serving_rows(shape: int, tpl: _Template, arrays: dict) -> dict[str, np.ndarray]:
     keys = [a for a, _ in tpl.shares]
     gpr_table = tpl.gpus_per_replica or {}
-    idx = np.flatnonzero(np.isin(arrays["gpu"], list(tpl.gpus_allowed)) &
-                         (arrays["spot"] <= tpl.spot))
+    idx = np.flatnonzero(
+        np.isin(arrays["gpu"], list(tpl.gpus_allowed)) & (arrays["spot"] <= tpl.spot)
+    )
     gpu, gpn, price = arrays["gpu"][idx], arrays["gpn"][idx], arrays["price"][idx]
     gpr = _per_gpu(gpu, {g: float(r) for g, r in gpr_table.items()}).astype(np.int64)
     ok = gpr <= gpn
@@ -292,46 +385,81 @@ def _serving_rows(shape: int, tpl: _Template, arrays: dict) -> dict[str, np.ndar
     overhead = np.where(arrays["spot"][idx], SPOT_OVERHEAD, 0.0)
     cost = price * HORIZON_HOURS * (1 + overhead)
     n = len(idx)
-    return {"shape": np.full(n, shape), "pool": idx, "nodes": np.ones(n, dtype=np.int64),
-            "hours": np.full(n, HORIZON_HOURS), "cost": cost, "gpus": gpn, "area": area,
-            "rate": rps * replicas, "replicas": replicas, "overhead": overhead}
+    out = {
+        "shape": np.full(n, shape),
+        "pool": idx,
+        "nodes": np.ones(n, dtype=np.int64),
+        "hours": np.full(n, HORIZON_HOURS),
+        "cost": cost,
+        "gpus": gpn,
+        "area": area,
+        "rate": rps * replicas,
+        "replicas": replicas,
+        "overhead": overhead,
+    }
+    return {k: np.asarray(v, dtype=CANDIDATE_DTYPES[k]) for k, v in out.items()}
 
 
 def build(cfg: Config, pools: list[Pool], rng: np.random.Generator) -> Problem:
     templates = _templates(cfg, rng)
     arrays = _pool_arrays(pools)
-    parts = []
+    # Each template's rows go straight into one array per column, sized for the most rows
+    # any template can have (two node counts per pool): pages never written are never
+    # resident, and no list of per-template arrays sits beside the merged ones (at XL
+    # that pair held twice the candidates' 0.8 GiB).
+    room = 2 * len(pools) * len(templates)
+    merged = {k: np.empty(room, dtype=dtype) for k, dtype in CANDIDATE_DTYPES.items()}
+    used = 0
     for shape, tpl in enumerate(templates):
         maker = _serving_rows if tpl.kind == INFERENCE else _training_rows
-        parts.append(maker(shape, tpl, arrays))
-    columns = {k for part in parts for k in part}
-    merged = {}
-    for k in columns:
-        filler = -1 if k == "area" else 0
-        merged[k] = np.concatenate([part.get(k, np.full(len(part["pool"]), filler))
-                                    for part in parts])
-    candidates = Candidates.from_arrays(merged, len(templates))
+        part = maker(shape, tpl, arrays)
+        size = len(part["pool"])
+        for k, column in merged.items():
+            column[used : used + size] = part.get(k, -1 if k == "area" else 0)
+        used += size
+    filled = {k: v[:used] for k, v in merged.items()}
+    del merged  # from_arrays lets each column go as it sorts it
+    candidates = Candidates.from_arrays(filled, len(templates))
     # Jobs: templates drawn with gangs rarer; serving templates once each.
-    weights = np.array([0.3 if t.kind == INFERENCE else (0.5 if t.fixed_nodes else 1.0)
-                        for t in templates])
+    weights = np.array(
+        [0.3 if t.kind == INFERENCE else (0.5 if t.fixed_nodes else 1.0) for t in templates]
+    )
     picks = rng.choice(len(templates), size=cfg.jobs, p=weights / weights.sum())
     jobs = []
     for job_id, shape in enumerate(sorted(int(s) for s in picks), start=1):
         tpl = templates[shape]
         demand = tuple((a, tpl.rate * s) for a, s in tpl.shares) if tpl.kind == INFERENCE else ()
-        jobs.append(Job(id=job_id, name=f"job-{job_id}", team=tpl.team, priority=tpl.priority,
-                        shape=shape, kind=tpl.kind, demand=demand,
-                        min_replicas=tpl.min_replicas, spot=tpl.spot,
-                        min_interconnect_gbps=tpl.min_fabric,
-                        max_nodes=tpl.max_nodes if tpl.kind == TRAINING else None,
-                        gpus=tpl.gpus_allowed,
-                        no_candidate_reason="no offer meets its GPU, fabric and deadline needs"))
+        jobs.append(
+            Job(
+                id=job_id,
+                name=f"job-{job_id}",
+                team=tpl.team,
+                priority=tpl.priority,
+                shape=shape,
+                kind=tpl.kind,
+                demand=demand,
+                min_replicas=tpl.min_replicas,
+                spot=tpl.spot,
+                min_interconnect_gbps=tpl.min_fabric,
+                max_nodes=tpl.max_nodes if tpl.kind == TRAINING else None,
+                gpus=tpl.gpus_allowed,
+                no_candidate_reason="no offer meets its GPU, fabric and deadline needs",
+            )
+        )
     # jobs were sorted by template: shuffle ids so arrival order mixes templates
     order = rng.permutation(len(jobs))
-    jobs = [Job(**{**job.__dict__, "id": int(order[i]) + 1, "name": f"job-{int(order[i]) + 1}"})
-            for i, job in enumerate(jobs)]
-    problem = Problem(jobs=jobs, pools=pools, candidates=candidates, n_shapes=len(templates),
-                      max_provider_share=cfg.share_cap, seed=cfg.seed)
+    jobs = [
+        Job(**{**job.__dict__, "id": int(order[i]) + 1, "name": f"job-{int(order[i]) + 1}"})
+        for i, job in enumerate(jobs)
+    ]
+    problem = Problem(
+        jobs=jobs,
+        pools=pools,
+        candidates=candidates,
+        n_shapes=len(templates),
+        max_provider_share=cfg.share_cap,
+        seed=cfg.seed,
+    )
     _scale_capacity(problem, cfg)
     if cfg.quotas:
         problem.quotas = _quotas(problem, rng)
@@ -371,8 +499,10 @@ def _quotas(problem: Problem, rng: np.random.Generator) -> list[Quota]:
         if p.gpu in HIGH_END:
             key = (p.provider, p.gpu)
             totals[key] = totals.get(key, 0) + p.capacity * p.gpus_per_node
-    return [Quota(provider=prov, family=gpu, limit=float(int(total * rng.uniform(0.6, 0.9))))
-            for (prov, gpu), total in sorted(totals.items())]
+    return [
+        Quota(provider=prov, family=gpu, limit=float(int(total * rng.uniform(0.6, 0.9))))
+        for (prov, gpu), total in sorted(totals.items())
+    ]
 
 
 def _budgets(problem: Problem, rng: np.random.Generator) -> dict[str, float]:
@@ -406,8 +536,16 @@ def catalog(cfg: Config, root: Path) -> Problem | None:
 
 
 def adversarial(cfg: Config) -> Problem:
-    hard = Config(**{**cfg.__dict__, "tightness": 0.97, "gang_share": 0.5,
-                     "templates": max(4, int(math.sqrt(cfg.jobs) / 2)), "gang_nodes": (16, 64),
-                     "serving_share": 0.0, "big_pools": 0.5})
+    hard = Config(
+        **{
+            **cfg.__dict__,
+            "tightness": 0.97,
+            "gang_share": 0.5,
+            "templates": max(4, int(math.sqrt(cfg.jobs) / 2)),
+            "gang_nodes": (16, 64),
+            "serving_share": 0.0,
+            "big_pools": 0.5,
+        }
+    )
     rng = np.random.default_rng(cfg.seed)
     return build(hard, synthetic_pools(hard, rng), rng)

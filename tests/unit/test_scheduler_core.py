@@ -18,8 +18,19 @@ from scheduler.validate import capacity_violations, check
 
 
 def _pool(i: int, provider: str, capacity: int, price: float, gpn: int = 8) -> Pool:
-    return Pool(provider, "us-east-1", f"us-east-1{'abcd'[i % 4]}", f"type{i}", "on_demand",
-                "H100-80GB", gpn, price, capacity, 400.0, "efa")
+    return Pool(
+        provider,
+        "us-east-1",
+        f"us-east-1{'abcd'[i % 4]}",
+        f"type{i}",
+        "on_demand",
+        "H100-80GB",
+        gpn,
+        price,
+        capacity,
+        400.0,
+        "efa",
+    )
 
 
 def _problem(pools, jobs_spec, budgets=None, share=None) -> Problem:
@@ -28,12 +39,29 @@ def _problem(pools, jobs_spec, budgets=None, share=None) -> Problem:
     for shape, (team, priority, cands) in enumerate(jobs_spec):
         for p, nodes, hours in cands:
             pool = pools[p]
-            rows.append((shape, p, nodes, hours, pool.price_per_hour * nodes * hours,
-                         nodes * pool.gpus_per_node, -1, 0.0, 0, 0.0))
-        jobs.append(Job(id=shape + 1, name=f"j{shape}", team=team, priority=priority,
-                        shape=shape))
-    return Problem(jobs=jobs, pools=pools, candidates=Candidates.from_rows(rows, len(jobs_spec)),
-                   n_shapes=len(jobs_spec), budgets=budgets or {}, max_provider_share=share)
+            rows.append(
+                (
+                    shape,
+                    p,
+                    nodes,
+                    hours,
+                    pool.price_per_hour * nodes * hours,
+                    nodes * pool.gpus_per_node,
+                    -1,
+                    0.0,
+                    0,
+                    0.0,
+                )
+            )
+        jobs.append(Job(id=shape + 1, name=f"j{shape}", team=team, priority=priority, shape=shape))
+    return Problem(
+        jobs=jobs,
+        pools=pools,
+        candidates=Candidates.from_rows(rows, len(jobs_spec)),
+        n_shapes=len(jobs_spec),
+        budgets=budgets or {},
+        max_provider_share=share,
+    )
 
 
 def _brute_force(problem: Problem) -> float:
@@ -41,10 +69,14 @@ def _brute_force(problem: Problem) -> float:
     options = [[None, *c.of_shape(job.shape)] for job in problem.jobs]
     best = float("inf")
     for combo in itertools.product(*options):
-        assignments = [Assignment(job.id, cand) for job, cand in
-                       zip(problem.jobs, combo, strict=True) if cand is not None]
-        unplaced = {job.id: "x" for job, cand in zip(problem.jobs, combo, strict=True)
-                    if cand is None}
+        assignments = [
+            Assignment(job.id, cand)
+            for job, cand in zip(problem.jobs, combo, strict=True)
+            if cand is not None
+        ]
+        unplaced = {
+            job.id: "x" for job, cand in zip(problem.jobs, combo, strict=True) if cand is None
+        }
         cost = sum(float(c.cost[a.candidate]) for a in assignments)
         objective = cost + sum(problem.penalty(j) for j in problem.jobs if j.id in unplaced)
         plan = Plan(assignments, unplaced, objective, cost)
@@ -56,8 +88,15 @@ def _brute_force(problem: Problem) -> float:
 @st.composite
 def small_problems(draw):
     n_pools = draw(st.integers(1, 3))
-    pools = [_pool(i, draw(st.sampled_from(["aws", "gcp"])), draw(st.integers(1, 3)),
-                   draw(st.sampled_from([10.0, 12.5, 20.0]))) for i in range(n_pools)]
+    pools = [
+        _pool(
+            i,
+            draw(st.sampled_from(["aws", "gcp"])),
+            draw(st.integers(1, 3)),
+            draw(st.sampled_from([10.0, 12.5, 20.0])),
+        )
+        for i in range(n_pools)
+    ]
     jobs = []
     for _ in range(draw(st.integers(1, 4))):
         cands = []
@@ -120,8 +159,11 @@ def test_identical_input_and_seed_give_identical_plan() -> None:
 
 def test_team_budget_and_pool_full_are_named() -> None:
     pools = [_pool(0, "aws", 1, 10.0)]
-    problem = _problem(pools, [("a", 0, [(0, 1, 5.0)]), ("b", 0, [(0, 1, 1.0)]),
-                               ("b", 1, [(0, 1, 1.0)])], budgets={"a": 20.0})
+    problem = _problem(
+        pools,
+        [("a", 0, [(0, 1, 5.0)]), ("b", 0, [(0, 1, 1.0)]), ("b", 1, [(0, 1, 1.0)])],
+        budgets={"a": 20.0},
+    )
     plan = solve(problem, time_limit=5)
     assert plan.unplaced[1].startswith("budget of team a has $20.00 left")
     assert "full" in plan.unplaced[2]
@@ -137,16 +179,27 @@ def test_share_cap_spreads_gpus() -> None:
 
 
 def test_inference_mixes_pools_to_cover_each_area() -> None:
-    pools = [_pool(0, "aws", 3, 10.0, gpn=1),
-             Pool("gcp", "europe-west4", "europe-west4-a", "g", "on_demand", "L4", 1, 4.0, 5)]
+    pools = [
+        _pool(0, "aws", 3, 10.0, gpn=1),
+        Pool("gcp", "europe-west4", "europe-west4-a", "g", "on_demand", "L4", 1, 4.0, 5),
+    ]
     rows = [(0, 0, 1, 24.0, 240.0, 1, 0, 10.0, 1, 0.0), (0, 1, 1, 24.0, 96.0, 1, 1, 3.0, 1, 0.0)]
-    job = Job(id=1, name="serve", team="a", priority=0, shape=0, kind=INFERENCE,
-              demand=(("us", 25.0), ("europe", 7.0)), min_replicas=2)
-    problem = Problem(jobs=[job], pools=pools, candidates=Candidates.from_rows(rows, 1),
-                      n_shapes=1)
+    job = Job(
+        id=1,
+        name="serve",
+        team="a",
+        priority=0,
+        shape=0,
+        kind=INFERENCE,
+        demand=(("us", 25.0), ("europe", 7.0)),
+        min_replicas=2,
+    )
+    problem = Problem(jobs=[job], pools=pools, candidates=Candidates.from_rows(rows, 1), n_shapes=1)
     plan = solve(problem, time_limit=5)
-    units = {problem.pools[int(problem.candidates.pool[a.candidate])].provider: a.count
-             for a in plan.assignments}
+    units = {
+        problem.pools[int(problem.candidates.pool[a.candidate])].provider: a.count
+        for a in plan.assignments
+    }
     assert units == {"aws": 3, "gcp": 3}
     assert check(problem, plan) == []
 
@@ -162,10 +215,13 @@ def test_validator_rejects_a_broken_plan() -> None:
 
 def test_cpsat_reaches_the_same_optimum_as_highs() -> None:
     pools = [_pool(i, ["aws", "gcp", "oci"][i % 3], 2 + i % 2, 10.0 + 2 * i) for i in range(5)]
-    jobs = [("ab"[i % 2], i % 3, [(p, 1 + (i + p) % 2, 1.0 + (i * p) % 4) for p in range(5)])
-            for i in range(7)]
-    highs = solve(_problem(pools, jobs, budgets={"a": 400.0}, share=0.5), time_limit=10,
-                  relative_gap=1e-9)
+    jobs = [
+        ("ab"[i % 2], i % 3, [(p, 1 + (i + p) % 2, 1.0 + (i * p) % 4) for p in range(5)])
+        for i in range(7)
+    ]
+    highs = solve(
+        _problem(pools, jobs, budgets={"a": 400.0}, share=0.5), time_limit=10, relative_gap=1e-9
+    )
     problem = _problem(pools, jobs, budgets={"a": 400.0}, share=0.5)
     cpsat = solve(problem, solver="cpsat", time_limit=10, relative_gap=1e-9)
     assert check(problem, cpsat) == []
@@ -174,22 +230,56 @@ def test_cpsat_reaches_the_same_optimum_as_highs() -> None:
 
 @st.composite
 def serving_problems(draw):
-    pools = [Pool(["aws", "gcp"][i % 2], "r", f"z{i}", f"t{i}", "on_demand", "L4", 1,
-                  draw(st.sampled_from([1.0, 1.5, 2.5])), draw(st.integers(1, 3)))
-             for i in range(draw(st.integers(1, 3)))]
+    pools = [
+        Pool(
+            ["aws", "gcp"][i % 2],
+            "r",
+            f"z{i}",
+            f"t{i}",
+            "on_demand",
+            "L4",
+            1,
+            draw(st.sampled_from([1.0, 1.5, 2.5])),
+            draw(st.integers(1, 3)),
+        )
+        for i in range(draw(st.integers(1, 3)))
+    ]
     rows, jobs = [], []
     for shape in range(draw(st.integers(1, 2))):
         areas = draw(st.integers(1, 2))
         for p, pool in enumerate(pools):
             area = draw(st.integers(0, areas - 1))
             rate = draw(st.sampled_from([2.0, 5.0, 9.0]))
-            rows.append((shape, p, 1, 24.0, pool.price_per_hour * 24.0, 1, area, rate,
-                         draw(st.integers(1, 2)), 0.0))
+            rows.append(
+                (
+                    shape,
+                    p,
+                    1,
+                    24.0,
+                    pool.price_per_hour * 24.0,
+                    1,
+                    area,
+                    rate,
+                    draw(st.integers(1, 2)),
+                    0.0,
+                )
+            )
         demand = tuple((f"a{a}", draw(st.sampled_from([3.0, 8.0, 12.0]))) for a in range(areas))
-        jobs.append(Job(id=shape + 1, name=f"s{shape}", team="a", priority=0, shape=shape,
-                        kind=INFERENCE, demand=demand, min_replicas=draw(st.integers(0, 3))))
-    return Problem(jobs=jobs, pools=pools, candidates=Candidates.from_rows(rows, len(jobs)),
-                   n_shapes=len(jobs))
+        jobs.append(
+            Job(
+                id=shape + 1,
+                name=f"s{shape}",
+                team="a",
+                priority=0,
+                shape=shape,
+                kind=INFERENCE,
+                demand=demand,
+                min_replicas=draw(st.integers(0, 3)),
+            )
+        )
+    return Problem(
+        jobs=jobs, pools=pools, candidates=Candidates.from_rows(rows, len(jobs)), n_shapes=len(jobs)
+    )
 
 
 def _brute_force_serving(problem: Problem) -> float:
@@ -198,14 +288,24 @@ def _brute_force_serving(problem: Problem) -> float:
     for job in problem.jobs:
         rows = list(c.of_shape(job.shape))
         ranges = [range(problem.pools[int(c.pool[i])].capacity + 1) for i in rows]
-        per_job.append([None] + [tuple(zip(rows, counts, strict=True))
-                                 for counts in itertools.product(*ranges) if any(counts)])
+        per_job.append(
+            [None]
+            + [
+                tuple(zip(rows, counts, strict=True))
+                for counts in itertools.product(*ranges)
+                if any(counts)
+            ]
+        )
     best = float("inf")
     for combo in itertools.product(*per_job):
-        assignments = [Assignment(job.id, i, n) for job, pick in zip(problem.jobs, combo,
-                       strict=True) if pick for i, n in pick if n]
-        unplaced = {job.id: "x" for job, pick in zip(problem.jobs, combo, strict=True)
-                    if not pick}
+        assignments = [
+            Assignment(job.id, i, n)
+            for job, pick in zip(problem.jobs, combo, strict=True)
+            if pick
+            for i, n in pick
+            if n
+        ]
+        unplaced = {job.id: "x" for job, pick in zip(problem.jobs, combo, strict=True) if not pick}
         cost = sum(float(c.cost[a.candidate]) * a.count for a in assignments)
         objective = cost + sum(problem.penalty(j) for j in problem.jobs if j.id in unplaced)
         if not check(problem, Plan(assignments, unplaced, objective, cost)):
@@ -257,12 +357,14 @@ def test_a_solve_without_duals_keeps_a_valid_bound(monkeypatch) -> None:  # type
     # both jobs' cheapest pool holds one of them: the optimum is 21, zero multipliers give 20
     pools = [_pool(0, "aws", 1, 10.0), _pool(1, "gcp", 1, 11.0)]
     problem = _problem(pools, [("a", 0, [(0, 1, 1.0), (1, 1, 1.0)]), ("a", 0, [(0, 1, 1.0)])])
-    plan = solve(problem, time_limit=5, work=WorkLimits(full_space_columns=0))  # fallback alone
+    # the fallback alone
+    plan = solve(problem, time_limit=5, work=WorkLimits(full_space_columns=0, root_bound_columns=0))
     assert check(problem, plan) == []
     assert plan.objective == 21.0 and plan.lp_bound == 20.0
     assert abs(plan.gap - 1 / 21) < 1e-9
-    bound = lagrangian_bound(problem, build_classes(problem), PoolIndex.of(problem), None,
-                             deadline=1e18)
+    bound = lagrangian_bound(
+        problem, build_classes(problem), PoolIndex.of(problem), None, deadline=1e18
+    )
     assert bound == 20.0
 
 
@@ -278,5 +380,9 @@ def test_the_full_space_integer_bound_closes_an_integrality_gap() -> None:
     assert plan.objective == 70.0
     assert plan.lp_bound == 70.0 and plan.gap == 0.0
     assert lp_bound(_problem(pools, jobs)) == 60.0
-    without = solve(_problem(pools, jobs), time_limit=5, work=WorkLimits(full_space_columns=0))
+    without = solve(
+        _problem(pools, jobs),
+        time_limit=5,
+        work=WorkLimits(full_space_columns=0, root_bound_columns=0),
+    )
     assert without.lp_bound == 70.0 and without.timings["cheapest_excluded_rc"] == math.inf

@@ -18,36 +18,77 @@ from scheduler.solve import WorkLimits, solve
 from scheduler.validate import check
 from tests.unit.test_scheduler_core import _brute_force, _pool, _problem, small_problems
 
-NO_FULL_SPACE = WorkLimits(full_space_columns=0, full_space_capped_columns=0)
+NO_FULL_SPACE = WorkLimits(full_space_columns=0, full_space_capped_columns=0, root_bound_columns=0)
 
 
-def _fleet(jobs: int, pools: int, seed: int, *, providers: tuple[str, ...] = ("aws", "gcp", "oci"),
-           share: float | None = None, share_on: str = "gpus") -> Problem:
+def _fleet(
+    jobs: int,
+    pools: int,
+    seed: int,
+    *,
+    providers: tuple[str, ...] = ("aws", "gcp", "oci"),
+    share: float | None = None,
+    share_on: str = "gpus",
+) -> Problem:
     """``jobs`` training jobs, each its own shape, with 1- and 2-node options on many pools."""
     rng = np.random.default_rng(seed)
-    fleet = [Pool(providers[i % len(providers)], "r", f"z{i % 3}", f"t{i}", "on_demand",
-                  "H100-80GB", 8, float(rng.choice([10.0, 11.0, 12.5, 14.0])),
-                  int(rng.integers(1, 4)), 400.0, "efa") for i in range(pools)]
+    fleet = [
+        Pool(
+            providers[i % len(providers)],
+            "r",
+            f"z{i % 3}",
+            f"t{i}",
+            "on_demand",
+            "H100-80GB",
+            8,
+            float(rng.choice([10.0, 11.0, 12.5, 14.0])),
+            int(rng.integers(1, 4)),
+            400.0,
+            "efa",
+        )
+        for i in range(pools)
+    ]
     rows, out = [], []
     for shape in range(jobs):
         hours = float(rng.choice([1.0, 2.0, 3.0]))
         for p in rng.choice(pools, size=min(pools, 12), replace=False):
             for nodes in (1, 2):
                 h = hours / nodes * 1.1 ** (nodes - 1)
-                rows.append((shape, int(p), nodes, h, fleet[p].price_per_hour * nodes * h,
-                             8 * nodes, -1, 0.0, 0, 0.0))
-        out.append(Job(id=shape + 1, name=f"j{shape}", team="a", priority=shape % 2,
-                       shape=shape))
-    return Problem(jobs=out, pools=fleet, candidates=Candidates.from_rows(rows, jobs),
-                   n_shapes=jobs, max_provider_share=share, share_on=share_on)  # type: ignore[arg-type]
+                rows.append(
+                    (
+                        shape,
+                        int(p),
+                        nodes,
+                        h,
+                        fleet[p].price_per_hour * nodes * h,
+                        8 * nodes,
+                        -1,
+                        0.0,
+                        0,
+                        0.0,
+                    )
+                )
+        out.append(Job(id=shape + 1, name=f"j{shape}", team="a", priority=shape % 2, shape=shape))
+    return Problem(
+        jobs=out,
+        pools=fleet,
+        candidates=Candidates.from_rows(rows, jobs),
+        n_shapes=jobs,
+        max_provider_share=share,
+        share_on=share_on,
+    )  # type: ignore[arg-type]
 
 
 def test_an_unfinished_column_generation_keeps_a_bound_between_zero_and_the_plan() -> None:
     """Many jobs with distinct shapes and one pricing round: summing every negative reduced
     cost without one gang per job drove the bound far below zero."""
     problem = _fleet(40, 30, seed=1)
-    stopped = solve(problem, time_limit=30, explain=False,
-                    work=WorkLimits(cg_rounds=1, full_space_columns=0))
+    stopped = solve(
+        problem,
+        time_limit=30,
+        explain=False,
+        work=WorkLimits(cg_rounds=1, full_space_columns=0, root_bound_columns=0),
+    )
     full = solve(problem, time_limit=30, relative_gap=1e-9, explain=False)
     assert check(problem, stopped) == [] and check(problem, full) == []
     assert stopped.timings["cg_rounds"] == 1
@@ -66,8 +107,10 @@ def test_the_per_round_bound_is_never_negative_even_at_poor_multipliers() -> Non
     assert relaxed_bound(problem, classes, pools, duals, rcs) == 0.0
     zero = Duals.zero(problem, pools)
     rcs = {cls.index: reduced_costs(problem, pools, cls, zero) for cls in classes}
-    cheapest = sum(float(problem.candidates.cost[problem.candidates.of_shape(j.shape)].min())
-                   for j in problem.jobs)
+    cheapest = sum(
+        float(problem.candidates.cost[problem.candidates.of_shape(j.shape)].min())
+        for j in problem.jobs
+    )
     assert relaxed_bound(problem, classes, pools, zero, rcs) == pytest.approx(cheapest)
 
 
@@ -77,9 +120,17 @@ def test_early_bounds_never_pass_the_optimum(problem: Problem, rounds: int) -> N
     hosts = {problem.pools[int(p)].provider for p in problem.candidates.pool}
     if problem.share_cap is not None and hosts and problem.share_cap < 1 / len(hosts):
         return
-    plan = solve(problem, time_limit=5, explain=False,
-                 work=WorkLimits(cg_rounds=rounds, full_space_columns=0,
-                                 full_space_capped_columns=0))
+    plan = solve(
+        problem,
+        time_limit=5,
+        explain=False,
+        work=WorkLimits(
+            cg_rounds=rounds,
+            full_space_columns=0,
+            root_bound_columns=0,
+            full_space_capped_columns=0,
+        ),
+    )
     assert check(problem, plan) == []
     assert plan.lp_bound is not None
     assert 0.0 <= plan.lp_bound <= _brute_force(problem) + 1e-6
@@ -121,8 +172,9 @@ def test_small_capped_models_get_the_exact_full_space_step(share_on: str) -> Non
     """A capped plan is as good as the brute-force optimum, and the full-space step proves
     it (its bound meets the plan)."""
     pools = [_pool(i, ["aws", "gcp", "oci"][i % 3], 1 + i % 2, 10.0 + 3 * i) for i in range(6)]
-    jobs = [("a", i % 2, [(p, 1 + (i + p) % 2, 1.0 + (i * p) % 3) for p in range(6)])
-            for i in range(5)]
+    jobs = [
+        ("a", i % 2, [(p, 1 + (i + p) % 2, 1.0 + (i * p) % 3) for p in range(6)]) for i in range(5)
+    ]
     problem = _problem(pools, jobs, share=0.4)
     problem.share_on = share_on  # type: ignore[assignment]
     plan = solve(problem, time_limit=10, relative_gap=1e-9)
@@ -137,8 +189,9 @@ def test_placement_and_cost_gap_are_reported_apart() -> None:
     """Three jobs, room for two: the LP places two, the plan places two, and the cost gap
     is over those two alone (the third job's penalty does not swamp it)."""
     pools = [_pool(0, "aws", 2, 10.0)]
-    problem = _problem(pools, [("a", 0, [(0, 1, 1.0)]), ("a", 0, [(0, 1, 2.0)]),
-                               ("a", 0, [(0, 1, 3.0)])])
+    problem = _problem(
+        pools, [("a", 0, [(0, 1, 1.0)]), ("a", 0, [(0, 1, 2.0)]), ("a", 0, [(0, 1, 3.0)])]
+    )
     plan = solve(problem, time_limit=5)
     assert len(plan.unplaced) == 1 and plan.lp_placed == pytest.approx(2.0)
     assert plan.cost == 30.0 and plan.cost_gap == pytest.approx(0.0, abs=1e-9)

@@ -1,0 +1,177 @@
+"""The full-space step: every column written at once, the root-cut bound, a quiet solver."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from bench.scheduler.generate import Config, adversarial, synthetic
+from scheduler.full_space import write_every_column
+from scheduler.model import Master, PoolIndex, build_classes
+from scheduler.problem import Problem
+from scheduler.solve import WorkLimits, solve
+from scheduler.validate import check
+from tests.unit.test_scheduler_core import _brute_force, _pool, _problem, small_problems
+
+ROOT_ONLY = WorkLimits(full_space_columns=0, full_space_capped_columns=0)
+
+
+def _fleet(kind: str, seed: int, cap: str | None) -> Problem:
+    make = synthetic if kind == "synthetic" else adversarial
+    problem = make(Config(jobs=30, offers=200, seed=seed))
+    if cap is not None:
+        problem.max_provider_share, problem.share_on = 0.35, cap  # type: ignore[assignment]
+    return problem
+
+
+def _two_ways(problem: Problem, *, integer: bool, dense: bool) -> tuple[Master, Master]:
+    """The model over every candidate, one column at a time and all at once, both with the
+    rounding cuts an LP over every candidate finds."""
+    classes, pools = build_classes(problem), PoolIndex.of(problem)
+    ranges = [problem.candidates.of_shape(cls.shape) for cls in classes]
+    lp = Master(problem, classes, pools, integer=False)
+    for cls, rows in zip(classes, ranges, strict=True):
+        lp.add_columns(cls, np.arange(rows.start, rows.stop))
+    lp.solve_lp()
+    while lp.add_gang_cuts() + lp.add_cover_cuts():
+        lp.solve_lp()
+    one, bulk = (
+        Master(problem, classes, pools, integer=integer, dense_share=dense) for _ in range(2)
+    )
+    for model in (one, bulk):
+        model.copy_cuts_from(lp)
+    for cls, rows in zip(classes, ranges, strict=True):
+        one.add_columns(cls, np.arange(rows.start, rows.stop))
+    write_every_column(bulk, ranges)
+    return one, bulk
+
+
+@pytest.mark.parametrize(
+    ("kind", "seed", "cap", "dense"),
+    [
+        ("synthetic", 1, None, False),
+        ("synthetic", 2, "gpus", False),
+        ("synthetic", 3, "spend", True),
+        ("adversarial", 4, None, False),
+        ("adversarial", 5, "spend", False),
+        ("adversarial", 6, "gpus", True),
+    ],
+)
+def test_every_column_at_once_is_the_model_built_one_column_at_a_time(
+    kind: str,
+    seed: int,
+    cap: str | None,
+    dense: bool,
+) -> None:
+    problem = _fleet(kind, seed, cap)
+    one, bulk = _two_ways(problem, integer=False, dense=dense)
+    assert one.model.get_num_variables() == bulk.model.get_num_variables()
+    assert one.solve_lp()[0] == pytest.approx(bulk.solve_lp()[0], rel=1e-9)
+    one, bulk = _two_ways(problem, integer=True, dense=dense)
+    exact = {"time_limit": 60.0, "relative_gap": 0.0, "seed": 1, "nodes": 100_000}
+    a, b = one.solve_mip("highs", **exact), bulk.solve_mip("highs", **exact)  # type: ignore[arg-type]
+    assert a.status == b.status == "optimal"
+    assert a.bound == pytest.approx(b.bound, rel=1e-9)
+    assert b.units  # the units read back name (class, candidate) columns
+    cost = sum(float(problem.candidates.cost[cand]) * n for (_, cand), n in b.units.items())
+    assert cost <= (b.bound or 0.0) + 1e-6
+
+
+def test_a_gang_packing_gap_the_integer_solve_settles_skips_the_full_space_step() -> None:
+    """3- and 2-node gangs, a cheap pool of 4 nodes: the LP bound is 60, the optimum 70.
+    The integer model holds every column, so its proven bound settles the plan and the
+    root cuts are not run."""
+    pools = [_pool(0, "aws", 4, 10.0), _pool(1, "gcp", 8, 20.0)]
+    jobs = [("a", 0, [(0, 3, 1.0), (1, 3, 1.0)]), ("a", 0, [(0, 2, 1.0), (1, 2, 1.0)])]
+    plan = solve(_problem(pools, jobs), time_limit=5, work=ROOT_ONLY)
+    assert check(_problem(pools, jobs), plan) == []
+    assert plan.objective == 70.0 and plan.lp_bound == 70.0
+    assert "root_bound" not in plan.timings and plan.timings["full_space_skipped"] == 1.0
+    assert not plan.clock_stop
+
+
+def test_root_cuts_run_where_the_integer_solve_has_not_settled_the_plan() -> None:
+    """An adversarial fleet whose integer solve, held to one node, does not settle the
+    plan within the (tiny) gap asked for: the root cuts run, and the bound stays valid."""
+    problem = _fleet("adversarial", 1, None)
+    work = WorkLimits(full_space_columns=0, full_space_capped_columns=0, mip_nodes=1)
+    plan = solve(problem, time_limit=30, relative_gap=1e-9, explain=False, work=work)
+    assert check(problem, plan) == []
+    assert "root_bound" in plan.timings and "full_space_skipped" not in plan.timings
+    assert plan.lp_bound is not None and 0.0 <= plan.lp_bound <= plan.objective
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(small_problems())
+def test_the_root_bound_never_passes_the_optimum(problem: Problem) -> None:
+    hosts = {problem.pools[int(p)].provider for p in problem.candidates.pool}
+    if problem.share_cap is not None and hosts and problem.share_cap < 1 / len(hosts):
+        return
+    plan = solve(problem, time_limit=5, explain=False, work=ROOT_ONLY)
+    assert check(problem, plan) == []
+    assert plan.lp_bound is not None
+    assert 0.0 <= plan.lp_bound <= _brute_force(problem) + 1e-6
+
+
+def test_the_solvers_print_nothing(capfd: pytest.CaptureFixture[str]) -> None:
+    """No native solver output reaches standard output or error (a JSON plan on stdout
+    stays whole) without redirecting file descriptors."""
+    problem = _fleet("synthetic", 1, None)
+    for solver in ("highs", "cpsat"):
+        solve(problem, solver=solver, time_limit=20, explain=False)
+    solve(problem, time_limit=20, explain=False, work=ROOT_ONLY)
+    solve(_fleet("synthetic", 2, "spend"), time_limit=20, explain=False)
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+
+
+UNCAPPED_ONLY = WorkLimits(full_space_capped_columns=0)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(small_problems())
+def test_the_bound_with_the_cap_left_out_never_passes_the_capped_optimum(
+    problem: Problem,
+) -> None:
+    hosts = {problem.pools[int(p)].provider for p in problem.candidates.pool}
+    if problem.share_cap is not None and hosts and problem.share_cap < 1 / len(hosts):
+        return
+    plan = solve(problem, time_limit=5, explain=False, work=UNCAPPED_ONLY)
+    assert check(problem, plan) == []
+    assert plan.lp_bound is not None
+    assert 0.0 <= plan.lp_bound <= _brute_force(problem) + 1e-6
+
+
+def test_a_cap_that_does_not_bind_is_proven_by_the_uncapped_bound() -> None:
+    """M-sized adversarial fleets hold too many columns for the capped full-space step; the
+    35 % cap does not bind there, and the model without it proves the plan optimal."""
+    problem = _fleet("adversarial", 7, None)
+    free = solve(problem, time_limit=30, explain=False)
+    problem.max_provider_share, problem.share_on = 0.35, "gpus"
+    capped = solve(problem, time_limit=30, explain=False, work=UNCAPPED_ONLY)
+    assert check(problem, capped) == []
+    assert capped.objective == pytest.approx(free.objective)
+    assert capped.gap == pytest.approx(0.0, abs=1e-6) and not capped.clock_stop
+
+
+def test_a_solver_plan_the_checker_rejects_is_refused_not_returned(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A solution handed back over capacity (as HiGHS once did over a share row) is kept
+    out of the plan, and the status says why."""
+    pools = [_pool(0, "aws", 1, 10.0), _pool(1, "gcp", 4, 20.0)]
+    jobs = [("a", 0, [(0, 1, 1.0), (1, 1, 1.0)]), ("a", 0, [(0, 1, 1.0), (1, 1, 1.0)])]
+    problem = _problem(pools, jobs)
+    original = Master.solve_mip
+
+    def overbooked(self: Master, *args: object, **kwargs: object) -> object:
+        result = original(self, *args, **kwargs)  # type: ignore[arg-type]
+        if self.integer and self.columns:
+            result.units = {key: 1 for key in self.columns if key[1] in (0, 2)}
+        return result
+
+    monkeypatch.setattr(Master, "solve_mip", overbooked)
+    plan = solve(problem, time_limit=5, explain=False)
+    assert check(problem, plan) == []
+    assert "refused by the checker" in plan.status
