@@ -1,8 +1,9 @@
 """4-week replay of a 500-job mixed fleet over the shared catalogs and spot traces.
 
-    python -m bench.simulate [--seeds N] [--ray] [--skip-cap] [--days D]
+    python -m bench.simulate [--seeds N] [--ray] [--skip-cap] [--days D] [--providers P,...]
 
-Imports ../shared/datasets/cloud-catalogs/{aws,gcp,lambda}_vms.csv into a fresh database, replays
+Imports ../shared/datasets/cloud-catalogs/<provider>_vms.csv of each provider (AWS, GCP,
+Azure and Lambda unless --providers says otherwise) into a fresh database, replays
 bench/simulate/fleet.yaml (trace-driven spot) under every policy, then the gpubroker
 policy again under a 35 % provider cap, and prints the tables with the wall time.
 """
@@ -20,7 +21,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 CATALOGS = ROOT.parent / "shared" / "datasets" / "cloud-catalogs"
 SCENARIO = Path(__file__).with_name("fleet.yaml")
-PROVIDERS = ("aws", "gcp", "lambda")  # three, so a 35 % cap on one can hold
+PROVIDERS = ("aws", "gcp", "azure", "lambda")  # three of them sell spot
 
 
 def main() -> int:
@@ -32,6 +33,10 @@ def main() -> int:
     parser.add_argument(
         "--days", type=float, default=None, help="replay only this many days (a slice)"
     )
+    parser.add_argument(
+        "--providers", default=",".join(PROVIDERS), help="catalogs to import, comma-separated"
+    )
+    parser.add_argument("--policy", action="append", help="replay only this policy (repeatable)")
     args = parser.parse_args()
     if not CATALOGS.is_dir():
         print(f"missing dataset: {CATALOGS}", file=sys.stderr)
@@ -39,15 +44,16 @@ def main() -> int:
 
     from broker.config import load_settings
     from broker.db.engine import Database
-    from broker.services import catalog, simulate
+    from broker.services import simulate
+    from broker.services.offers.imports import import_file
     from broker.services.simulate.scenario import LoadedScenario
 
     work = Path(tempfile.mkdtemp(prefix="bench-simulate-"))
     settings = replace(load_settings({"GPUBROKER_HOME": str(work)}))
     db = Database(settings.database_url)
     began = time.perf_counter()
-    for name in PROVIDERS:
-        catalog.import_file(db, CATALOGS / f"{name}_vms.csv", "skypilot", provider=name)
+    for name in args.providers.split(","):
+        import_file(db, CATALOGS / f"{name}_vms.csv", "skypilot", provider=name)
     imported = time.perf_counter() - began
     loaded = simulate.load(SCENARIO)
     if args.days is not None:  # a slice: same mix per day, a drain in proportion
@@ -62,7 +68,13 @@ def main() -> int:
     cpu = time.process_time()
     began = time.perf_counter()
     summaries = simulate.simulate(
-        db, settings, loaded, seeds=args.seeds, ledger_dir=work / "ledgers", parallel=args.ray
+        db,
+        settings,
+        loaded,
+        policies=args.policy,
+        seeds=args.seeds,
+        ledger_dir=work / "ledgers",
+        parallel=args.ray,
     )
     replay = time.perf_counter() - began
     _table([(s, "") for s in summaries])
@@ -86,14 +98,17 @@ def main() -> int:
 def _table(rows: list[tuple[Any, str]]) -> None:
     print(
         f"{'policy':<30}{'cost USD':>12}{'GPU-h':>10}{'jobs':>6}{'done':>6}{'ddl':>5}"
-        f"{'missed':>7}{'preempt':>8}{'wait h':>8}{'p95 h':>7}  shares"
+        f"{'missed':>7}{'preempt':>8}{'wait h':>8}{'p95 h':>7}{'plans':>7}{'run s':>7}  shares"
     )
     for s, tag in rows:
         shares = ", ".join(f"{p} {v:.0%}" for p, v in s.provider_shares.items())
+        plans = sum(r["plans"] for r in s.runs) / len(s.runs)
+        seconds = sum(r["wall_seconds"] for r in s.runs) / len(s.runs)
         print(
             f"{s.policy + tag:<30}{s.cost:>12,.2f}{s.gpu_hours:>10,.1f}{s.jobs:>6.0f}"
             f"{s.completed:>6.0f}{s.deadline_jobs:>5.0f}{s.deadline_misses:>7.1f}"
-            f"{s.preemptions:>8.1f}{s.mean_wait_hours:>8.2f}{s.p95_wait_hours:>7.2f}  {shares}"
+            f"{s.preemptions:>8.1f}{s.mean_wait_hours:>8.2f}{s.p95_wait_hours:>7.2f}"
+            f"{plans:>7.0f}{seconds:>7.0f}  {shares}"
         )
 
 
@@ -131,6 +146,40 @@ def _capped(db: Any, settings: Any, loaded: Any, args: Any, work: Path, free: An
         f"35% provider cap: {extra}{cap[0].refused_plans:.0f} plans refused as infeasible "
         f"({time.perf_counter() - began:.1f} s wall)"
     )
+    for database in cap[0].databases:
+        plans, empty, held, jobs = _held_by_cap(database)
+        print(
+            f"  {database}: {plans} plans stored, {empty} placed nothing; {held} times a job "
+            f"was left waiting for the provider share cap ({jobs} distinct jobs)"
+        )
+
+
+def _held_by_cap(database: str) -> tuple[int, int, int, int]:
+    """(plans, plans with no allocation, job-plans left out for the share cap, jobs)."""
+    from sqlalchemy import func, select
+
+    from broker.db.engine import Database
+    from broker.db.models import AllocationRow, PlanRow
+
+    db = Database(f"sqlite:///{database}")
+    try:
+        with db.session() as session:
+            placed = dict(
+                session.execute(
+                    select(AllocationRow.plan_id, func.count()).group_by(AllocationRow.plan_id)
+                ).all()
+            )
+            details = session.execute(select(PlanRow.id, PlanRow.detail)).all()
+    finally:
+        db.dispose()
+    held = [
+        job
+        for _, detail in details
+        for job, reason in (detail or {}).get("unplaced", {}).items()
+        if "share cap" in str(reason)
+    ]
+    empty = sum(1 for plan_id, _ in details if not placed.get(plan_id))
+    return len(details), empty, len(held), len(set(held))
 
 
 if __name__ == "__main__":

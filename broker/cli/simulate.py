@@ -94,7 +94,7 @@ def _emit(text: str, out: Path | None) -> None:
     if out is None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
         return
-    from broker.services.reports import write_atomic
+    from broker.services.reports.render import write_atomic
 
     write_atomic(out, text)
     typer.echo(f"wrote {out}")

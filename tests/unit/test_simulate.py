@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from decimal import Decimal
@@ -171,9 +172,13 @@ def test_measured_traces_drive_spot_pools() -> None:
 
     traces = load_traces(shared_dataset("spot-traces"))
     assert traces.availability_series and traces.drops and traces.price_series
-    runs = [t for t in traces.drops if t.values]
-    hours = sum(t.gap_hours for t in runs) / sum(len(t.values) for t in runs)
+    runs = [t for t in traces.drops if t.times]
+    lost = sum(sum(t.shares) for t in runs)
+    hours = sum(t.hours for t in runs) / lost
     assert 0.5 < hours < 10  # hours of trace per lost node: spot runs last hours, not days
+    assert all(0 < share <= 1 for t in runs for share in t.shares)
+    times = traces.preemptions(random.Random(2), 24.0 * 28)
+    assert times == sorted(times) and 28 < len(times) < 28 * 24  # one node over four weeks
     availability = traces.availability(random.Random(1), 200, 1.0)
     assert len(availability) == 200 and all(0.0 <= a <= 1.0 for a in availability)
     assert 0 < sum(availability) < 200  # measured spot capacity comes and goes
@@ -188,7 +193,7 @@ def test_cli_help_names_every_policy() -> None:
 
 def test_fake_pool_moves_and_registry_stand_in(home: Path) -> None:
     """The two hooks a replay uses: a fake pool's capacity and price move (``set_offer``),
-    and ``registry.get`` hands out the stand-in named in ``settings.extra``."""
+    and ``registry.launcher`` hands out the stand-in named in ``settings.extra``."""
     from dataclasses import replace
 
     from broker.config import load_settings
@@ -222,4 +227,31 @@ def test_fake_pool_moves_and_registry_stand_in(home: Path) -> None:
         cloud.launch(request)
     assert len(cloud.launch(replace(request, nodes=1))) == 1
     settings = replace(load_settings(), extra={"provider_instances": {"aws": cloud}})
-    assert registry.get("aws", settings) is cloud
+    assert registry.launcher("aws", settings) is cloud
+
+
+def test_spot_nodes_are_reclaimed_one_slot_at_a_time(scenario: Path) -> None:
+    """Each node slot of a spot pool has its own reclaims at the scenario's rate per node,
+    so a gang of n nodes is stopped about n times as often as one node (the planner's
+    assumption); a pool's on-demand twin is never reclaimed."""
+    from broker.domain import Pricing
+    from broker.services import simulate
+    from broker.services.simulate.supply import build_pools
+    from providers.fake import FakeProvider
+
+    loaded = simulate.load(scenario)  # preemptions_per_hour: 0.5, spot_capacity_nodes: 2
+    # pools the scenario sizes (2 spot nodes each)
+    offers = [
+        dataclasses.replace(o, capacity_nodes=None) for o in FakeProvider("aws").list_offers()
+    ]
+    hours = 2000
+    pools = build_pools(offers, loaded, seed=3, ticks=hours)
+    spot = [p for p in pools if p.record.pricing == Pricing.SPOT]
+    assert spot and all(not p.preemptions for p in pools if p.record.pricing != Pricing.SPOT)
+    for pool in spot:
+        slots = {slot for _, slot in pool.preemptions}
+        assert slots == set(range(pool.capacity)) == {0, 1}
+        per_node = len(pool.preemptions) / pool.capacity / hours
+        assert 0.4 < per_node < 0.6, per_node
+        times = [at for at, _ in pool.preemptions]
+        assert times == sorted(times)

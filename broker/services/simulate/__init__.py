@@ -69,8 +69,8 @@ def simulate(
 ) -> list[PolicySummary]:
     """Replay ``loaded`` under each policy for seeds 0..seeds-1; means per policy."""
     from broker.errors import UserError
-    from broker.services.catalog import ensure_catalog
-    from broker.services.simulate.engine import policy_offers
+    from broker.services.offers.bootstrap import ensure_catalog
+    from broker.services.simulate.policies import policy_offers
     from broker.services.simulate.supply import offers_from
 
     chosen = list(policies or loaded.scenario.policies)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -20,7 +22,22 @@ from broker.db.engine import Database
 from broker.db.models import JobEventRow, JobRow, UsageRow
 from broker.domain import JobState, as_utc, round_cents
 from broker.services.metering import hours_between
-from broker.services.simulate.engine import RunResult
+
+
+@dataclass
+class RunResult:
+    """Where one replay left its ledger, and what the loop itself counted."""
+
+    policy: str
+    seed: int
+    database: Path
+    start: datetime
+    end: datetime
+    deadlines: dict[int, datetime | None]  # job id -> the deadline its arrival carried
+    plans: int
+    refused: int
+    wall_seconds: float
+    budgets: dict[str, tuple[Decimal, str]]  # team -> (amount, period), as the scenario says
 
 
 @dataclass
@@ -132,7 +149,7 @@ def measure(result: RunResult) -> RunFigures:
     )
 
 
-def _team_overruns(budgets: dict[str, tuple[Decimal, str]], usage: list[Any]) -> int:
+def _team_overruns(budgets: dict[str, tuple[Decimal, str]], usage: Sequence[Any]) -> int:
     """Periods (per team) whose metered spend went past the scenario's team budget, whether
     or not the policy knew of the budget."""
     from broker.services.budgets import period_start

@@ -40,7 +40,7 @@ class SupplyConfig(_Model):
     spot_capacity_nodes: int = Field(default=8, ge=1, le=10_000)  # spot pools at full availability
     refresh_minutes: float = Field(default=60.0, ge=1, le=24 * 60)
     # the seeded model (used when ``traces`` is not given)
-    preemptions_per_hour: float = Field(default=0.1, ge=0, le=10)
+    preemptions_per_hour: float = Field(default=0.1, ge=0, le=10)  # reclaims per spot node
     spot_availability: float = Field(default=0.8, gt=0, le=1)
     spot_price_volatility: float = Field(default=0.05, ge=0, le=1)
 
@@ -244,9 +244,10 @@ def arrivals(loaded: LoadedScenario, seed: int) -> list[Arrival]:
     scenario = loaded.scenario
     rng = random.Random(f"demand:{scenario.seed}:{seed}")
     out: list[Arrival] = []
-    for entry in scenario.demand.jobs:
-        at = scenario.start + timedelta(hours=entry.at_hours)
-        out.append(_arrival(loaded.specs[_spec_key(entry.spec)], at, entry.deadline_hours, 1.0))
+    for listed in scenario.demand.jobs:
+        at = scenario.start + timedelta(hours=listed.at_hours)
+        spec = loaded.specs[_spec_key(listed.spec)]
+        out.append(_arrival(spec, at, listed.deadline_hours, 1.0))
     for entry in scenario.demand.mix:
         spec = loaded.specs[_spec_key(entry.spec)]
         for day in range(math.ceil(scenario.days)):

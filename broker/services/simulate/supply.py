@@ -2,12 +2,14 @@
 
 Every pool keeps its list price and a node capacity (the offer's own figure, else the
 scenario's). Spot pools also get, per refresh tick, an availability (the share of their
-capacity that can be had) and a price, and a list of preemption instants. These come from
-the measured traces of a trace folder when the scenario names one (``availability/``: how
-many spot nodes could be had per tick; ``preemption/``: how many launched spot nodes were
-still running, and for some, the spot price), each pool reading one trace from a seeded
-offset and looping it; without traces, from a seeded model: availability as a two-state
-chain, preemptions as a Poisson process, prices as a mean-reverting walk.
+capacity that can be had) and a price, and for each node slot of the pool a list of the
+instants the node in that slot is reclaimed (a gang loses its run when any of its nodes
+goes, so its risk grows with its size, as the planner assumes). These come from the
+measured traces of a trace folder when the scenario names one (``availability/``: how many
+spot nodes could be had per tick; ``preemption/``: how many launched spot nodes were still
+running, and for some, the spot price), each pool (and each node slot) reading one trace
+from a seeded offset and looping it; without traces, from a seeded model: availability as
+a two-state chain, reclaims as a Poisson process per node, prices as a mean-reverting walk.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ class SimPool:
     capacity: int
     availability: list[float] = field(default_factory=list)  # per tick, spot only
     price_factor: list[float] = field(default_factory=list)  # per tick, spot only
-    preemptions: list[float] = field(default_factory=list)  # hours from the start, spot only
+    # (hours from the start, node slot) of each reclaim, spot only
+    preemptions: list[tuple[float, int]] = field(default_factory=list)
 
     @property
     def key(self) -> tuple[str, str, str, str, str]:
@@ -153,13 +156,21 @@ def build_pools(
         if traces is not None:
             pool.availability = traces.availability(rng, ticks, tick_hours)
             pool.price_factor = traces.prices(rng, ticks, tick_hours)
-            pool.preemptions = traces.preemptions(rng, horizon)
+            slots = [traces.preemptions(rng, horizon) for _ in range(pool.capacity)]
+            pool.preemptions = _per_slot(slots)
         else:
             pool.availability = _two_state(rng, ticks, tick_hours, cfg.spot_availability)
             pool.price_factor = _walk(rng, ticks, tick_hours, cfg.spot_price_volatility)
-            pool.preemptions = _poisson_times(rng, cfg.preemptions_per_hour, horizon)
+            rate = cfg.preemptions_per_hour
+            slots = [_poisson_times(rng, rate, horizon) for _ in range(pool.capacity)]
+            pool.preemptions = _per_slot(slots)
         pools.append(pool)
     return pools
+
+
+def _per_slot(slots: list[list[float]]) -> list[tuple[float, int]]:
+    """The reclaim instants of every node slot, as (hours, slot) in time order."""
+    return sorted((at, slot) for slot, times in enumerate(slots) for at in times)
 
 
 def _key(record: OfferRecord) -> tuple[str, ...]:
@@ -200,7 +211,8 @@ def _walk(rng: random.Random, ticks: int, tick_hours: float, volatility: float) 
 
 
 def _poisson_times(rng: random.Random, rate: float, horizon: float) -> list[float]:
-    out, at = [], 0.0
+    out: list[float] = []
+    at = 0.0
     if rate <= 0:
         return out
     while True:
@@ -220,14 +232,24 @@ class Series:
         return len(self.values) * self.gap_hours
 
 
+@dataclass(frozen=True)
+class Drops:
+    """Where a preemption trace's running count fell: hours into the trace, and the share
+    of the trace's nodes each fall took."""
+
+    times: list[float]
+    shares: list[float]
+    hours: float  # the trace's length
+
+
 @dataclass
 class Traces:
     """The measured series of a trace folder, normalised: availability as a share of the
-    most ever seen, preemptions as the instants the running count fell, prices as a
-    share of their mean."""
+    most ever seen, reclaims as the instants the running count fell, prices as a share of
+    their mean."""
 
     availability_series: list[Series]
-    drops: list[Series]  # values: hours into the trace where a node was lost
+    drops: list[Drops]
     price_series: list[Series]
 
     def availability(self, rng: random.Random, ticks: int, tick_hours: float) -> list[float]:
@@ -241,17 +263,19 @@ class Traces:
         return _sample(rng.choice(self.price_series), rng, ticks, tick_hours)
 
     def preemptions(self, rng: random.Random, horizon: float) -> list[float]:
+        """The reclaims of one node: a trace from a random offset, looped; a drop of a
+        multi-node trace takes this node with the share of the nodes it took."""
         if not self.drops:
             return []
         trace = rng.choice(self.drops)
-        period = trace.gap_hours  # the trace's length, for drop series
+        period = trace.hours
         offset = rng.random() * period
         out: list[float] = []
         loop = 0
         while loop * period - offset < horizon:
-            for at in trace.values:
+            for at, share in zip(trace.times, trace.shares, strict=True):
                 t = loop * period + at - offset
-                if 0 <= t < horizon:
+                if 0 <= t < horizon and (share >= 1.0 or rng.random() < share):
                     out.append(t)
             loop += 1
         return sorted(out)
@@ -268,7 +292,7 @@ def _sample(series: Series, rng: random.Random, ticks: int, tick_hours: float) -
 def load_traces(folder: Path) -> Traces:
     """Read every ``*.json`` trace under ``availability/`` and ``preemption/``."""
     availability: list[Series] = []
-    drops: list[Series] = []
+    drops: list[Drops] = []
     prices: list[Series] = []
     for path in sorted((folder / "availability").rglob("*.json")):
         values, gap, _ = _read(path)
@@ -277,9 +301,11 @@ def load_traces(folder: Path) -> Traces:
             availability.append(Series([v / top for v in values], gap))
     for path in sorted((folder / "preemption").rglob("*.json")):
         values, gap, price = _read(path)
-        lost = [i * gap for i in range(1, len(values)) if values[i] < values[i - 1]]
-        if values:
-            drops.append(Series(lost, len(values) * gap))
+        top = max(values, default=0)
+        falls = [i for i in range(1, len(values)) if values[i] < values[i - 1]]
+        if top > 0:
+            shares = [min(1.0, (values[i - 1] - values[i]) / top) for i in falls]
+            drops.append(Drops([i * gap for i in falls], shares, len(values) * gap))
         if price:
             mean = sum(price) / len(price)
             if mean > 0:
