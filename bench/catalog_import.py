@@ -20,7 +20,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from broker.db.engine import Database
-from broker.services import catalog
+from broker.services.offers.imports import import_file
+from broker.services.offers.query import query_offers
+from broker.services.offers.values import OfferFilter
 
 TYPES = [
     ("p5.48xlarge", "H100", 8, 192, 2048, 55.04),
@@ -87,22 +89,20 @@ def run(rows: int, url: str) -> None:
         path = Path(tmp) / "aws_vms.csv"
         results: list[tuple[str, float, str]] = []
         write_rows(path, rows, seed=1)
-        report = catalog.import_file(db, path, "skypilot")
+        report = import_file(db, path, "skypilot")
         results.append(("import (new)", report.seconds, f"{report.offers} offers"))
         write_rows(path, rows, seed=2)
-        report = catalog.import_file(db, path, "skypilot")
+        report = import_file(db, path, "skypilot")
         total = report.total
         results.append(("re-import (moved)", report.seconds, f"{total.updated} updated"))
-        report = catalog.import_file(db, path, "skypilot")
+        report = import_file(db, path, "skypilot")
         total = report.total
         results.append(("re-import (same)", report.seconds, f"{total.unchanged} unchanged"))
-        flt = catalog.OfferFilter(
-            gpus=("H100",), min_gpus=8, regions=("us-*",), pricing="spot", limit=20
-        )
+        flt = OfferFilter(gpus=("H100",), min_gpus=8, regions=("us-*",), pricing="spot", limit=20)
         times = []
         for _ in range(20):
             started = time.perf_counter()
-            found = catalog.query_offers(db, flt)
+            found = query_offers(db, flt)
             times.append(time.perf_counter() - started)
         results.append(("filtered query", statistics.median(times), f"{len(found)} rows"))
         db.dispose()

@@ -23,28 +23,28 @@ _EXPORTS: dict[str, str] = {
     "TrainingJob": "workloads.spec",
     "InferenceJob": "workloads.spec",
     "BudgetView": "broker.services.budgets",
-    "CalibrationView": "broker.services.calibrations",
-    "GpuSummary": "broker.services.catalog",
-    "ImportReport": "broker.services.catalog",
-    "OfferView": "broker.services.catalog",
-    "ProviderCheck": "broker.services.check",
+    "CalibrationView": "broker.services.planning.calibrations",
+    "GpuSummary": "broker.services.offers.values",
+    "ImportReport": "broker.services.offers.imports",
+    "OfferView": "broker.services.offers.values",
+    "ProviderCheck": "broker.services.offers.check",
     "Daemon": "broker.services.daemon",
-    "EstimateReport": "broker.services.estimates",
-    "JobSummary": "broker.services.execution",
-    "EventView": "broker.services.jobs",
-    "JobHandle": "broker.services.jobs",
-    "JobView": "broker.services.jobs",
-    "PlanReport": "broker.services.planning",
-    "ScheduleResult": "broker.services.planning",
-    "ReconcileReport": "broker.services.reconcile",
-    "RefreshProgress": "broker.services.refresh",
-    "RefreshReport": "broker.services.refresh",
-    "Report": "broker.services.reports",
-    "MadeReport": "broker.services.schedules",
-    "ScheduleView": "broker.services.schedules",
-    "EndpointView": "broker.services.serving",
-    "JobResources": "broker.services.status",
-    "Status": "broker.services.status",
+    "EstimateReport": "broker.services.planning.estimates",
+    "JobSummary": "broker.services.execution.summary",
+    "EventView": "broker.services.jobs.store",
+    "JobHandle": "broker.services.execution.handle",
+    "JobView": "broker.services.jobs.store",
+    "PlanReport": "broker.services.planning.plan",
+    "ScheduleResult": "broker.services.planning.plan",
+    "ReconcileReport": "broker.services.execution.reconcile",
+    "RefreshProgress": "broker.services.offers.refresh",
+    "RefreshReport": "broker.services.offers.refresh",
+    "Report": "broker.services.reports.render",
+    "MadeReport": "broker.services.reports.schedules",
+    "ScheduleView": "broker.services.reports.schedules",
+    "EndpointView": "broker.services.execution.endpoints",
+    "JobResources": "broker.services.reports.status",
+    "Status": "broker.services.reports.status",
 }
 
 __all__ = [
@@ -85,20 +85,22 @@ if TYPE_CHECKING:
     from broker.config import Settings
     from broker.sdk import Broker, Budgets, ReportSchedules
     from broker.services.budgets import BudgetView
-    from broker.services.calibrations import CalibrationView
-    from broker.services.catalog import GpuSummary, ImportReport, OfferView
-    from broker.services.check import ProviderCheck
     from broker.services.daemon import Daemon
-    from broker.services.estimates import EstimateReport
-    from broker.services.execution import JobSummary
-    from broker.services.jobs import EventView, JobHandle, JobView
-    from broker.services.planning import PlanReport, ScheduleResult
-    from broker.services.reconcile import ReconcileReport
-    from broker.services.refresh import RefreshProgress, RefreshReport
-    from broker.services.reports import Report
-    from broker.services.schedules import MadeReport, ScheduleView
-    from broker.services.serving import EndpointView
-    from broker.services.status import JobResources, Status
+    from broker.services.execution.endpoints import EndpointView
+    from broker.services.execution.handle import JobHandle
+    from broker.services.execution.reconcile import ReconcileReport
+    from broker.services.execution.summary import JobSummary
+    from broker.services.jobs.store import EventView, JobView
+    from broker.services.offers.check import ProviderCheck
+    from broker.services.offers.imports import ImportReport
+    from broker.services.offers.refresh import RefreshProgress, RefreshReport
+    from broker.services.offers.values import GpuSummary, OfferView
+    from broker.services.planning.calibrations import CalibrationView
+    from broker.services.planning.estimates import EstimateReport
+    from broker.services.planning.plan import PlanReport, ScheduleResult
+    from broker.services.reports.render import Report
+    from broker.services.reports.schedules import MadeReport, ScheduleView
+    from broker.services.reports.status import JobResources, Status
     from workloads.spec import InferenceJob, JobSpec, TrainingJob
 
 

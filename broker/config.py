@@ -108,6 +108,9 @@ class Settings:
     default_pool_capacity: int = 4
     capacity_cooldown_minutes: float = 30.0
     max_provider_share: float = 1.0
+    # the fabric between nodes assumed for an offer that states none (None: the scheduler's
+    # default); a plan flags every gang placed on such an assumption
+    unknown_interconnect_gbps: float | None = None
     offer_max_age_days: float = 30.0  # older prices are left out by --fresh, warned about
     # execution
     ray_port: int = 6390
@@ -169,6 +172,7 @@ _FIELDS: dict[str, Callable[[Any], Any]] = {
     "default_pool_capacity": _positive_int,
     "capacity_cooldown_minutes": _positive_float,
     "max_provider_share": _fraction,
+    "unknown_interconnect_gbps": _positive_float,
     "offer_max_age_days": _positive_float,
     "ray_port": _port,
     "ray_dashboard_port": _port,

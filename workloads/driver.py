@@ -269,14 +269,14 @@ class ServeSpec:
 def _bundled_app(spec: RunSpec, serving: ServeSpec) -> Any:
     """The GPT deployment, bound, with autoscaling inside the plan's bounds; each replica
     takes its share of one node's allocation resource, so replicas stay on these nodes."""
-    from workloads.serve_gpt import GptServer
+    from workloads.serve_gpt import gpt_deployment
 
     per_node = max(1, -(-serving.max_replicas // max(spec.nodes, 1)))
     actor: dict[str, Any] = {"num_cpus": 0, "resources": {spec.resource: 1 / per_node}}
     if spec.gpus_per_node:
         actor["num_gpus"] = spec.gpus_per_node / per_node
     threads = None if spec.gpus_per_node else max(1, int(_node_cpus(spec) // per_node))
-    return GptServer.options(
+    return gpt_deployment.options(
         ray_actor_options=actor,
         max_ongoing_requests=serving.max_batch_size * 4,
         autoscaling_config={

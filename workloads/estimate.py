@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 
 from workloads.gpus import GPUS, GpuSpec
-from workloads.spec import InferenceJob, TrainingJob
+from workloads.spec import InferenceJob, ModelShape, RequestClass, TrainingJob
 
 GIB = 1024**3
 STATE_BYTES_PER_PARAM = 16  # weights + grads (16-bit) + fp32 master + Adam m and v
@@ -111,6 +111,13 @@ class InferenceEstimate:
 # --- model arithmetic -------------------------------------------------------------------
 
 
+def _model(job: TrainingJob) -> ModelShape:
+    """The bundled GPT's shape (the estimates below are not asked for user code)."""
+    if job.model is None:
+        raise ValueError("user code has no model shape to estimate from")
+    return job.model
+
+
 def flops_per_token(n_params: float, layers: int, d_model: int, seq_len: int) -> float:
     """Training FLOPs per token: 6N for the matmuls plus 12·L·d·s for attention scores."""
     return 6.0 * n_params + 12.0 * layers * d_model * seq_len
@@ -118,7 +125,7 @@ def flops_per_token(n_params: float, layers: int, d_model: int, seq_len: int) ->
 
 def training_flops(job: TrainingJob) -> float:
     """Model FLOPs to train ``job`` (without recompute)."""
-    shape = job.model
+    shape = _model(job)
     per_token = flops_per_token(shape.n_params(), shape.layers, shape.d_model, shape.seq_len)
     return per_token * job.total_tokens()
 
@@ -128,7 +135,7 @@ def _bytes_per_value(precision: str) -> int:
 
 
 def _activation_bytes(job: TrainingJob, micro_batch: float, recompute: bool) -> float:
-    shape = job.model
+    shape = _model(job)
     scale = _bytes_per_value(job.precision) / 2
     tokens = micro_batch * shape.seq_len
     per_layer_full = 34.0 * tokens * shape.d_model * scale
@@ -141,7 +148,7 @@ def _activation_bytes(job: TrainingJob, micro_batch: float, recompute: bool) -> 
 
 
 def _state_bytes(job: TrainingJob, shards: int) -> float:
-    total = float(job.model.n_params()) * STATE_BYTES_PER_PARAM
+    total = float(_model(job).n_params()) * STATE_BYTES_PER_PARAM
     return total / shards if job.parallelism == "fsdp" else total
 
 
@@ -187,7 +194,7 @@ def min_gpus(job: TrainingJob, gpu: str) -> int | None:
         return job.gpus_per_node or 1
     capacity = _usable_bytes(spec.memory_gib)
     activations = _activation_bytes(job, min(1.0, float(job.global_batch)), True)
-    states = float(job.model.n_params()) * STATE_BYTES_PER_PARAM
+    states = float(_model(job).n_params()) * STATE_BYTES_PER_PARAM
     room = capacity - activations
     if room <= 0:
         return None
@@ -312,7 +319,7 @@ def estimate_training(
     model_flops_step = flops_model / job.total_tokens() * tokens_step
     executed = model_flops_step * (8 / 6 if recompute else 1.0)
     compute = executed / (gpus * peak * mfu)
-    grad_bytes = job.model.n_params() * _bytes_per_value(job.precision)
+    grad_bytes = _model(job).n_params() * _bytes_per_value(job.precision)
     intra = spec.nvlink_gbps if spec.nvlink_gbps > 0 else spec.pcie_gbps
     comm = sync_seconds(
         grad_bytes,
@@ -374,7 +381,7 @@ def _estimate_given(job: TrainingJob, hw: Hardware) -> TrainingEstimate:
 
 def _checkpoint_seconds(job: TrainingJob, gpus: int) -> float:
     """Writing weights and optimizer state; each GPU writes its shard in parallel."""
-    total = float(job.model.n_params()) * (STATE_BYTES_PER_PARAM - 2)  # no gradients
+    total = float(_model(job).n_params()) * (STATE_BYTES_PER_PARAM - 2)  # no gradients
     per_writer = total / gpus if job.parallelism == "fsdp" else total
     return per_writer / (CHECKPOINT_GBPS * 1e9)
 
@@ -399,7 +406,7 @@ def _estimate_cpu(
     if problem is None and job.precision != "fp32":
         problem = f"{job.precision} training needs a GPU; use precision fp32 on CPUs"
     per_node_batch = job.global_batch / nodes
-    states = float(job.model.n_params()) * STATE_BYTES_PER_PARAM
+    states = float(_model(job).n_params()) * STATE_BYTES_PER_PARAM
     used = states + _activation_bytes(job, per_node_batch, False)
     if problem is None and hw.memory_gib is not None and used > hw.memory_gib * GIB * 0.8:
         problem = f"needs {used / GIB:.1f} GiB per node; the node has {hw.memory_gib:g} GiB"
@@ -407,7 +414,7 @@ def _estimate_cpu(
     model_flops_step = flops_model / job.total_tokens() * job.tokens_per_step
     compute = model_flops_step / (nodes * rate)
     comm = sync_seconds(
-        job.model.n_params() * 4.0,
+        _model(job).n_params() * 4.0,
         1,
         nodes,
         intra_gbps=1.0,
@@ -476,29 +483,22 @@ def spot_overhead(
 
 
 # --- inference --------------------------------------------------------------------------
+#
+# A replica batches continuously with chunked prefill (as vLLM and SGLang do): each step
+# decodes one token of every running sequence and takes up to PREFILL_CHUNK_TOKENS prompt
+# tokens of waiting requests. A step lasts as long as the slower of reading the weights and
+# the batch's KV cache from HBM and doing its FLOPs at SERVING_MFU of peak. In steady state a
+# request is admitted when one finishes, so batch x input / output prompt tokens are
+# prefilled per step on average, in full chunks: the steps carrying one are compute bound
+# for long prompts, the others memory bound. KV memory left after the weights caps the batch.
+# A tensor-parallel replica splits weights, KV cache and FLOPs over its GPUs and adds two
+# all-reduces of the step's activations per layer over NVLink or PCIe (not overlapped).
 
-PREFILL_MFU = 0.50
-DECODE_MFU = 0.50
+SERVING_MFU = 0.50
 BANDWIDTH_EFFICIENCY = 0.70
-TENSOR_PARALLEL_EFFICIENCY = 0.90
 MAX_BATCH = 256
+PREFILL_CHUNK_TOKENS = 2048  # prompt tokens one step takes (vLLM's max_num_batched_tokens)
 TENSOR_PARALLEL = (1, 2, 4, 8)
-
-
-def _decode_step_seconds(
-    job: InferenceJob, spec: GpuSpec, tp: int, batch: int, context: float
-) -> float:
-    """One decode step for ``batch`` sequences: read the weights and the KV cache once
-    (memory bound) or do 2N FLOPs per sequence (compute bound), whichever is slower."""
-    n = float(job.shape.n_params())
-    value = _bytes_per_value(job.precision)
-    weights = n * value
-    kv = batch * context * _kv_bytes_per_token(job)
-    efficiency = TENSOR_PARALLEL_EFFICIENCY if tp > 1 else 1.0
-    bandwidth = spec.memory_bandwidth_gbps * 1e9 * BANDWIDTH_EFFICIENCY * tp * efficiency
-    memory = (weights + kv) / bandwidth
-    compute = 2 * n * batch / (_peak(spec, job.precision) * DECODE_MFU * tp * efficiency)
-    return max(memory, compute)
 
 
 def _kv_bytes_per_token(job: InferenceJob) -> float:
@@ -506,14 +506,73 @@ def _kv_bytes_per_token(job: InferenceJob) -> float:
     return 2.0 * shape.layers * shape.d_model * _bytes_per_value(job.precision)
 
 
-def estimate_inference(
-    job: InferenceJob, gpu: str, gpus_per_replica: int | None = None
-) -> InferenceEstimate:
-    """Throughput of one replica of ``job`` on ``gpu`` within the SLO.
+def _sizes(job: InferenceJob, request: RequestClass | None) -> tuple[int, int]:
+    """(prompt, output) tokens of ``request``, else of the job's mean request."""
+    if request is not None:
+        return request.input_tokens, request.output_tokens
+    return job.input_tokens, job.output_tokens
 
-    Unless ``gpus_per_replica`` fixes it, the replica's tensor-parallel degree (1, 2, 4,
-    8) is the one with the most requests per second per GPU among those that meet the
-    SLO; when none does, the smallest that holds the weights explains why.
+
+def replica_widths(job: InferenceJob) -> tuple[int, ...]:
+    """The GPUs per replica to consider: the spec's count, else each tensor-parallel degree."""
+    return (job.gpus_per_replica,) if job.gpus_per_replica else TENSOR_PARALLEL
+
+
+@dataclass(frozen=True)
+class _Device:
+    """One replica's hardware: ``tp`` GPUs of ``spec`` as effective FLOP/s and bytes/s of
+    HBM, and the bytes/s of each GPU's link to the others."""
+
+    spec: GpuSpec
+    tp: int
+    flops: float
+    bandwidth: float
+    link: float
+
+    @classmethod
+    def of(cls, spec: GpuSpec, tp: int, precision: str) -> _Device:
+        flops = _peak(spec, precision) * SERVING_MFU * tp
+        bandwidth = spec.memory_bandwidth_gbps * 1e9 * BANDWIDTH_EFFICIENCY * tp
+        link = spec.nvlink_gbps if spec.nvlink_gbps > 0 else spec.pcie_gbps
+        return cls(spec, tp, flops, bandwidth, link * 1e9 * INTRA_EFFICIENCY)
+
+    def all_reduce_seconds(self, size: float) -> float:
+        """One ring all-reduce of ``size`` bytes across the replica's GPUs."""
+        if self.tp == 1:
+            return 0.0
+        hops = 2 * (self.tp - 1)
+        return hops / self.tp * size / self.link + hops * INTRA_LATENCY_S
+
+
+def _step_seconds(
+    job: InferenceJob, device: _Device, batch: int, context: float, prefill: float, prompt: int
+) -> float:
+    """One step: a token for each of ``batch`` sequences at mean ``context``, plus
+    ``prefill`` tokens of prompts ``prompt`` long (each attends to half its prompt)."""
+    shape = job.shape
+    n = float(shape.n_params())
+    kv = _kv_bytes_per_token(job)
+    moved = n * _bytes_per_value(job.precision) + (batch * context + prefill) * kv
+    attention = 4.0 * shape.layers * shape.d_model * (batch * context + prefill * prompt / 2)
+    work = 2.0 * n * (batch + prefill) + attention
+    activations = (batch + prefill) * shape.d_model * _bytes_per_value(job.precision)
+    sync = 2 * shape.layers * device.all_reduce_seconds(activations)
+    return max(moved / device.bandwidth, work / device.flops) + sync
+
+
+def estimate_inference(
+    job: InferenceJob,
+    gpu: str,
+    gpus_per_replica: int | None = None,
+    request: RequestClass | None = None,
+) -> InferenceEstimate:
+    """Throughput of one replica of ``job`` on ``gpu`` within the SLO, for ``request``'s
+    sizes (the job's mean request when None).
+
+    The spec's ``gpus_per_replica`` fixes the replica's width; otherwise ``gpus_per_replica``
+    does, or the tensor-parallel degree (1, 2, 4, 8) with the most requests per second per
+    GPU among those that meet the SLO; when none does, the smallest that holds the weights
+    explains why.
     """
     spec = GPUS.get(gpu)
     if spec is None:
@@ -526,16 +585,29 @@ def estimate_inference(
         return InferenceEstimate(gpu, 0, False, why, 0, 0, 0)
     if job.precision == "bf16" and not spec.bf16:
         return InferenceEstimate(gpu, 0, False, f"{gpu} has no bf16; use precision fp16", 0, 0, 0)
+    asked = job.gpus_per_replica
+    if asked and gpus_per_replica and gpus_per_replica != asked:
+        why = f"the spec asks for {asked} GPU(s) per replica, not {gpus_per_replica}"
+        return InferenceEstimate(gpu, gpus_per_replica, False, why, 0.0, 0.0, 0.0)
+    choices = replica_widths(job) if asked or not gpus_per_replica else (gpus_per_replica,)
+    heads = job.shape.heads
+    if all(heads % t for t in choices):
+        why = f"{choices[0]} GPU(s) per replica do not divide the model's {heads} heads"
+        return InferenceEstimate(gpu, choices[0], False, why, 0.0, 0.0, 0.0)
+    choices = tuple(t for t in choices if heads % t == 0)
+    prompt, output = _sizes(job, request)
     weights = float(job.shape.n_params()) * _bytes_per_value(job.precision)
-    per_seq = (job.input_tokens + job.output_tokens) * _kv_bytes_per_token(job)
-    choices = (gpus_per_replica,) if gpus_per_replica else TENSOR_PARALLEL
+    per_seq = (prompt + output) * _kv_bytes_per_token(job)
     holding = [t for t in choices if _usable_bytes(spec.memory_gib) * t - weights >= per_seq]
     if not holding:
         need = (weights + per_seq) / GIB
         last = choices[-1]
         why = f"weights and one sequence's KV cache need {need:.0f} GiB; {last}x{gpu} hold less"
         return InferenceEstimate(gpu, last, False, why, 0.0, 0.0, 0.0)
-    results = [_replica(job, spec, tp, weights, per_seq) for tp in holding]
+    results = [
+        _replica(job, _Device.of(spec, tp, job.precision), prompt, output, weights, per_seq)
+        for tp in holding
+    ]
     feasible = [r for r in results if r.fits]
     if not feasible:
         return results[0]
@@ -543,46 +615,55 @@ def estimate_inference(
 
 
 def _replica(
-    job: InferenceJob, spec: GpuSpec, tp: int, weights: float, per_seq: float
+    job: InferenceJob, device: _Device, prompt: int, output: int, weights: float, per_seq: float
 ) -> InferenceEstimate:
-    efficiency = TENSOR_PARALLEL_EFFICIENCY if tp > 1 else 1.0
-    prefill_rate = _peak(spec, job.precision) * PREFILL_MFU * tp * efficiency
-    prefill = 2.0 * job.shape.n_params() * job.input_tokens / prefill_rate
-    room = _usable_bytes(spec.memory_gib) * tp - weights
-    max_batch = max(1, min(MAX_BATCH, int(room // per_seq)))
-    mean_context = job.input_tokens + job.output_tokens / 2
-    slo_tpot = job.slo.tpot_ms / 1000
-    best: tuple[float, int, float] | None = None
-    for batch in _batch_sizes(max_batch):
-        step = _decode_step_seconds(job, spec, tp, batch, mean_context)
-        # A new request waits, on average, for half a prefill of another one.
-        ttft = prefill * 1.5 + step
-        if step > slo_tpot or ttft * 1000 > job.slo.ttft_ms:
-            break
-        # Each request holds a batch slot for its decode; prefills share the same GPUs.
-        rps = 1.0 / (prefill + job.output_tokens * step / batch)
-        if best is None or rps > best[0]:
-            best = (rps, batch, step)
-    if best is None:
-        single = _decode_step_seconds(job, spec, tp, 1, mean_context)
-        ttft_ms = (prefill + single) * 1000
-        if ttft_ms > job.slo.ttft_ms:
-            why = f"time to first token {ttft_ms:.0f} ms on {tp}x{spec.name} exceeds the SLO"
+    """The largest batch whose steps meet the SLO (step time grows with the batch, and so
+    does throughput), capped by KV memory and by the prompts one chunk a step can admit."""
+    room = _usable_bytes(device.spec.memory_gib) * device.tp - weights
+    chunk = PREFILL_CHUNK_TOKENS
+    limit = max(1, min(MAX_BATCH, int(room // per_seq), chunk * output // prompt))
+    context = prompt + output / 2
+
+    def timing(batch: int) -> tuple[float, float]:
+        """(mean step, time to first token) in seconds with ``batch`` sequences running."""
+        prefill = batch * prompt / output  # prompt tokens per step, on average
+        carrying = min(1.0, prefill / chunk)  # share of steps that carry a full chunk
+        decode = _step_seconds(job, device, batch, context, 0.0, prompt)
+        full = _step_seconds(job, device, batch, context, float(chunk), prompt)
+        step = carrying * full + (1 - carrying) * decode
+        # a new prompt waits for the running step, then is prefilled chunk by chunk
+        return step, 0.5 * step + math.ceil(prompt / chunk) * full
+
+    def meets(batch: int) -> bool:
+        step, ttft = timing(batch)
+        return step * 1000 <= job.slo.tpot_ms and ttft * 1000 <= job.slo.ttft_ms
+
+    if not meets(1):
+        step, ttft = timing(1)
+        where = f"{device.tp}x{device.spec.name}"
+        if ttft * 1000 > job.slo.ttft_ms:
+            why = f"time to first token {ttft * 1000:.0f} ms on {where} exceeds the SLO"
         else:
-            why = (
-                f"time per output token {single * 1000:.1f} ms on {tp}x{spec.name} exceeds the SLO"
-            )
-        return InferenceEstimate(spec.name, tp, False, why, 0.0, ttft_ms, single * 1000, 1)
-    rps, batch, step = best
+            why = f"time per output token {step * 1000:.1f} ms on {where} exceeds the SLO"
+        return InferenceEstimate(
+            device.spec.name, device.tp, False, why, 0.0, ttft * 1000, step * 1000, 1
+        )
+    low, high = 1, limit
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if meets(middle) else (low, middle - 1)
+    step, ttft = timing(low)
+    # requests finish at batch/output per step, or as fast as prompts are prefilled
+    rps = min(low / output, chunk / prompt) / step
     return InferenceEstimate(
-        gpu=spec.name,
-        gpus_per_replica=tp,
+        gpu=device.spec.name,
+        gpus_per_replica=device.tp,
         fits=True,
         reason=None,
         requests_per_second=rps,
-        ttft_ms=(prefill * 1.5 + step) * 1000,
+        ttft_ms=ttft * 1000,
         tpot_ms=step * 1000,
-        batch=batch,
+        batch=low,
     )
 
 
@@ -590,26 +671,30 @@ CPU_DECODE_OVERHEAD_S = 2e-3  # per decode step of a small model on CPU (framewo
 
 
 def estimate_inference_cpu(
-    job: InferenceJob, vcpus: int | None, calibration: Calibration | None = None
+    job: InferenceJob,
+    vcpus: int | None,
+    calibration: Calibration | None = None,
+    request: RequestClass | None = None,
 ) -> InferenceEstimate:
     """Throughput of one replica of ``job`` on a CPU-only node (one replica per node):
     compute bound at the node's FLOP rate, fp32 weights, batches up to ``max_batch_size``."""
     c = job.constraints
-    if c.gpus or c.min_gpu_memory_gib:
-        why = "a CPU-only node, but the job's constraints ask for GPUs"
+    if c.gpus or c.min_gpu_memory_gib or job.gpus_per_replica:
+        why = "a CPU-only node, but the job asks for GPUs"
         return InferenceEstimate("cpu", 0, False, why, 0.0, 0.0, 0.0)
     if job.precision != "fp32":
         why = f"{job.precision} serving needs a GPU; use precision fp32 on CPUs"
         return InferenceEstimate("cpu", 0, False, why, 0.0, 0.0, 0.0)
     rate = cpu_flops(Hardware(gpu=None, gpus_per_node=0, nodes=1, vcpus=vcpus), calibration)
     n = float(job.shape.n_params())
-    prefill = 2.0 * n * job.input_tokens / rate
+    prompt, output = _sizes(job, request)
+    prefill = 2.0 * n * prompt / rate
     best: tuple[float, int, float] | None = None
     for batch in _batch_sizes(job.max_batch_size):
         step = 2.0 * n * batch / rate + CPU_DECODE_OVERHEAD_S
         if step * 1000 > job.slo.tpot_ms or (prefill * 1.5 + step) * 1000 > job.slo.ttft_ms:
             break
-        rps = 1.0 / (prefill + job.output_tokens * step / batch)
+        rps = 1.0 / (prefill + output * step / batch)
         if best is None or rps > best[0]:
             best = (rps, batch, step)
     if best is None:

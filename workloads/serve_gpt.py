@@ -83,7 +83,6 @@ def generate(model: Any, seq_len: int, batch: list[tuple[list[int], int]]) -> li
     return outputs
 
 
-@serve.deployment
 class GptServer:
     """One replica: the GPT's weights (fresh or from a checkpoint), answering in batches."""
 
@@ -138,6 +137,10 @@ class GptServer:
                 "seconds": round(time.perf_counter() - started, 4),
             }
         )
+
+
+# The Serve deployment of the class (a call rather than a decorator keeps the class's type).
+gpt_deployment = serve.deployment(GptServer)
 
 
 def _load_weights(uri: str) -> dict[str, Any]:

@@ -39,6 +39,7 @@ MAX_DEPTH = 32
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 _IDENT = r"^[a-z][a-z0-9-]{0,31}$"
 _SAFE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,23}$")
+_CLASS_NAME = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 Positive = Annotated[int, Field(ge=1, le=10**15)]
@@ -156,6 +157,22 @@ class Constraints(_Model):
 class Slo(_Model):
     ttft_ms: float = Field(gt=0, le=3_600_000)
     tpot_ms: float = Field(gt=0, le=3_600_000)
+
+
+class RequestClass(_Model):
+    """One size class of an endpoint's requests and its share of the request rate."""
+
+    name: str
+    share: float = Field(gt=0, le=1)
+    input_tokens: int = Field(ge=1, le=10**7)
+    output_tokens: int = Field(ge=1, le=10**7)
+
+    @field_validator("name")
+    @classmethod
+    def _short_name(cls, value: str) -> str:
+        if not _CLASS_NAME.match(value):
+            raise ValueError("must be 1-16 characters: a-z, 0-9, '-', starting with a letter")
+        return value
 
 
 class _Job(_Model):
@@ -323,12 +340,65 @@ class InferenceJob(_Job):
         default_factory=dict, max_length=256
     )
     min_replicas: int = Field(default=1, ge=1, le=100_000)
+    gpus_per_replica: int | None = Field(default=None, ge=1, le=64)
+    """GPUs each replica spans (tensor parallel); None lets the planner choose."""
+    mix: list[RequestClass] = Field(default_factory=list, max_length=16)
+    """Size classes of the requests; each class may be served by its own GPU type."""
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     max_batch_size: int = Field(default=8, ge=1, le=1024)
     """Concurrent requests one replica of the bundled GPT answers in one batch."""
     batch_wait_ms: float = Field(default=10.0, ge=0, le=10_000)
 
     _envs = field_validator("envs", mode="before")(_env_strings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sizes_from_mix(cls, data: Any) -> Any:
+        """With a ``mix``, ``input_tokens`` and ``output_tokens`` are its share-weighted
+        means: filled in when left out, refused when they say otherwise."""
+        if not isinstance(data, Mapping) or data.get("mix") is None:
+            return data
+        items = data["mix"]
+        if not isinstance(items, list):
+            raise _Rejected("mix", "must be a list of (name, share, input_tokens, output_tokens)")
+        if not items:
+            return data
+        classes = []
+        for index, item in enumerate(items):
+            try:
+                classes.append(RequestClass.model_validate(item))
+            except ValidationError as exc:
+                first = exc.errors(include_url=False, include_input=False)[0]
+                error = {**first, "loc": ("mix", index, *first["loc"])}
+                path, message = _message(error, cls)
+                raise _Rejected(path, message) from None
+        data = dict(data)
+        for field in ("input_tokens", "output_tokens"):
+            mean = max(1, round(sum(c.share * getattr(c, field) for c in classes)))
+            if data.setdefault(field, mean) != mean:
+                raise _Rejected(field, f"must be left out or equal the mix's mean ({mean})")
+        return data
+
+    @field_validator("mix")
+    @classmethod
+    def _classes(cls, value: list[RequestClass]) -> list[RequestClass]:
+        if value and abs(sum(c.share for c in value) - 1.0) > 1e-3:
+            raise ValueError("shares must sum to 1")
+        if len({c.name for c in value}) != len(value):
+            raise ValueError("class names must be different")
+        return value
+
+    def request_classes(self) -> list[RequestClass]:
+        """The mix, or one class of every request when the spec gives none."""
+        if self.mix:
+            return list(self.mix)
+        whole = RequestClass(
+            name="all",
+            share=1.0,
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+        )
+        return [whole]
 
     @model_validator(mode="after")
     def _what_is_served(self) -> InferenceJob:
@@ -462,8 +532,11 @@ def _allowed_keys(loc: tuple[Any, ...], root: type[BaseModel]) -> str:
         "model": ModelShape,
         "constraints": Constraints,
         "slo": Slo,
+        "mix": RequestClass,
     }
     parent = loc[-2] if len(loc) >= 2 else None
+    if isinstance(parent, int) and len(loc) >= 3:  # an item of a list: mix[0].key
+        parent = loc[-3]
     model = models.get(parent) if isinstance(parent, str) else None
     if model is None and len(loc) == 1:
         return "; allowed: " + ", ".join(sorted(set(root.model_fields) | _SKY_KEYS))
@@ -591,6 +664,15 @@ def _accelerators(value: Any) -> tuple[list[str], int | None]:
     return names, (counts.pop() if counts else None)
 
 
+def _kind_of(data: Mapping[str, Any]) -> Any:
+    """The spec's ``kind``, or the one its keys imply when it gives none."""
+    kind = data.get("kind")
+    if kind is None:
+        inference_keys = ("request_rate", "slo", "input_tokens", "output_tokens", "mix")
+        kind = "inference" if any(k in data for k in inference_keys) else "training"
+    return kind
+
+
 def _fold_skypilot(data: dict[str, Any]) -> dict[str, Any]:
     """Rewrite SkyPilot's ``resources`` and ``num_nodes`` into our own fields."""
     data = dict(data)
@@ -623,10 +705,11 @@ def _fold_skypilot(data: dict[str, Any]) -> dict[str, Any]:
     if "accelerators" in resources:
         names, count = _accelerators(resources["accelerators"])
         put("gpus", names, "resources.accelerators")
-        if count is not None and data.get("kind") != "inference":
-            if "gpus_per_node" in data:
-                raise SpecError("resources.accelerators", "given together with gpus_per_node")
-            data["gpus_per_node"] = count
+        if count is not None:
+            field = "gpus_per_replica" if _kind_of(data) == "inference" else "gpus_per_node"
+            if field in data:
+                raise SpecError("resources.accelerators", f"given together with {field}")
+            data[field] = count
     if "use_spot" in resources:
         put("spot", resources["use_spot"], "resources.use_spot")
     if "cloud" in resources:
@@ -647,10 +730,7 @@ def parse_spec(data: object, source: str | None = None) -> JobSpec:
         raise SpecError("", "a spec must be a mapping of keys to values", source=source)
     try:
         folded = _fold_skypilot(dict(data))
-        kind = folded.get("kind")
-        if kind is None:
-            inference_keys = ("request_rate", "slo", "input_tokens", "output_tokens")
-            kind = "inference" if any(k in folded for k in inference_keys) else "training"
+        kind = _kind_of(folded)
         root: type[TrainingJob | InferenceJob]
         if kind == "training":
             root = TrainingJob

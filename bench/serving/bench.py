@@ -153,9 +153,16 @@ def _cell(value: Any) -> str:
 
 def _table(rows: list[dict[str, Any]]) -> str:
     columns = [
-        "phase", "concurrency", "requests", "errors", "p50_ms", "p95_ms", "p99_ms", "req_per_s",
+        "phase",
+        "concurrency",
+        "requests",
+        "errors",
+        "p50_ms",
+        "p95_ms",
+        "p99_ms",
+        "req_per_s",
         "tokens_per_s",
-    ]  # fmt: skip
+    ]
     cells = [[r["phase"], *(_cell(r[c]) for c in columns[1:])] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))]

@@ -94,8 +94,8 @@ def run_ray(cfg: TrainConfig, home: Path) -> tuple[float, float, list[dict[str, 
     from dataclasses import asdict
 
     from broker.config import load_settings
-    from broker.services import node_boot, ray_jobs
-    from broker.services.runners import GPT_LOOP
+    from broker.services.execution import node_boot, ray_jobs
+    from broker.services.execution.run_specs import GPT_LOOP
     from providers.base import META_HEAD, LaunchRequest
     from providers.local import LocalProvider
     from workloads.driver import RunSpec

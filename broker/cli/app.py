@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import typer
 
@@ -82,6 +83,9 @@ def main() -> None:
     import os
     import signal
 
+    from broker.cli.streams import native_output_to_stderr
+
+    native_output_to_stderr()
     _register()
     signal.signal(signal.SIGTERM, _terminated)
     try:
@@ -110,7 +114,7 @@ def main() -> None:
 _built: list[object] = []
 
 
-def _command():  # type: ignore[no-untyped-def]
+def _command() -> Any:
     """The click command of ``app``, built once per process (building it walks every
     command's signature: most of an in-process run's time)."""
     if not _built:
@@ -123,7 +127,7 @@ def _usage_error(exc: Exception) -> None:
 
     code = getattr(exc, "exit_code", 2)
     if isinstance(exc, NoArgsIsHelpError):
-        exc.show()  # type: ignore[attr-defined]
+        exc.show()
         sys.exit(code)
     ctx = getattr(exc, "ctx", None)
     hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
@@ -146,9 +150,7 @@ def _unexpected(exc: Exception) -> None:
         _fail(f"database: cannot connect or query ({first_line(exc)})", 1)
     if isinstance(exc, DBAPIError):
         _fail(f"database: {first_line(exc)}", 1)
-    _fail(
-        f"unexpected {type(exc).__name__}: {exc} (GPUBROKER_DEBUG=1 shows the traceback)", 70
-    )
+    _fail(f"unexpected {type(exc).__name__}: {exc} (GPUBROKER_DEBUG=1 shows the traceback)", 70)
 
 
 def _fail(message: str, code: int) -> None:

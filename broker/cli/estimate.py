@@ -7,7 +7,8 @@ model, null if none), ``options`` (the cheapest feasible way per GPU type, cheap
 ``instance_type``, ``pricing``, ``offer_id``, ``price_per_hour`` per node, ``hours``,
 ``cost`` (training: total USD; inference: USD per hour), ``step_seconds``,
 ``assumed_mfu``, ``mfu`` (effective), ``memory_per_gpu_gib``, ``memory_headroom_gib``,
-``interconnect_gbps``, ``rdma``, ``spot_overhead`` (fraction of extra time), ``feasible``,
+``interconnect_gbps``, ``assumed_interconnect_gbps`` (what multi-node hours assume where
+the offer states no fabric), ``rdma``, ``spot_overhead`` (fraction of extra time), ``feasible``,
 ``reason``, and for inference ``replicas``, ``gpus_per_replica``, ``requests_per_second``
 per replica, ``ttft_ms``, ``tpot_ms``), ``infeasible`` (``gpu``, ``reason``) and
 ``calibrations`` (devices whose measured throughput was used).

@@ -13,13 +13,39 @@ from broker.domain import JobState
 
 COLUMNS = ["id", "name", "kind", "team", "state", "attempts", "message", "created_at"]
 LIST_COLUMNS = [
-    "id", "name", "kind", "team", "state", "gpu", "nodes", "provider", "region",
-    "cost_so_far", "estimate", "attempts", "created_at", "message",
-]  # fmt: skip
+    "id",
+    "name",
+    "kind",
+    "team",
+    "state",
+    "gpu",
+    "nodes",
+    "provider",
+    "region",
+    "cost_so_far",
+    "estimate",
+    "attempts",
+    "created_at",
+    "message",
+]
 LIST_JSON = [
-    "id", "name", "kind", "team", "state", "priority", "attempts", "message", "created_at",
-    "updated_at", "gpu", "nodes", "provider", "region", "cost_so_far", "estimate",
-]  # fmt: skip
+    "id",
+    "name",
+    "kind",
+    "team",
+    "state",
+    "priority",
+    "attempts",
+    "message",
+    "created_at",
+    "updated_at",
+    "gpu",
+    "nodes",
+    "provider",
+    "region",
+    "cost_so_far",
+    "estimate",
+]
 LIST_HEADERS = {"cost_so_far": "cost so far", "created_at": "created"}
 FINAL = {JobState.SUCCEEDED.value, JobState.FAILED.value, JobState.CANCELLED.value}
 
@@ -207,8 +233,9 @@ class _EventPrinter:
             writer = csv.writer(buffer, lineterminator="\n")
             if self.count == 0:
                 writer.writerow(["id", "ts", "kind", "payload"])
-            writer.writerow([event.id, event.ts.isoformat(), event.kind,
-                             json.dumps(jsonable(event.payload))])  # fmt: skip
+            writer.writerow(
+                [event.id, event.ts.isoformat(), event.kind, json.dumps(jsonable(event.payload))]
+            )
             typer.echo(buffer.getvalue(), nl=False)
         self.count += 1
 

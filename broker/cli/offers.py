@@ -176,21 +176,36 @@ def offers(
         )
     if fresh:  # by age here: the query's limit would count the old ones too
         rows = [r for r in rows if _age_days(r, now) <= max_age][: limit or None]
-    filters = {"--gpu": ", ".join(gpu), "--min-gpus": min_gpus, "--max-gpus": max_gpus,
-               "--min-gpu-memory": min_gpu_memory, "--provider": ", ".join(provider),
-               "--region": ", ".join(region), "--spot": spot, "--on-demand": on_demand,
-               "--max-price": max_price, "--min-interconnect": min_interconnect,
-               "--rdma": rdma, "--fresh": fresh}  # fmt: skip
+    filters = {
+        "--gpu": ", ".join(gpu),
+        "--min-gpus": min_gpus,
+        "--max-gpus": max_gpus,
+        "--min-gpu-memory": min_gpu_memory,
+        "--provider": ", ".join(provider),
+        "--region": ", ".join(region),
+        "--spot": spot,
+        "--on-demand": on_demand,
+        "--max-price": max_price,
+        "--min-interconnect": min_interconnect,
+        "--rdma": rdma,
+        "--fresh": fresh,
+    }
     if fmt is Format.table:
         columns = list(TABLE_COLUMNS)
         if sort.value in SORT_COLUMNS:
             columns.insert(columns.index("price_per_gpu_hour") + 1, SORT_COLUMNS[sort.value])
         title = f"{len(rows)} offer{'' if len(rows) == 1 else 's'}, by {sort.value}"
-        render([_table_row(r) for r in rows], columns, fmt, headers=HEADERS, title=title,
-               empty=_empty_hint(filters, fresh, max_age))  # fmt: skip
+        render(
+            [_table_row(r) for r in rows],
+            columns,
+            fmt,
+            headers=HEADERS,
+            title=title,
+            empty=_empty_hint(filters, fresh, max_age),
+        )
         _warn_age(rows, now, max_age)
     else:
-        from broker.services.catalog import OFFER_KEYS
+        from broker.services.offers.values import OFFER_KEYS
 
         keys = ["id", *OFFER_KEYS, "price_per_tflop_hour", "age_days"]
         extra = [
@@ -313,9 +328,12 @@ def refresh(
     console = Console(stderr=True)
     tasks: dict[str, Any] = {}
     bar = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        console=console, transient=True,
-    )  # fmt: skip
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=console,
+        transient=True,
+    )
 
     def on_progress(event: Any) -> None:
         if not tasks:
@@ -325,8 +343,12 @@ def refresh(
             task = tasks[event.provider] = bar.add_task(event.provider, total=event.total)
         where = event.region or "all regions"
         state = "" if event.result is None else (" ok" if event.result.ok else " failed")
-        bar.update(task, completed=event.done, total=event.total,
-                   description=f"{event.provider} {where}{state}")  # fmt: skip
+        bar.update(
+            task,
+            completed=event.done,
+            total=event.total,
+            description=f"{event.provider} {where}{state}",
+        )
 
     try:
         with _broker() as broker:
@@ -351,10 +373,20 @@ def refresh(
         if report.flags and fmt is Format.table:
             render(
                 [f.__dict__ for f in report.flags],
-                ("provider", "region", "zone", "instance_type", "pricing", "gpu",
-                 "price_per_gpu_hour", "median_per_gpu_hour", "ratio"),
-                fmt, title="Prices more than 2x off the median per GPU-hour (check them)",
-            )  # fmt: skip
+                (
+                    "provider",
+                    "region",
+                    "zone",
+                    "instance_type",
+                    "pricing",
+                    "gpu",
+                    "price_per_gpu_hour",
+                    "median_per_gpu_hour",
+                    "ratio",
+                ),
+                fmt,
+                title="Prices more than 2x off the median per GPU-hour (check them)",
+            )
         if fmt is Format.table:
             typer.echo(
                 f"new {report.new}, updated {report.updated}, stale {report.stale}, "

@@ -35,14 +35,37 @@ FORMAT_HELP = "table, json (one document) or csv."
 # Column names whose values are US dollars, and those that are shares of one (0.155 = 15.5%).
 MONEY_COLUMNS = frozenset(
     {
-        "price_per_hour", "price_per_gpu_hour", "price_per_tflop_hour", "median_per_gpu_hour",
-        "on_demand", "spot", "cost", "est_cost", "cost_so_far", "estimate", "burn_rate",
-        "spend", "amount", "spent", "committed", "remaining", "on_demand_cost",
-        "savings_vs_on_demand", "cheapest_cost", "savings_vs_cheapest", "actual_total",
-        "estimated_total", "price_at_plan", "objective", "lp_bound", "value_usd", "forecast",
-        "cost_per_1k_requests", "cost_per_1m_tokens",
+        "price_per_hour",
+        "price_per_gpu_hour",
+        "price_per_tflop_hour",
+        "median_per_gpu_hour",
+        "on_demand",
+        "spot",
+        "cost",
+        "est_cost",
+        "cost_so_far",
+        "estimate",
+        "burn_rate",
+        "spend",
+        "amount",
+        "spent",
+        "committed",
+        "remaining",
+        "on_demand_cost",
+        "savings_vs_on_demand",
+        "cheapest_cost",
+        "savings_vs_cheapest",
+        "actual_total",
+        "estimated_total",
+        "price_at_plan",
+        "objective",
+        "lp_bound",
+        "value_usd",
+        "forecast",
+        "cost_per_1k_requests",
+        "cost_per_1m_tokens",
     }
-)  # fmt: skip
+)
 PERCENT_COLUMNS = frozenset({"utilisation", "burn", "elapsed", "mfu", "share", "gap"})
 
 

@@ -98,8 +98,10 @@ def plan(
             f"cost gap over them {cost_gap}"
         )
     if report.clock_stop:
-        typer.echo("note: the solver's safety time limit cut a step short; on a busier or "
-                   "slower machine the plan may differ (raise --time-limit)")  # fmt: skip
+        typer.echo(
+            "note: the solver's safety time limit cut a step short; on a busier or "
+            "slower machine the plan may differ (raise --time-limit)"
+        )
 
 
 def schedule(

@@ -44,8 +44,16 @@ TOTAL_LABELS = (
 
 
 BUDGET_COLUMNS = [
-    "team", "period", "amount", "spent", "committed", "remaining", "burn", "elapsed", "forecast",
-]  # fmt: skip
+    "team",
+    "period",
+    "amount",
+    "spent",
+    "committed",
+    "remaining",
+    "burn",
+    "elapsed",
+    "forecast",
+]
 SHORT_HEADERS = {
     "gpu_hours": "GPU-h",
     "on_demand_cost": "on-demand",
@@ -61,7 +69,7 @@ SHORT_HEADERS = {
 def _print_tables(report: Any) -> None:
     from dataclasses import asdict
 
-    from broker.services.reports import METRIC_COLUMNS, group_rows
+    from broker.services.reports.render import METRIC_COLUMNS, group_rows
 
     window = f"{report.period_from:%Y-%m-%d %H:%M} to {report.period_to:%Y-%m-%d %H:%M} UTC"
     totals = asdict(report.totals)
@@ -130,12 +138,19 @@ def _print_tables(report: Any) -> None:
     if report.serving:
         render(
             report.serving,
-            ["job_id", "name", "cost", "requests", "tokens", "cost_per_1k_requests",
-             "cost_per_1m_tokens"],
+            [
+                "job_id",
+                "name",
+                "cost",
+                "requests",
+                "tokens",
+                "cost_per_1k_requests",
+                "cost_per_1m_tokens",
+            ],
             Format.table,
             title="Serving",
             headers={"cost_per_1k_requests": "per 1k req", "cost_per_1m_tokens": "per 1M tok"},
-        )  # fmt: skip
+        )
     for note in report.notes:
         typer.echo(f"note: {note}")
 
@@ -189,7 +204,7 @@ def report(
     if ctx.invoked_subcommand is not None:
         return
     from broker.sdk import Broker
-    from broker.services.reports import render_text, write_atomic
+    from broker.services.reports.render import render_text, write_atomic
 
     with Broker() as broker:
         result = broker.report(since=since, start=start, end=end, group_by=group_by, top=top)

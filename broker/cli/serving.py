@@ -9,9 +9,15 @@ from broker.cli.output import FORMAT_HELP, Format, render
 COLUMNS = ["job_id", "area", "url", "replicas", "state"]
 TABLE_COLUMNS = [*COLUMNS, "requests", "tokens", "request_rate"]
 JSON_COLUMNS = [
-    *COLUMNS, "min_replicas", "max_replicas", "requests", "tokens", "errors", "request_rate",
+    *COLUMNS,
+    "min_replicas",
+    "max_replicas",
+    "requests",
+    "tokens",
+    "errors",
+    "request_rate",
     "allocation_id",
-]  # fmt: skip
+]
 HEADERS = {"job_id": "job", "request_rate": "peak req/s"}
 
 

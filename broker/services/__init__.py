@@ -1,1 +1,1 @@
-"""Use cases over the database and the providers: catalog, jobs, planning, execution, reports."""
+"""Use cases over the database and the providers, one subpackage per stage of a job."""

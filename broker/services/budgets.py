@@ -17,7 +17,8 @@ from sqlalchemy.orm import Session
 
 from broker.db.engine import Database
 from broker.db.models import AllocationRow, BudgetRow, JobRow, UsageRow
-from broker.domain import MICRO, AllocationState, as_utc, money, utcnow
+from broker.db.queries import committed_estimates, live_allocation
+from broker.domain import MICRO, as_utc, money, utcnow
 from broker.errors import NotFound, UserError
 
 PERIODS = ("month", "week")
@@ -42,13 +43,7 @@ def spent(session: Session, team: str, since: datetime) -> Decimal:
             UsageRow.team == team, UsageRow.start >= since
         )
     )
-    live_states = [state.value for state in AllocationState if state.live]
-    committed = session.scalar(
-        select(func.coalesce(func.sum(AllocationRow.est_cost), 0))
-        .join(JobRow, AllocationRow.job_id == JobRow.id)
-        .where(JobRow.team == team, AllocationRow.state.in_(live_states))
-    )
-    return Decimal(str(metered)) + Decimal(str(committed))
+    return Decimal(str(metered)) + committed_estimates(session, team)
 
 
 def remaining_in(session: Session, team: str, at: datetime) -> Decimal | None:
@@ -180,7 +175,7 @@ def enforce_running(session: Session, job: JobRow, now: datetime | None = None) 
     """
     from broker.db.models import InstanceRow
     from broker.domain import JobState
-    from broker.services.jobs import record_event, transition
+    from broker.services.jobs.store import record_event, transition
 
     if JobState(job.state).terminal:
         return False
@@ -194,14 +189,13 @@ def enforce_running(session: Session, job: JobRow, now: datetime | None = None) 
             UsageRow.team == job.team, UsageRow.start >= since
         )
     )
-    live_states = [state.value for state in AllocationState if state.live]
     nodes = session.execute(
         select(InstanceRow.price_per_hour, InstanceRow.launched_at)
         .join(AllocationRow, InstanceRow.allocation_id == AllocationRow.id)
         .join(JobRow, AllocationRow.job_id == JobRow.id)
         .where(
             JobRow.team == job.team,
-            AllocationRow.state.in_(live_states),
+            live_allocation(),
             InstanceRow.launched_at.is_not(None),
             InstanceRow.terminated_at.is_(None),
         )

@@ -35,11 +35,11 @@ from typing import Any
 from sqlalchemy import select
 
 from broker.config import Settings
+from broker.db import leases
 from broker.db.engine import Database
 from broker.db.models import AllocationRow, JobRow
 from broker.domain import AllocationState, JobState, utcnow
 from broker.errors import BrokerError, UserError
-from broker.services import leases
 
 log = logging.getLogger("gpubroker.daemon")
 LEADER = "daemon-leader"
@@ -69,35 +69,35 @@ def _configured_live_providers(settings: Settings) -> list[str]:
 
 def default_steps(db: Database, settings: Settings) -> Steps:
     def refresh() -> Any:
-        from broker.services import catalog
-        from broker.services import refresh as live_refresh
+        from broker.services.offers import refresh as live_refresh
+        from broker.services.offers.bootstrap import ensure_catalog
 
-        catalog.ensure_catalog(db, settings)
+        ensure_catalog(db, settings)
         live = _configured_live_providers(settings)
         return live_refresh.refresh(db, settings, live, None) if live else None
 
     def schedule() -> Any:
-        from broker.services import planning
+        from broker.services.planning.schedule import schedule
 
         with db.session() as session:
             pending = session.scalar(
                 select(JobRow.id).where(JobRow.state == JobState.PENDING.value).limit(1)
             )
         # Nothing to plan: skip loading the solver at all.
-        return None if pending is None else planning.schedule(db, settings)
+        return None if pending is None else schedule(db, settings)
 
     def run_allocation(allocation_id: int) -> Any:
-        from broker.services import execution
+        from broker.services.execution.executor import run_allocation
 
-        return execution.run_allocation(db, settings, allocation_id)
+        return run_allocation(db, settings, allocation_id)
 
     def reconcile() -> Any:
-        from broker.services import reconcile as reconcile_service
+        from broker.services.execution import reconcile as reconcile_service
 
         return reconcile_service.reconcile(db, settings)
 
     def reports(now: datetime) -> list[Any]:
-        from broker.services import schedules
+        from broker.services.reports import schedules
 
         return schedules.run_due(db, now=now, settings=settings)
 

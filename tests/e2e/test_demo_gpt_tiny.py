@@ -24,7 +24,8 @@ from sqlalchemy import select
 from broker.config import load_settings
 from broker.db.engine import Database
 from broker.db.models import UsageRow
-from broker.services import execution, jobs
+from broker.services.execution.summary import job_summary
+from broker.services.jobs import store as jobs
 from providers.local import LocalProvider, processes
 
 pytestmark = pytest.mark.ray
@@ -123,7 +124,7 @@ def test_submit_wait_trains_on_two_nodes_and_recovers(tmp_path: Path) -> None:
     assert nodes == {"127.0.0.2", "127.0.0.3"}  # one worker on each allocated node
     restored = [e.payload["step"] for e in events if e.kind == "restored"]
     assert restored and restored[0] >= 20
-    summary = execution.summary(database, settings, 1)
+    summary = job_summary(database, settings, 1)
     assert summary.state == "SUCCEEDED" and summary.step == 60
     assert summary.first_loss is not None and summary.last_loss is not None
     assert summary.last_loss < summary.first_loss - 0.5

@@ -123,8 +123,9 @@ def _widths(html: str, width: int, tmp_path: Path) -> tuple[int, int]:
     probe = tmp_path / f"probe-{width}.html"
     page = re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", html)
     probe.write_text(page.replace("</body>", PROBE + "</body>"))
-    result = _chromium(probe, tmp_path / f"profile-{width}", "--dump-dom",
-                       f"--window-size={width},2000")  # fmt: skip
+    result = _chromium(
+        probe, tmp_path / f"profile-{width}", "--dump-dom", f"--window-size={width},2000"
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     found = re.search(r"<title>WIDTHS (\d+) (\d+)</title>", result.stdout)
     assert found, result.stdout[:500]
@@ -139,8 +140,10 @@ def test_report_fits_600_and_1280_px_with_every_figure(home: Path, tmp_path: Pat
     page = tmp_path / "r.html"
     made = subprocess.run(
         [GPUBROKER, "report", "--since", "1w", "--format", "html", "--out", str(page)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert made.returncode == 0, made.stderr
     html = page.read_text()
     for figure in FIGURES:
@@ -161,8 +164,10 @@ def test_empty_window_says_so(home: Path, tmp_path: Path) -> None:
     page = tmp_path / "empty.html"
     made = subprocess.run(
         [GPUBROKER, "report", "--since", "1mo", "--format", "html", "--out", str(page)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert made.returncode == 0, made.stderr
     html = page.read_text()
     assert 'id="empty-state"' in html and "No metered usage in this window" in html

@@ -24,8 +24,8 @@ from broker.config import load_settings
 from broker.db.engine import Database
 from broker.db.models import InstanceRow, JobRow, UsageRow
 from broker.domain import InstanceState, JobState
-from broker.services import jobs
-from broker.services.runners import run_dir
+from broker.services.execution.run_context import run_dir
+from broker.services.jobs import store as jobs
 from providers.base import TAG_NODE
 from providers.local import LocalProvider, processes
 

@@ -174,8 +174,17 @@ def _cases(home: Home) -> Iterator[Case]:
         yield Case(("jobs",), env=(("GPUBROKER_DATABASE_URL", url),), db_checked=False)
     yield Case(("jobs",), env=(("GPUBROKER_HOME", str(f["regular"])),), db_checked=False)
     # config files
-    for name in ("latin1_toml", "bad_toml", "unknown_toml", "folder_toml", "fifo_toml",
-                 "inf_toml", "list_toml", "huge_toml", "table_toml"):  # fmt: skip
+    for name in (
+        "latin1_toml",
+        "bad_toml",
+        "unknown_toml",
+        "folder_toml",
+        "fifo_toml",
+        "inf_toml",
+        "list_toml",
+        "huge_toml",
+        "table_toml",
+    ):
         for command in (("jobs",), ("offers",), ("budget", "list"), ("status",)):
             yield Case(command, setup=name)
     # database states

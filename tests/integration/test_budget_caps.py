@@ -115,7 +115,7 @@ def _spec(team: str, billions: int, n: int) -> dict:
 def catalog_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A migrated database with the bundled catalog loaded, copied for every example."""
     from broker.config import load_settings
-    from broker.services.catalog import ensure_catalog
+    from broker.services.offers.bootstrap import ensure_catalog
 
     folder = tmp_path_factory.mktemp("budget-template")
     settings = load_settings({"GPUBROKER_HOME": str(folder)})
@@ -229,7 +229,8 @@ def test_planning_never_exceeds_the_cap(
     import uuid
 
     from broker.config import load_settings
-    from broker.services import jobs, planning
+    from broker.services.jobs import store as jobs
+    from broker.services.planning.schedule import schedule
     from workloads.spec import parse_spec
 
     path = tmp_path / f"{uuid.uuid4().hex}.db"
@@ -252,7 +253,7 @@ def test_planning_never_exceeds_the_cap(
                     )
             elif kind == "plan":
                 if jobs.list_jobs(db, ["PENDING"]):  # nothing pending: nothing to plan
-                    planning.schedule(db, settings)
+                    schedule(db, settings)
             elif kind == "launch":
                 _launch(db, number, now)
             else:

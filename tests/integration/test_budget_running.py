@@ -14,7 +14,10 @@ from broker.config import load_settings
 from broker.db.engine import Database
 from broker.db.models import AllocationRow
 from broker.domain import JobState
-from broker.services import budgets, execution, jobs, runners
+from broker.services import budgets
+from broker.services.execution import monitor, provision, runners
+from broker.services.execution.executor import run_allocation
+from broker.services.jobs import store as jobs
 from tests.support.execution import plan_allocation, submit
 
 PRICE = Decimal("3600")  # USD per node-hour: one dollar per node-second
@@ -26,8 +29,8 @@ TICK_S = 0.05
 def test_a_running_job_stops_within_one_tick_of_its_team_budget(
     home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(runners, "POLL_S", TICK_S)
-    monkeypatch.setattr(execution, "POLL_S", 0.01)
+    monkeypatch.setattr(monitor, "POLL_S", TICK_S)
+    monkeypatch.setattr(provision, "POLL_S", 0.01)
     settings = load_settings({"GPUBROKER_HOME": str(home)})
     database = Database(settings.database_url)
     # Enough steps to outlast the budget several times over, few enough to end if not stopped.
@@ -54,7 +57,7 @@ def test_a_running_job_stops_within_one_tick_of_its_team_budget(
 
     monkeypatch.setattr(budgets, "crossed", observed)
     started = time.monotonic()
-    state = execution.run_allocation(database, settings, alloc_id, runner=runners.inprocess_runner)
+    state = run_allocation(database, settings, alloc_id, runner=runners.inprocess_runner)
     elapsed = time.monotonic() - started
 
     view = jobs.get(database, job_id)

@@ -10,7 +10,7 @@ import pytest
 
 from broker.config import load_settings
 from broker.sdk import Broker
-from broker.services import catalog
+from broker.services.offers.upsert import upsert_offers
 from workloads.calibrate import measure
 from workloads.estimate import Hardware, estimate_training
 from workloads.spec import TrainingJob, parse_spec
@@ -59,7 +59,7 @@ def test_calibrated_estimate_is_within_30_percent_of_a_real_run(
         from providers.local import create
 
         records = list(create(settings).list_offers())
-        catalog.upsert_offers(broker.db, records, provider="local", full=True)
+        upsert_offers(broker.db, records, provider="local", full=True)
         report = broker.estimate(EXAMPLES / "gpt-tiny-local.yaml")
         [local] = report.options
         assert local.provider == "local" and local.nodes == 2

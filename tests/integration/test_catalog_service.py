@@ -13,7 +13,11 @@ from broker.config import load_settings
 from broker.db.models import OfferRow, PriceObservationRow
 from broker.domain import Fabric, Pricing
 from broker.errors import ProviderError, UserError
-from broker.services import catalog, refresh
+from broker.services.offers import refresh
+from broker.services.offers.bootstrap import ensure_catalog
+from broker.services.offers.imports import import_file
+from broker.services.offers.query import query_offers, summary
+from broker.services.offers.values import OfferFilter, UpsertSummary
 from providers.base import Capability, OfferRecord
 from tests.conftest import shared_dataset
 
@@ -40,16 +44,14 @@ def _count(db, model) -> int:  # type: ignore[no-untyped-def]
 
 
 def test_reimport_updates_prices_records_observations_and_marks_stale(database, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    first = catalog.import_file(database, _write(tmp_path, LINES), "skypilot")
-    assert first.providers["aws"] == catalog.UpsertSummary(new=5)
+    first = import_file(database, _write(tmp_path, LINES), "skypilot")
+    assert first.providers["aws"] == UpsertSummary(new=5)
     assert _count(database, PriceObservationRow) == 0  # the offers hold their first prices
-    [before] = catalog.query_offers(
-        database, catalog.OfferFilter(gpus=("L4",), pricing=Pricing.SPOT)
-    )
+    [before] = query_offers(database, OfferFilter(gpus=("L4",), pricing=Pricing.SPOT))
     changed = [LINES[0], LINES[1].replace("55.04", "49.00")]  # g6 gone, p5 west cheaper
-    second = catalog.import_file(database, _write(tmp_path, changed), "skypilot")
-    assert second.providers["aws"] == catalog.UpsertSummary(new=0, updated=1, stale=2, unchanged=2)
-    offers = catalog.query_offers(database, catalog.OfferFilter(providers=("aws",)))
+    second = import_file(database, _write(tmp_path, changed), "skypilot")
+    assert second.providers["aws"] == UpsertSummary(new=0, updated=1, stale=2, unchanged=2)
+    offers = query_offers(database, OfferFilter(providers=("aws",)))
     by_key = {(o.region, o.instance_type, o.pricing): o for o in offers}
     west = by_key[("us-west-2", "p5.48xlarge", "on_demand")]
     assert west.price_per_hour == Decimal("49.00") and west.price_per_gpu_hour == Decimal("6.125")
@@ -61,27 +63,25 @@ def test_reimport_updates_prices_records_observations_and_marks_stale(database, 
             select(PriceObservationRow.price).where(PriceObservationRow.offer_id == west.id)
         ).all()
     assert sorted(prices) == [Decimal("49"), Decimal("55.04")]
-    fresh = catalog.query_offers(database, catalog.OfferFilter(include_stale=False))
+    fresh = query_offers(database, OfferFilter(include_stale=False))
     assert all(not o.stale for o in fresh) and len(fresh) == 3
 
 
 def test_strict_import_writes_nothing(database, tmp_path) -> None:  # type: ignore[no-untyped-def]
     path = _write(tmp_path, [*LINES, "g6.xlarge,L4,1\n"])
     with pytest.raises(UserError, match=r"line 5.*--strict"):
-        catalog.import_file(database, path, "skypilot", strict=True)
+        import_file(database, path, "skypilot", strict=True)
     assert _count(database, OfferRow) == 0
-    report = catalog.import_file(database, path, "skypilot")
+    report = import_file(database, path, "skypilot")
     assert [i.line for i in report.issues] == [5] and report.offers == 5
 
 
 def test_shared_catalogs_import_every_gpu_offer(database) -> None:  # type: ignore[no-untyped-def]
-    aws = catalog.import_file(database, shared_dataset("cloud-catalogs", "aws_vms.csv"), "skypilot")
-    gcp = catalog.import_file(database, shared_dataset("cloud-catalogs", "gcp_vms.csv"), "skypilot")
+    aws = import_file(database, shared_dataset("cloud-catalogs", "aws_vms.csv"), "skypilot")
+    gcp = import_file(database, shared_dataset("cloud-catalogs", "gcp_vms.csv"), "skypilot")
     assert aws.providers["aws"].new == aws.offers and gcp.providers["gcp"].new == gcp.offers
     assert _count(database, OfferRow) == aws.offers + gcp.offers
-    h100 = catalog.query_offers(
-        database, catalog.OfferFilter(gpus=("nvidia-h100-80gb",), min_gpus=8, limit=500)
-    )
+    h100 = query_offers(database, OfferFilter(gpus=("nvidia-h100-80gb",), min_gpus=8, limit=500))
     assert {o.provider for o in h100} == {"aws", "gcp"}
     prices = [o.price_per_hour for o in h100 if o.price_per_hour is not None]
     assert prices == sorted(prices)
@@ -90,14 +90,14 @@ def test_shared_catalogs_import_every_gpu_offer(database) -> None:  # type: igno
 @pytest.fixture
 def loaded(database) -> Iterator:  # type: ignore[no-untyped-def]
     settings = load_settings({"GPUBROKER_HOME": "/nonexistent-home"})
-    done = catalog.ensure_catalog(database, settings)
+    done = ensure_catalog(database, settings)
     assert done is not None and done.new > 150
-    assert catalog.ensure_catalog(database, settings) is None  # only into an empty table
+    assert ensure_catalog(database, settings) is None  # only into an empty table
     yield database
 
 
 def test_filters_sorts_and_errors(loaded) -> None:  # type: ignore[no-untyped-def]
-    q = lambda **kw: catalog.query_offers(loaded, catalog.OfferFilter(**kw))  # noqa: E731
+    q = lambda **kw: query_offers(loaded, OfferFilter(**kw))  # noqa: E731
     eight = q(gpus=("H100",), min_gpus=8, pricing=Pricing.ON_DEMAND)
     assert {o.provider for o in eight} == {"aws", "gcp"} and eight[0].instance_type == "p5.48xlarge"
     assert all(o.as_of is not None and o.rdma != "none" for o in eight)
@@ -123,7 +123,7 @@ def test_filters_sorts_and_errors(loaded) -> None:  # type: ignore[no-untyped-de
 
 
 def test_summary_names_the_cheapest_per_gpu_hour(loaded) -> None:  # type: ignore[no-untyped-def]
-    rows = {r.gpu: r for r in catalog.summary(loaded)}
+    rows = {r.gpu: r for r in summary(loaded)}
     h100 = rows["H100-80GB"]
     assert h100.on_demand.price_per_gpu_hour == Decimal("6.88")  # 55.04 / 8
     assert h100.spot.price_per_gpu_hour == Decimal("2.3625")
@@ -149,9 +149,19 @@ class TinyProvider:
                 raise ProviderError("tiny", f"{region} is down", retryable=True)
             for gpus, price in ((8, Decimal(self.price)), (1, Decimal("1"))):
                 yield OfferRecord(
-                    "tiny", region, f"{region}-a", f"h100x{gpus}", "H100", gpus, 80.0, 8, 64.0,
-                    Pricing.ON_DEMAND, price, source="test",
-                )  # fmt: skip
+                    "tiny",
+                    region,
+                    f"{region}-a",
+                    f"h100x{gpus}",
+                    "H100",
+                    gpus,
+                    80.0,
+                    8,
+                    64.0,
+                    Pricing.ON_DEMAND,
+                    price,
+                    source="test",
+                )
 
 
 def test_refresh_isolates_a_failing_region_and_flags_prices(loaded, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -159,7 +169,7 @@ def test_refresh_isolates_a_failing_region_and_flags_prices(loaded, monkeypatch)
 
     state = {"provider": TinyProvider("80", broken="none")}
     monkeypatch.setitem(registry._MODULES, "tiny", "tests.unused")
-    monkeypatch.setattr(registry, "get", lambda name, settings: state["provider"])
+    monkeypatch.setattr(registry, "offer_source", lambda name, settings: state["provider"])
     settings = load_settings({"GPUBROKER_HOME": "/nonexistent-home"})
     events: list[refresh.RefreshProgress] = []
     first = refresh.refresh(loaded, settings, ["tiny"], None, events.append)
@@ -181,8 +191,10 @@ def test_refresh_isolates_a_failing_region_and_flags_prices(loaded, monkeypatch)
     assert results["r-good"].ok and results["r-good"].updated == 1
     assert not results["r-bad"].ok and results["r-bad"].error == "tiny: r-bad is down"
     assert results["r-bad"].stale == 2 and second.errors == 1
-    offers = {(o.region, o.instance_type): o for o in catalog.query_offers(
-        loaded, catalog.OfferFilter(providers=("tiny",)))}  # fmt: skip
+    offers = {
+        (o.region, o.instance_type): o
+        for o in query_offers(loaded, OfferFilter(providers=("tiny",)))
+    }
     assert offers[("r-bad", "h100x8")].stale and offers[("r-bad", "h100x8")].price_per_hour == 80
     assert not offers[("r-good", "h100x8")].stale
     assert offers[("r-good", "h100x8")].price_per_hour == 88
@@ -196,7 +208,7 @@ def test_refresh_never_echoes_an_unexpected_error_text(loaded, monkeypatch) -> N
             raise RuntimeError("token=canary-catalog-secret-123")
 
     monkeypatch.setitem(registry._MODULES, "tiny", "tests.unused")
-    monkeypatch.setattr(registry, "get", lambda name, settings: Leaky("1", "none"))
+    monkeypatch.setattr(registry, "offer_source", lambda name, settings: Leaky("1", "none"))
     report = refresh.refresh(loaded, load_settings({"GPUBROKER_HOME": "/x"}), ["tiny"], ["r1"])
     assert report.errors == 1
     assert "canary" not in str(report.to_dict()) and "RuntimeError" in report.results[0].error

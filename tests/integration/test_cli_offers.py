@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -136,3 +137,16 @@ def test_refresh_with_the_fake_provider(home: Path, monkeypatch, capsys) -> None
     assert {r["region"] for r in json.loads(out)} == {"us-east-1", "eu-west-1"}
     code, out, _ = run_cli(args, monkeypatch, capsys)
     assert code == 0 and "new 0," in out and "errors 0" in out
+
+
+def test_check_probe_proves_credentials(home: Path, moto_aws, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    code, out, err = run_cli(["check", "--probe", "--format", "json"], monkeypatch, capsys)
+    assert code == 0
+    assert {r["provider"]: r for r in json.loads(out)}["aws"]["usable"]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    code, out, err = run_cli(["check", "--format", "json"], monkeypatch, capsys)
+    assert {r["provider"]: r for r in json.loads(out)}["aws"]["usable"]  # no call made
+    code, out, err = run_cli(["check", "--probe", "--format", "json"], monkeypatch, capsys)
+    aws = {r["provider"]: r for r in json.loads(out)}["aws"]
+    assert code == 0 and not aws["usable"] and aws["detail"]
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] not in out + err and "\n" not in aws["detail"]

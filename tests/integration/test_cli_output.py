@@ -206,7 +206,7 @@ def test_empty_listings_say_why(home: Path, monkeypatch, capsys) -> None:  # typ
 
 def test_logs_json_is_one_array(seeded, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
     from broker.sdk import Broker
-    from broker.services import jobs
+    from broker.services.jobs import store as jobs
 
     with Broker() as broker, broker.db.session() as s:
         jobs.record_event(s, seeded["running"], "progress", {"step": 3, "loss": 2.5})

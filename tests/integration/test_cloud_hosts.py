@@ -30,7 +30,9 @@ from broker.config import Settings
 from broker.db.engine import Database
 from broker.db.models import InstanceRow
 from broker.domain import JobState
-from broker.services import execution, jobs, runners
+from broker.services.execution.executor import run_allocation
+from broker.services.execution.run_context import run_dir
+from broker.services.jobs import store as jobs
 from tests.support.aws_price_list import aws_price_list, aws_price_list_server  # noqa: F401
 from tests.support.execution import plan_allocation, tiny_spec
 from tests.support.moto_server import (  # noqa: F401
@@ -99,7 +101,7 @@ def _plan(database: Database, job_id: int, zone: str) -> int:
 
 
 def _output(settings: Settings, job_id: int) -> str:
-    path = runners.run_dir(settings, job_id) / "output.log"
+    path = run_dir(settings, job_id) / "output.log"
     return path.read_text() if path.exists() else ""
 
 
@@ -125,7 +127,7 @@ def test_user_code_runs_on_booted_hosts(cloud_settings: Any, test_cloud: TestClo
         },
         settings,
     )
-    state = execution.run_allocation(database, settings, _plan(database, train_job, "us-east-1a"))
+    state = run_allocation(database, settings, _plan(database, train_job, "us-east-1a"))
     assert state is JobState.SUCCEEDED, jobs.get(database, train_job).message
     assert "rank 0 of 2: loss" in _output(settings, train_job)
     listed = boto3.client("s3", region_name="us-east-1").list_objects_v2(Bucket=BUCKET)
@@ -143,7 +145,7 @@ def test_user_code_runs_on_booted_hosts(cloud_settings: Any, test_cloud: TestClo
         },
         settings,
     )
-    state = execution.run_allocation(database, settings, _plan(database, task, "us-east-1b"))
+    state = run_allocation(database, settings, _plan(database, task, "us-east-1b"))
     assert state is JobState.SUCCEEDED, jobs.get(database, task).message
     output = _output(settings, task)
     (cluster,) = [e.payload["nodes"] for e in jobs.events(database, task) if e.kind == "cluster"]
@@ -179,7 +181,7 @@ def test_a_lost_node_resumes_from_s3_in_another_zone(
     first = _plan(database, job_id, "us-east-1a")
     result: dict[str, JobState] = {}
     runner = threading.Thread(
-        target=lambda: result.update(state=execution.run_allocation(database, settings, first))
+        target=lambda: result.update(state=run_allocation(database, settings, first))
     )
     runner.start()
     deadline = time.monotonic() + 240
@@ -200,7 +202,7 @@ def test_a_lost_node_resumes_from_s3_in_another_zone(
     assert result.get("state") is JobState.PENDING, jobs.get(database, job_id).message
 
     second = _plan(database, job_id, "us-east-1b")
-    state = execution.run_allocation(database, settings, second)
+    state = run_allocation(database, settings, second)
     assert state is JobState.SUCCEEDED, jobs.get(database, job_id).message
     events = jobs.events(database, job_id)
     restored = [e.payload["step"] for e in events if e.kind == "restored"]
@@ -238,7 +240,7 @@ def test_a_gcp_gang_boots_forms_its_cluster_and_runs_a_task(
         nodes=2,
         price=Decimal("0.19"),
     )
-    state = execution.run_allocation(database, settings, alloc_id)
+    state = run_allocation(database, settings, alloc_id)
     assert state is JobState.SUCCEEDED, jobs.get(database, task).message
     output = _output(settings, task)
     assert "[node 0] rank 0" in output and "[node 1] rank 1" in output

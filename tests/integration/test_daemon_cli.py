@@ -13,8 +13,8 @@ from pathlib import Path
 from broker.db.engine import Database
 from broker.db.models import LeaseRow, ReportRow
 from broker.domain import utcnow
-from broker.services import schedules
 from broker.services.daemon import LEADER
+from broker.services.reports import schedules
 
 GPUBROKER = str(Path(sys.executable).with_name("gpubroker"))
 

@@ -18,11 +18,12 @@ from pathlib import Path
 from sqlalchemy import insert, select, update
 
 from broker.config import load_settings
+from broker.db import leases
 from broker.db.engine import Database
 from broker.db.models import AllocationRow, InstanceRow, JobRow, LeaseRow, PlanRow, ReportRow
 from broker.domain import AllocationState, InstanceState, JobState, utcnow
-from broker.services import leases, schedules
 from broker.services.daemon import LEADER, Daemon, Steps
+from broker.services.reports import schedules
 
 JOBS = 120
 DAEMONS = 3

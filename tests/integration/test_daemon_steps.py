@@ -6,9 +6,9 @@ from datetime import timedelta
 from pathlib import Path
 
 from broker.config import load_settings
+from broker.db import leases
 from broker.domain import utcnow
 from broker.errors import ProviderError
-from broker.services import leases
 from broker.services.daemon import LEADER, Daemon, Steps
 
 

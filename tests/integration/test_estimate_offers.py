@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,10 @@ import pytest
 from broker.config import Settings
 from broker.domain import Fabric, Pricing, money, round_cents
 from broker.errors import NotFound, UserError
-from broker.services import calibrations, catalog, estimates
+from broker.services.offers.query import query_offers
+from broker.services.offers.upsert import upsert_offers
+from broker.services.offers.values import OfferFilter
+from broker.services.planning import calibrations, estimates
 from providers.base import OfferRecord
 from workloads.estimate import Calibration, Hardware, estimate_training
 from workloads.spec import parse_spec
@@ -63,12 +67,8 @@ OFFERS = [
 @pytest.fixture
 def loaded(database: Any, tmp_path: Path) -> tuple[Any, Settings]:
     settings = Settings(home=tmp_path, database_url=database.url)
-    catalog.upsert_offers(
-        database, [o for o in OFFERS if o.provider == "aws"], provider="aws", full=True
-    )
-    catalog.upsert_offers(
-        database, [o for o in OFFERS if o.provider == "gcp"], provider="gcp", full=True
-    )
+    upsert_offers(database, [o for o in OFFERS if o.provider == "aws"], provider="aws", full=True)
+    upsert_offers(database, [o for o in OFFERS if o.provider == "gcp"], provider="gcp", full=True)
     return database, settings
 
 
@@ -85,25 +85,35 @@ def test_cheapest_feasible_configuration_per_gpu_type(loaded: tuple[Any, Setting
     db, settings = loaded
     report = estimates.estimate_spec(db, settings, training())
     options = by_gpu(report)
-    assert set(options) == {"H100-80GB", "A100-80GB", "L4"}
+    assert set(options) == {"H100-80GB", "A100-80GB"}
     h100 = options["H100-80GB"]
     # spot is not allowed by default, so the on-demand AWS offer (cheaper than GCP) wins
     assert (h100.provider, h100.pricing, h100.nodes, h100.gpus) == ("aws", "on_demand", 1, 8)
     direct = estimate_training(training(), Hardware("H100-80GB", 8, 1, 3200, True))
     assert h100.hours == pytest.approx(direct.hours, rel=1e-3)
-    assert h100.cost == round_cents(Decimal("98.32") * money(round(direct.hours, 6)))
+    assert h100.cost == round_cents(money(98.32 * direct.hours))
     assert h100.assumed_mfu == pytest.approx(0.40)
     assert 0 < h100.memory_headroom_gib < 80  # type: ignore[operator]
     assert [o.cost for o in report.options] == sorted(o.cost for o in report.options)  # type: ignore[type-var]
     # The offer without a price is never the cheapest A100 option.
     assert options["A100-80GB"].instance_type == "p4de.24xlarge"
-    # Six one-GPU L4 nodes over plain TCP hold the model, but take far longer and cost more.
-    l4 = options["L4"]
+    # Six one-GPU L4 nodes hold the model; an offer that does not state its capacity holds
+    # default_pool_capacity (4) nodes, as plan assumes, so L4 is out with that reason...
+    reasons = {item.gpu: item.reason for item in report.infeasible}
+    assert set(reasons) == {"T4", "L4"} and "bf16" in reasons["T4"]
+    assert reasons["L4"] == "6 nodes exceed the offer's capacity (4)"
+    # ...and in where the pools are larger: over plain TCP, far slower and dearer.
+    roomy = estimates.estimate_spec(db, replace(settings, default_pool_capacity=16), training())
+    l4 = by_gpu(roomy)["L4"]
     assert l4.nodes >= 6 and l4.cost > h100.cost  # type: ignore[operator]
     assert l4.hours > 10 * h100.hours  # type: ignore[operator]
     assert l4.mfu < 0.5 * h100.mfu  # type: ignore[operator]
-    reasons = {item.gpu: item.reason for item in report.infeasible}
-    assert set(reasons) == {"T4"} and "bf16" in reasons["T4"]
+    assert l4.assumed_interconnect_gbps == 10.0  # the offer does not state its fabric
+    # the figure assumed for it is a setting: a faster fabric shortens the L4 gang's run
+    fast = replace(settings, default_pool_capacity=16, unknown_interconnect_gbps=100.0)
+    l4_fast = by_gpu(estimates.estimate_spec(db, fast, training()))["L4"]
+    assert l4_fast.assumed_interconnect_gbps == 100.0
+    assert l4_fast.hours < l4.hours  # type: ignore[operator]
     assert report.min_gpus["H100-80GB"] == 2 and report.min_gpus["T4"] is not None
     data = report.to_dict()
     assert {"options", "infeasible", "min_gpus", "flops_total"} <= set(data)
@@ -127,7 +137,7 @@ def test_spot_and_provider_constraints(loaded: tuple[Any, Settings]) -> None:
 
 def test_targets_offer_gpu_and_nodes(loaded: tuple[Any, Settings]) -> None:
     db, settings = loaded
-    views = catalog.query_offers(db, catalog.OfferFilter(gpus=("A100-80GB",), providers=("aws",)))
+    views = query_offers(db, OfferFilter(gpus=("A100-80GB",), providers=("aws",)))
     priced = next(v for v in views if v.price_per_hour is not None)
     report = estimates.estimate_spec(db, settings, training(), offer_id=priced.id, nodes=2)
     [only] = report.options

@@ -11,7 +11,11 @@ import pytest
 from broker.config import load_settings
 from broker.db.engine import Database
 from broker.domain import JobState
-from broker.services import execution, jobs, runners
+from broker.services.execution import job_runs, provision, runners
+from broker.services.execution.executor import run_allocation
+from broker.services.execution.job_runs import run_job
+from broker.services.execution.run_context import Progress
+from broker.services.jobs import store as jobs
 from tests.support.execution import plan_allocation, submit
 
 
@@ -22,7 +26,7 @@ def test_a_second_executor_attaches_and_sees_the_progress(
     job_id = submit(database, steps=300, checkpoint_every=100)
     alloc_id = plan_allocation(database, job_id, nodes=1)
     daemon = threading.Thread(
-        target=execution.run_allocation,
+        target=run_allocation,
         args=(database, settings, alloc_id),
         kwargs={"runner": runners.inprocess_runner},
     )
@@ -31,10 +35,11 @@ def test_a_second_executor_attaches_and_sees_the_progress(
     while jobs.get(database, job_id).state is not JobState.RUNNING:
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    seen: list[runners.Progress] = []
+    seen: list[Progress] = []
     # A second process has a lease holder name of its own; this thread takes one.
-    monkeypatch.setattr(execution, "lease_holder", lambda: "another-host:1")
-    state = execution.run_job(database, settings, job_id, progress=seen.append)
+    for module in (provision, job_runs):
+        monkeypatch.setattr(module, "lease_holder", lambda: "another-host:1")
+    state = run_job(database, settings, job_id, progress=seen.append)
     daemon.join(timeout=60)
     assert state is JobState.SUCCEEDED
     assert seen and seen[-1].step == 300  # progress came through while attached

@@ -21,7 +21,10 @@ from broker.db.engine import Database
 from broker.db.models import InstanceRow, UsageRow
 from broker.domain import JobState
 from broker.errors import ConfigError
-from broker.services import execution, jobs
+from broker.services.execution.executor import run_allocation
+from broker.services.execution.provision import request_id_for
+from broker.services.execution.run_context import cluster_key
+from broker.services.jobs import store as jobs
 from providers.base import META_HEAD, TAG_REQUEST
 from tests.support.aws_price_list import aws_price_list, aws_price_list_server  # noqa: F401
 from tests.support.execution import plan_allocation, submit
@@ -52,7 +55,7 @@ def _instances(
     aws_provider: Any, settings: Any, db: Database, alloc_id: int
 ) -> list[dict[str, Any]]:
     ec2 = aws_provider.client("ec2", "us-east-1")
-    request_id = execution.request_id_for(db, settings, alloc_id)
+    request_id = request_id_for(db, settings, alloc_id)
     found = ec2.describe_instances(Filters=[{"Name": f"tag:{TAG_REQUEST}", "Values": [request_id]}])
     return [i for r in found["Reservations"] for i in r["Instances"]]
 
@@ -63,7 +66,7 @@ def test_a_cloud_launch_without_an_ingress_cidr_is_refused(
     database = Database(aws_settings.database_url)
     job_id, alloc_id = _plan(database)
     with pytest.raises(ConfigError, match="GPUBROKER_INGRESS_CIDR: required to launch on aws"):
-        execution.run_allocation(database, aws_settings, alloc_id)
+        run_allocation(database, aws_settings, alloc_id)
     assert jobs.get(database, job_id).state is JobState.PLANNED  # nothing half-done
     with database.session() as session:
         assert session.scalars(select(InstanceRow)).all() == []
@@ -83,7 +86,7 @@ def test_an_unreachable_head_fails_the_job_and_nothing_is_left(
     database = Database(settings.database_url)
     job_id, alloc_id = _plan(database)
 
-    state = execution.run_allocation(database, settings, alloc_id)
+    state = run_allocation(database, settings, alloc_id)
 
     assert state is JobState.FAILED
     message = jobs.get(database, job_id).message or ""
@@ -102,7 +105,7 @@ def test_an_unreachable_head_fails_the_job_and_nothing_is_left(
     script = base64.b64decode(attribute["UserData"]["Value"]).decode()
     assert script.startswith("#!/bin/bash") and "start --head" in script
     assert "RAY_AUTH_MODE=token" in script
-    assert f"gpubroker-{execution.cluster_key(alloc_id)}" in script
+    assert f"gpubroker-{cluster_key(alloc_id)}" in script
     with database.session() as session:
         usage = session.scalars(select(UsageRow)).all()
     assert len(usage) == 2  # the nodes ran, so they are billed, at the launch price

@@ -11,11 +11,19 @@ import pytest
 from sqlalchemy import select
 
 from broker.config import Settings, load_settings
+from broker.db import leases
 from broker.db.engine import Database
 from broker.db.models import AllocationRow, InstanceRow, UsageRow
 from broker.domain import AllocationState, InstanceState, JobState
-from broker.services import execution, jobs, leases, runners
-from broker.services.reconcile import reconcile
+from broker.services.execution.provision import request_id_for
+from broker.services.execution.reconcile import reconcile
+from broker.services.execution.run_context import (
+    CRASH_EXIT_CODE,
+    CRASH_POINTS,
+    lease_holder,
+    lease_name,
+)
+from broker.services.jobs import store as jobs
 from providers.base import TAG_ALLOCATION, LaunchRequest
 from providers.local import LocalProvider
 from tests.support.execution import plan_allocation, submit
@@ -25,9 +33,10 @@ DRIVER = """
 import sys
 from broker.config import load_settings
 from broker.db.engine import Database
-from broker.services import execution, runners
+from broker.services.execution import runners
+from broker.services.execution.executor import run_allocation
 settings = load_settings()
-execution.run_allocation(
+run_allocation(
     Database(settings.database_url), settings, int(sys.argv[1]),
     runner=runners.inprocess_runner,
 )
@@ -47,20 +56,20 @@ def _crash(home: Path, alloc_id: int, point: str) -> int:
     return proc.returncode
 
 
-@pytest.mark.parametrize("point", runners.CRASH_POINTS)
+@pytest.mark.parametrize("point", CRASH_POINTS)
 def test_reconcile_after_crash(home: Path, point: str) -> None:
     settings = _settings(home)
     database = Database(settings.database_url)
     job_id = submit(database, steps=400, checkpoint_every=100)
     alloc_id = plan_allocation(database, job_id, nodes=2)
 
-    assert _crash(home, alloc_id, point) == runners.CRASH_EXIT_CODE
+    assert _crash(home, alloc_id, point) == CRASH_EXIT_CODE
 
     provider = LocalProvider(settings)
     with database.session() as session:
         rows = list(session.scalars(select(InstanceRow).order_by(InstanceRow.node_index)))
     # The rows, with their request id, exist whatever point the broker died at.
-    request_id = execution.request_id_for(database, settings, alloc_id)
+    request_id = request_id_for(database, settings, alloc_id)
     assert [r.request_id for r in rows] == [request_id] * 2
     launched = provider.list_instances(settings.owner_tag)
     if point == "after_launch_record":
@@ -117,7 +126,7 @@ def test_reconcile_terminates_only_what_nothing_owns(home: Path) -> None:
                 state=InstanceState.RUNNING.value,
             )
         )
-    leases.acquire(database, execution.lease_name(alloc_id), execution.lease_holder(), 60)
+    leases.acquire(database, lease_name(alloc_id), lease_holder(), 60)
 
     def launch(
         request_id: str, allocation: int, owner: str = "gpubroker", installation: str = ""

@@ -16,7 +16,14 @@ from broker.db.engine import Database
 from broker.db.models import AllocationRow, BudgetRow, InstanceRow, UsageRow
 from broker.domain import AllocationState, InstanceState, JobState
 from broker.errors import BudgetExceeded, ConflictError, StaleWrite
-from broker.services import execution, jobs, runners
+from broker.services.execution import runners
+from broker.services.execution.cancel import cancel
+from broker.services.execution.executor import run_allocation
+from broker.services.execution.job_runs import run_job, schedule_job
+from broker.services.execution.monitor import Monitor
+from broker.services.execution.run_context import Outcome, RunContext
+from broker.services.execution.summary import job_summary
+from broker.services.jobs import store as jobs
 from providers.local import LocalProvider
 from tests.support.execution import plan_allocation, submit
 
@@ -34,9 +41,7 @@ def test_allocation_runs_to_success_and_is_metered(database: Database, home: Pat
     job_id = submit(database)
     alloc_id = plan_allocation(database, job_id, nodes=2, price=Decimal("1.5"))
 
-    state = execution.run_allocation(
-        database, settings, alloc_id, runner=runners.inprocess_runner
-    )
+    state = run_allocation(database, settings, alloc_id, runner=runners.inprocess_runner)
 
     assert state is JobState.SUCCEEDED
     assert _states(database, job_id) == [
@@ -67,7 +72,7 @@ def test_allocation_runs_to_success_and_is_metered(database: Database, home: Pat
         assert row.cost > 0
         assert row.busy_seconds is not None
         assert 0 < row.busy_seconds <= (row.end - row.start).total_seconds()
-    summary = execution.summary(database, settings, job_id)
+    summary = job_summary(database, settings, job_id)
     assert summary.step == summary.steps == 20
     assert summary.first_loss is not None and summary.last_loss is not None
     assert summary.last_loss < summary.first_loss - 0.5
@@ -75,7 +80,7 @@ def test_allocation_runs_to_success_and_is_metered(database: Database, home: Pat
     assert LocalProvider(settings).list_instances(settings.owner_tag) == []
 
     # Running the same allocation again changes nothing and bills nothing more.
-    assert execution.run_allocation(database, settings, alloc_id) is JobState.SUCCEEDED
+    assert run_allocation(database, settings, alloc_id) is JobState.SUCCEEDED
     with database.session() as session:
         assert len(list(session.scalars(select(UsageRow)))) == 2
 
@@ -105,7 +110,7 @@ def test_budget_refuses_the_launch(database: Database, home: Path) -> None:
         session.add(BudgetRow(team="default", amount=Decimal("0.5"), period="month"))
 
     with pytest.raises(BudgetExceeded, match="team default"):
-        execution.run_allocation(database, settings, alloc_id, runner=runners.inprocess_runner)
+        run_allocation(database, settings, alloc_id, runner=runners.inprocess_runner)
 
     assert jobs.get(database, job_id).state is JobState.FAILED
     with database.session() as session:
@@ -133,7 +138,7 @@ def test_cancel_during_provisioning_leaves_nothing_running(
     alloc_id = plan_allocation(database, job_id, nodes=2)
     result: dict[str, JobState] = {}
     worker = threading.Thread(
-        target=lambda: result.update(state=execution.run_allocation(database, settings, alloc_id))
+        target=lambda: result.update(state=run_allocation(database, settings, alloc_id))
     )
     worker.start()
     deadline = time.monotonic() + 30
@@ -150,7 +155,7 @@ def test_cancel_during_provisioning_leaves_nothing_running(
     assert jobs.get(database, job_id).state is JobState.PROVISIONING
     assert len(LocalProvider(settings).list_instances(settings.owner_tag)) == 2
 
-    jobs.cancel(database, settings, job_id)
+    cancel(database, settings, job_id)
     worker.join(30)
 
     assert result["state"] is JobState.CANCELLED
@@ -195,9 +200,9 @@ def _fake_settings(home: Path, database: Database, fake: object) -> Settings:
 def _fake_offer(database: Database, fake: object, **pool: str):  # type: ignore[no-untyped-def]
     """Load the fake's offers into the catalog; the OfferRow of ``pool``."""
     from broker.db.models import OfferRow
-    from broker.services import catalog
+    from broker.services.offers.upsert import upsert_offers
 
-    catalog.upsert_offers(database, fake.list_offers(), provider="fake", full=True)  # type: ignore[attr-defined]
+    upsert_offers(database, fake.list_offers(), provider="fake", full=True)  # type: ignore[attr-defined]
     with database.session() as session:
         return session.scalars(
             select(OfferRow).where(*(getattr(OfferRow, k) == v for k, v in pool.items()))
@@ -208,7 +213,7 @@ def test_spot_usage_is_charged_the_observed_prices(database: Database, home: Pat
     import dataclasses
 
     from broker.db.models import PriceObservationRow
-    from broker.services import catalog
+    from broker.services.offers.upsert import upsert_offers
     from providers.fake import FakeProvider
 
     fake = FakeProvider()
@@ -236,13 +241,13 @@ def test_spot_usage_is_charged_the_observed_prices(database: Database, home: Pat
         if (r.zone, r.instance_type, r.pricing.value) == tuple(pool.values())
     )
 
-    def price_moves_mid_run(ctx: execution.RunContext, monitor: execution.Monitor):  # type: ignore[no-untyped-def]
+    def price_moves_mid_run(ctx: RunContext, monitor: Monitor):  # type: ignore[no-untyped-def]
         time.sleep(0.6)  # a stretch at the launch price, then the spot price jumps
-        catalog.upsert_offers(database, [moved], provider="fake", full=False)
+        upsert_offers(database, [moved], provider="fake", full=False)
         time.sleep(0.3)
         return runners.inprocess_runner(ctx, monitor)
 
-    state = execution.run_allocation(database, settings, alloc_id, runner=price_moves_mid_run)
+    state = run_allocation(database, settings, alloc_id, runner=price_moves_mid_run)
 
     assert state is JobState.SUCCEEDED
     with database.session() as session:
@@ -266,7 +271,7 @@ def test_spot_usage_is_charged_the_observed_prices(database: Database, home: Pat
 
 def test_out_of_capacity_cools_the_pool_and_runs_elsewhere(database: Database, home: Path) -> None:
     from broker.db.models import PoolCooldownRow
-    from broker.services import planning
+    from broker.services.planning.plan import plan
     from providers.fake import FakeProvider, FaultPlan, LaunchFailure
 
     _fake_offer(
@@ -274,7 +279,7 @@ def test_out_of_capacity_cools_the_pool_and_runs_elsewhere(database: Database, h
     )
     job_id = submit(database, nodes=2, constraints={"providers": ["fake"]})
     # Where the planner puts the job first: that zone has no nodes of this type.
-    (first,) = planning.plan(database, _settings(home, database), job_ids=[job_id]).allocations
+    (first,) = plan(database, _settings(home, database), job_ids=[job_id]).allocations
     fake = FakeProvider(
         faults=FaultPlan(
             launch_failures=(
@@ -286,7 +291,7 @@ def test_out_of_capacity_cools_the_pool_and_runs_elsewhere(database: Database, h
     )
     settings = _fake_settings(home, database, fake)
 
-    state = execution.run_job(database, settings, job_id, runner=runners.inprocess_runner)
+    state = run_job(database, settings, job_id, runner=runners.inprocess_runner)
 
     assert state is JobState.SUCCEEDED
     assert _states(database, job_id) == [
@@ -345,11 +350,11 @@ def _serving_job(database: Database, home: Path) -> tuple[Any, Settings, int]:
 def test_a_serving_plan_names_each_allocations_area_and_replicas(
     database: Database, home: Path
 ) -> None:
-    from broker.services import planning
+    from broker.services.planning.schedule import schedule
 
     _, settings, job_id = _serving_job(database, home)
 
-    planning.schedule(database, settings, job_ids=[job_id])
+    schedule(database, settings, job_ids=[job_id])
 
     with database.session() as session:
         allocs = session.scalars(select(AllocationRow).where(AllocationRow.job_id == job_id)).all()
@@ -366,8 +371,8 @@ class _AreaRunner:
     def __init__(self, lose: str) -> None:
         self.lose = lose
 
-    def __call__(self, ctx: runners.RunContext, monitor: runners.Monitor) -> runners.Outcome:
-        from broker.services import serving
+    def __call__(self, ctx: RunContext, monitor: Monitor) -> Outcome:
+        from broker.services.execution import endpoints as serving
 
         with ctx.db.session() as session:
             area = session.get(AllocationRow, ctx.allocation_id).area  # type: ignore[union-attr]
@@ -378,21 +383,21 @@ class _AreaRunner:
             report = {"event": "serving", "state": "RUNNING", "replicas": low}
             monitor.feed([{**report, "requests": served, "tokens": served * 8}])
             if area == self.lose and served > 3:
-                return runners.Outcome(ok=False, stop="preempted: head node taken away")
+                return Outcome(ok=False, stop="preempted: head node taken away")
             time.sleep(0.2)
-        return runners.Outcome(ok=False, stop=monitor.stop_reason)
+        return Outcome(ok=False, stop=monitor.stop_reason)
 
 
 def test_serving_areas_run_at_once_a_lost_area_leaves_the_other_answering(
     database: Database, home: Path
 ) -> None:
-    from broker.services import serving
+    from broker.services.execution import endpoints as serving
 
     fake, settings, job_id = _serving_job(database, home)
     result: list[JobState] = []
     thread = threading.Thread(
         target=lambda: result.append(
-            execution.run_job(database, settings, job_id, runner=_AreaRunner(lose="europe"))
+            run_job(database, settings, job_id, runner=_AreaRunner(lose="europe"))
         )
     )
     thread.start()
@@ -409,7 +414,7 @@ def test_serving_areas_run_at_once_a_lost_area_leaves_the_other_answering(
         us = next(e for e in serving.endpoints(database, job_id) if e.area == "us")
         assert us.requests > 0 and us.tokens == us.requests * 8
     finally:
-        jobs.cancel(database, settings, job_id)
+        cancel(database, settings, job_id)
         thread.join(timeout=60)
     assert result == [JobState.CANCELLED]
     states = {e.area: e.state for e in serving.endpoints(database, job_id, live=False)}
@@ -424,7 +429,7 @@ def test_serving_areas_run_at_once_a_lost_area_leaves_the_other_answering(
     assert fake.instances() == [] or all(i.state != "running" for i in fake.instances())
 
     # The report prices the job's traffic: its ledger cost per 1,000 requests and 1M tokens.
-    from broker.services.reports import build_report
+    from broker.services.reports.build import build_report
 
     report = build_report(database, min(u.start for u in usage), max(u.end for u in usage))
     (row,) = report.serving
@@ -439,13 +444,14 @@ def test_the_next_plan_serves_the_measured_rate_when_it_is_higher(
     database: Database, home: Path
 ) -> None:
     from broker.db.models import EndpointRow, JobRow
-    from broker.services import planning
+    from broker.services.planning.plan import plan
+    from broker.services.planning.schedule import schedule
 
     _, settings, job_id = _serving_job(database, home)
-    planning.schedule(database, settings, job_ids=[job_id])
+    schedule(database, settings, job_ids=[job_id])
 
     def planned() -> int:
-        return sum(a["replicas"] for a in planning.plan(database, settings).allocations)
+        return sum(a["replicas"] for a in plan(database, settings).allocations)
 
     with database.session() as session:
         allocs = session.scalars(select(AllocationRow).where(AllocationRow.job_id == job_id)).all()
@@ -456,11 +462,19 @@ def test_the_next_plan_serves_the_measured_rate_when_it_is_higher(
     with database.session() as session:
         session.add(
             EndpointRow(
-                job_id=job_id, allocation_id=allocs[0].id, area="us", state="STOPPED",
-                replicas=0, min_replicas=1, max_replicas=1, requests=0, tokens=0, errors=0,
+                job_id=job_id,
+                allocation_id=allocs[0].id,
+                area="us",
+                state="STOPPED",
+                replicas=0,
+                min_replicas=1,
+                max_replicas=1,
+                requests=0,
+                tokens=0,
+                errors=0,
                 request_rate=400.0,
             )
-        )  # fmt: skip
+        )
     assert planned() > before  # 400 req/s measured against the spec's 40
 
 
@@ -473,7 +487,7 @@ def test_budget_lowered_after_planning_refuses_the_launch(database: Database, ho
     _fake_offer(database, fake, zone="us-east-1a", instance_type="fake-l4x1", pricing="on_demand")
     budgets.set_budget(database, "default", "1000", "month")
     job_id = submit(database, steps=2_000_000, nodes=2, constraints={"providers": ["fake"]})
-    (alloc_id,) = execution.schedule_job(database, settings, job_id)
+    (alloc_id,) = schedule_job(database, settings, job_id)
     with database.session() as session:
         alloc = session.get(AllocationRow, alloc_id)
         assert alloc is not None
@@ -482,12 +496,12 @@ def test_budget_lowered_after_planning_refuses_the_launch(database: Database, ho
     budgets.set_budget(database, "default", estimate / 2, "month")
     trained: list[int] = []
 
-    def must_not_train(ctx: execution.RunContext, monitor: execution.Monitor):  # type: ignore[no-untyped-def]
+    def must_not_train(ctx: RunContext, monitor: Monitor):  # type: ignore[no-untyped-def]
         trained.append(ctx.allocation_id)
-        return execution.Outcome(ok=False, error="launched past the budget")
+        return Outcome(ok=False, error="launched past the budget")
 
     with pytest.raises(BudgetExceeded, match="team default"):
-        execution.run_allocation(database, settings, alloc_id, runner=must_not_train)
+        run_allocation(database, settings, alloc_id, runner=must_not_train)
 
     assert trained == []
     assert fake.stats.calls["launch"] == 0 and fake.instances() == []

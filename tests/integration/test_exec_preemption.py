@@ -12,16 +12,20 @@ from broker.config import load_settings
 from broker.db.engine import Database
 from broker.db.models import AllocationRow, InstanceRow, PoolCooldownRow, UsageRow
 from broker.domain import AllocationState, JobState
-from broker.services import execution, jobs, runners
+from broker.services.execution import provision, runners
+from broker.services.execution.executor import run_allocation
+from broker.services.execution.job_runs import schedule_job
+from broker.services.execution.run_context import Progress
+from broker.services.jobs import store as jobs
 from tests.support.execution import submit
 
-planning = pytest.importorskip("broker.services.planning", reason="planning service absent")
+planning = pytest.importorskip("broker.services.planning.plan", reason="planning service absent")
 
 
 def test_preempted_job_replans_elsewhere_and_resumes(
     home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from broker.services import catalog
+    from broker.services.offers.upsert import upsert_offers
     from providers.fake import FakeProvider
 
     fake = FakeProvider()
@@ -29,8 +33,8 @@ def test_preempted_job_replans_elsewhere_and_resumes(
         load_settings({"GPUBROKER_HOME": str(home)}), extra={"fake_provider": fake}
     )
     database = Database(settings.database_url)
-    catalog.upsert_offers(database, fake.list_offers(), provider="fake", full=True)
-    monkeypatch.setattr(execution, "POLL_S", 0.02)
+    upsert_offers(database, fake.list_offers(), provider="fake", full=True)
+    monkeypatch.setattr(provision, "POLL_S", 0.02)
     job_id = submit(
         database,
         steps=300,
@@ -39,15 +43,15 @@ def test_preempted_job_replans_elsewhere_and_resumes(
         constraints={"providers": ["fake"], "spot": True},
     )
 
-    def preempt_once(progress: runners.Progress) -> None:
+    def preempt_once(progress: Progress) -> None:
         if progress.step is not None and progress.step >= 40 and not fake_taken:
             listed = fake.list_instances(settings.owner_tag)
             ours = [r for r in listed if r.state.value == "RUNNING"]
             fake_taken.extend(fake.preempt([ours[0].instance_id]))
 
     fake_taken: list[str] = []
-    (first,) = execution.schedule_job(database, settings, job_id)
-    state = execution.run_allocation(
+    (first,) = schedule_job(database, settings, job_id)
+    state = run_allocation(
         database, settings, first, progress=preempt_once, runner=runners.inprocess_runner
     )
     assert fake_taken and state is JobState.PENDING
@@ -60,8 +64,8 @@ def test_preempted_job_replans_elsewhere_and_resumes(
     states = [e.payload["state"] for e in jobs.events(database, job_id) if e.kind == "state"]
     assert states[-2:] == ["PREEMPTED", "PENDING"]
 
-    (second,) = execution.schedule_job(database, settings, job_id)
-    state = execution.run_allocation(database, settings, second, runner=runners.inprocess_runner)
+    (second,) = schedule_job(database, settings, job_id)
+    state = run_allocation(database, settings, second, runner=runners.inprocess_runner)
 
     assert state is JobState.SUCCEEDED
     events = jobs.events(database, job_id)

@@ -16,7 +16,7 @@ from broker.config import load_settings
 from broker.db.engine import Database
 from broker.db.models import InstanceRow, UsageRow
 from broker.domain import InstanceState, JobState
-from broker.services import jobs
+from broker.services.jobs import store as jobs
 from providers.local import LocalProvider
 from tests.support.execution import submit
 
@@ -25,12 +25,12 @@ import signal, sys
 from broker.cli.app import _terminated
 from broker.config import load_settings
 from broker.db.engine import Database
-from broker.services import execution, runners
-
+from broker.services.execution.job_runs import run_job
+from broker.services.execution import runners
 signal.signal(signal.SIGTERM, _terminated)
 settings = load_settings()
 db = Database(settings.database_url)
-execution.run_job(db, settings, int(sys.argv[1]), runner=runners.inprocess_runner)
+run_job(db, settings, int(sys.argv[1]), runner=runners.inprocess_runner)
 """
 
 

@@ -13,9 +13,20 @@ import pytest
 from broker.config import Settings, load_settings
 from broker.db.engine import Database
 from broker.domain import InstanceState, JobState
-from broker.services import execution, runners
 from broker.services.daemon import Daemon, TickReport
-from broker.services.reconcile import ReconcileReport, reconcile, split_installation
+from broker.services.execution import provision
+from broker.services.execution.executor import run_allocation
+from broker.services.execution.monitor import Monitor
+from broker.services.execution.provision import request_id_for
+from broker.services.execution.reconcile import (
+    Foreign,
+    Listing,
+    ReconcileReport,
+    Terminate,
+    decide,
+    reconcile,
+)
+from broker.services.execution.run_context import Outcome, RunContext
 from providers.base import TAG_INSTALLATION, TAG_REQUEST, InstanceRecord
 from providers.fake import FakeProvider
 from tests.support.execution import plan_allocation, submit
@@ -48,13 +59,13 @@ class _Holding:
     def __init__(self, during: object) -> None:
         self.during = during
 
-    def __call__(self, ctx: runners.RunContext, monitor: runners.Monitor) -> runners.Outcome:
+    def __call__(self, ctx: RunContext, monitor: Monitor) -> Outcome:
         self.during()  # type: ignore[operator]
-        return runners.Outcome(ok=True)
+        return Outcome(ok=True)
 
 
-def _quick(ctx: runners.RunContext, monitor: runners.Monitor) -> runners.Outcome:
-    return runners.Outcome(ok=True)
+def _quick(ctx: RunContext, monitor: Monitor) -> Outcome:
+    return Outcome(ok=True)
 
 
 _quick.needs_cluster = False  # type: ignore[attr-defined]
@@ -65,7 +76,7 @@ def test_two_installations_on_one_fake_cloud(
 ) -> None:
     state_file = tmp_path / "cloud.json"
     monkeypatch.setenv("GPUBROKER_FAKE_STATE", str(state_file))
-    monkeypatch.setattr(execution, "POLL_S", 0.01)
+    monkeypatch.setattr(provision, "POLL_S", 0.01)
     db_a, settings_a = _installation(tmp_path, "a")
     db_b, settings_b = _installation(tmp_path, "b")
     assert db_a.installation_id != db_b.installation_id
@@ -86,14 +97,14 @@ def test_two_installations_on_one_fake_cloud(
         first = reconcile(db_b, settings_b, ["fake"])
         seen["b_first"] = first
         # B launches its allocation with the same number: it must create its own nodes.
-        seen["b_state"] = execution.run_allocation(db_b, settings_b, alloc_b, runner=_quick)
+        seen["b_state"] = run_allocation(db_b, settings_b, alloc_b, runner=_quick)
         seen["b_second"] = reconcile(db_b, settings_b, ["fake"])
         seen["b_tick"] = Daemon(db_b, settings_b, interval=1.0).tick()  # its leader reconciles
         seen["a_after"] = {r.instance_id for r in _live(state_file)}
 
-    state_a = execution.run_allocation(db_a, settings_a, alloc_a, runner=_Holding(while_a_runs))
+    state_a = run_allocation(db_a, settings_a, alloc_a, runner=_Holding(while_a_runs))
 
-    from broker.services import jobs
+    from broker.services.jobs import store as jobs
 
     assert state_a is JobState.SUCCEEDED, jobs.get(db_a, job_a).message
     assert seen["b_state"] is JobState.SUCCEEDED
@@ -130,10 +141,12 @@ def test_an_instance_without_our_installation_id_is_foreign() -> None:
         tags = {TAG_REQUEST: "r"} | ({TAG_INSTALLATION: installation} if installation else {})
         return InstanceRecord("fake", instance, "r", "z", "t", InstanceState.RUNNING, tags=tags)
 
-    listed = [node("i-1", "aaaa"), node("i-2", "bbbb"), node("i-3", None)]
-    ours, foreign = split_installation(listed, "aaaa")
-    assert [r.instance_id for r in ours] == ["i-1"]
-    assert [r.instance_id for r in foreign] == ["i-2", "i-3"]
+    listed = Listing("fake", (node("i-1", "aaaa"), node("i-2", "bbbb"), node("i-3", None)))
+    # i-1 is ours and nothing owns it: a stray; the other two are only counted.
+    assert decide([], [listed], [], "aaaa") == [
+        Terminate("fake", "r", ("i-1",)),
+        Foreign("fake", ("i-2", "i-3")),
+    ]
 
 
 def test_two_installations_send_different_client_tokens_on_moto(
@@ -151,7 +164,7 @@ def test_two_installations_send_different_client_tokens_on_moto(
     for name in ("a", "b"):
         db, _ = _installation(tmp_path, name)
         request = LaunchRequest(
-            request_id=execution.request_id_for(db, aws_settings, 1),  # allocation 1 in both
+            request_id=request_id_for(db, aws_settings, 1),  # allocation 1 in both
             region="us-east-1",
             zone="us-east-1b",
             instance_type="g5.xlarge",
@@ -166,5 +179,7 @@ def test_two_installations_send_different_client_tokens_on_moto(
     (a, ids_a), (_, ids_b) = launched.items()
     assert len(ids_a) == 2 and len(ids_b) == 2 and ids_a.isdisjoint(ids_b)  # none adopted
     listed = aws_provider.list_instances(aws_settings.owner_tag)  # type: ignore[attr-defined]
-    ours, foreign = split_installation(listed, a)
-    assert {r.instance_id for r in ours} == ids_a and {r.instance_id for r in foreign} == ids_b
+    actions = decide([], [Listing("aws", tuple(listed))], [], a)  # a knows no allocation now
+    ours = {i for x in actions if isinstance(x, Terminate) for i in x.instance_ids}
+    foreign = {i for x in actions if isinstance(x, Foreign) for i in x.instance_ids}
+    assert ours == ids_a and foreign == ids_b

@@ -18,7 +18,8 @@ from broker.db.engine import Database
 from broker.db.models import AllocationRow, BudgetRow, JobRow, OfferRow
 from broker.domain import AllocationState, JobState
 from broker.errors import ConflictError
-from broker.services import planning
+from broker.services.planning.plan import plan
+from broker.services.planning.schedule import schedule
 from workloads.spec import parse_spec, spec_to_dict
 
 ROUNDS = 20
@@ -116,7 +117,7 @@ def test_concurrent_disjoint_planning_never_double_books(
             own = Database(database.url)  # its own engine, as another process would have
             try:
                 start.wait()
-                planning.schedule(own, settings, job_ids=job_ids)
+                schedule(own, settings, job_ids=job_ids)
             except ConflictError as exc:  # the loser may be told to try again
                 failures.append(exc)
             finally:
@@ -143,13 +144,17 @@ def test_concurrent_disjoint_planning_never_double_books(
 def _one_job_cost(database: Database, settings: object) -> Decimal:
     with database.session() as session:
         row = JobRow(
-            name="probe", kind="training", spec=_spec("probe"), team="ml", priority=0,
+            name="probe",
+            kind="training",
+            spec=_spec("probe"),
+            team="ml",
+            priority=0,
             state=JobState.PENDING.value,
-        )  # fmt: skip
+        )
         session.add(row)
         session.flush()
         probe = row.id
-    report = planning.plan(database, settings, job_ids=[probe])  # type: ignore[arg-type]
+    report = plan(database, settings, job_ids=[probe])  # type: ignore[arg-type]
     with database.session() as session:
         job = session.get(JobRow, probe)
         assert job is not None

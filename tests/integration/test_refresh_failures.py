@@ -15,7 +15,9 @@ from broker.cli import app as app_module
 from broker.config import load_settings
 from broker.db.engine import Database
 from broker.db.models import OfferRow
-from broker.services import catalog, refresh
+from broker.services.offers import refresh
+from broker.services.offers.bootstrap import ensure_catalog
+from broker.services.offers.upsert import mark_stale
 
 NO_CLOUD = {
     "AWS_EC2_METADATA_DISABLED": "true",
@@ -44,7 +46,7 @@ def test_refresh_all_without_credentials_skips_and_keeps_the_catalog_fresh(
 ) -> None:
     settings = load_settings({"GPUBROKER_HOME": str(home)})
     database = Database(settings.database_url)
-    catalog.ensure_catalog(database, settings)
+    ensure_catalog(database, settings)
     report = refresh.refresh(database, settings, ["all"], None)
     assert report.errors == 0 and {r.provider for r in report.results} == {"aws", "gcp"}
     assert all(r.skipped for r in report.results)
@@ -57,15 +59,23 @@ def test_a_failed_refresh_marks_its_own_offers_stale_but_never_the_catalogs(
 ) -> None:
     settings = load_settings({"GPUBROKER_HOME": str(home)})
     database = Database(settings.database_url)
-    catalog.ensure_catalog(database, settings)
+    ensure_catalog(database, settings)
     with database.session() as session:
         bundled = session.scalar(select(func.count()).where(OfferRow.provider == "aws"))
         session.add(
-            OfferRow(provider="aws", region="us-east-1", zone="", instance_type="p9.live",
-                     gpu="H100-80GB", gpus_per_node=8, pricing="on_demand", source="aws-api")
-        )  # fmt: skip
+            OfferRow(
+                provider="aws",
+                region="us-east-1",
+                zone="",
+                instance_type="p9.live",
+                gpu="H100-80GB",
+                gpus_per_node=8,
+                pricing="on_demand",
+                source="aws-api",
+            )
+        )
     with database.session() as session:
-        marked = catalog.mark_stale(session, "aws", None)
+        marked = mark_stale(session, "aws", None)
     assert bundled and marked == 1 and _stale(database) == 1
     database.dispose()
 

@@ -10,7 +10,8 @@ import pytest
 
 from broker.db.models import BudgetRow, OfferRow, PriceObservationRow
 from broker.services.metering import hours_between, job_costs, metered_cost
-from broker.services.reports import build_report, render_text
+from broker.services.reports.build import build_report
+from broker.services.reports.render import render_text
 from tests.support.usage_ledger import SHAPES, seed
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)

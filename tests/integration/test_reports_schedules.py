@@ -12,7 +12,7 @@ import pytest
 
 from broker.db.models import ReportRow
 from broker.errors import NotFound, UserError
-from broker.services import schedules
+from broker.services.reports import schedules
 from tests.support.usage_ledger import seed
 
 CREATED = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)  # a Monday

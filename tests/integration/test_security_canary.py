@@ -58,10 +58,15 @@ class _LeakyCloud(BaseHTTPRequestHandler):
         text = f"request rejected for token {CANARY_PROVIDER}"
         if self.path.startswith(("/compute/", "/v1/", "/projects/")):
             body = json.dumps(
-                {"error": {"code": 403, "message": text, "status": "PERMISSION_DENIED",
-                           "errors": [{"message": text, "domain": "global",
-                                       "reason": "forbidden"}]}}
-            ).encode()  # fmt: skip
+                {
+                    "error": {
+                        "code": 403,
+                        "message": text,
+                        "status": "PERMISSION_DENIED",
+                        "errors": [{"message": text, "domain": "global", "reason": "forbidden"}],
+                    }
+                }
+            ).encode()
             content_type = "application/json"
         else:
             body = (
@@ -128,8 +133,9 @@ def canary_env(home: Path, monkeypatch: pytest.MonkeyPatch, leaky_cloud: str) ->
 _REGISTERED: list[bool] = []
 
 
-def run_cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-            ) -> tuple[int, str]:  # fmt: skip
+def run_cli(
+    args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, str]:
     """Run ``gpubroker ARGS`` through the console entry point; (exit code, stdout+stderr)."""
     from broker.cli import app as app_module
 

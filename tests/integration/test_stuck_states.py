@@ -12,11 +12,16 @@ from sqlalchemy import select
 
 from broker.config import load_settings
 from broker.db.engine import Database
-from broker.db.models import AllocationRow
+from broker.db.models import AllocationRow, InstanceRow, UsageRow
 from broker.domain import AllocationState, InstanceState, JobState
 from broker.errors import AuthError
-from broker.services import execution, jobs, runners
-from broker.services.reconcile import reconcile
+from broker.services.execution import provision, runners
+from broker.services.execution.cancel import cancel
+from broker.services.execution.executor import run_allocation
+from broker.services.execution.monitor import Monitor
+from broker.services.execution.reconcile import reconcile
+from broker.services.execution.run_context import Outcome, RunContext
+from broker.services.jobs import store as jobs
 from providers.base import InstanceRecord
 from providers.fake import FakeProvider
 from providers.fake.faults import FaultPlan, LaunchFailure
@@ -64,7 +69,7 @@ def _live_allocations(database: Database, job_id: int) -> list[int]:
 def test_a_refused_teardown_inside_the_error_path_still_ends_the_job(
     home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(execution, "POLL_S", 0.01)
+    monkeypatch.setattr(provision, "POLL_S", 0.01)
     # The second node's launch is refused; the teardown that follows is refused too.
     cloud = RefusingCloud(faults=FaultPlan(launch_failures=(LaunchFailure("auth", at_node=2),)))
     database, settings, job_id, alloc_id = _setup(home, cloud)
@@ -78,7 +83,7 @@ def test_a_refused_teardown_inside_the_error_path_still_ends_the_job(
 
     monkeypatch.setattr(cloud, "launch", launch_then_lose_credentials)
 
-    state = execution.run_allocation(database, settings, alloc_id, runner=runners.inprocess_runner)
+    state = run_allocation(database, settings, alloc_id, runner=runners.inprocess_runner)
 
     view = jobs.get(database, job_id)
     assert state is JobState.FAILED and view.state is JobState.FAILED
@@ -95,21 +100,21 @@ def test_a_refused_teardown_inside_the_error_path_still_ends_the_job(
 def test_cancel_ends_a_running_job_when_the_provider_refuses(
     home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(execution, "POLL_S", 0.01)
+    monkeypatch.setattr(provision, "POLL_S", 0.01)
     # cancel is called from inside the run here, so the executor it would wait for is
     # its own caller: no grace
-    monkeypatch.setattr(jobs, "CANCEL_GRACE_S", 0.0)
+    monkeypatch.setattr("broker.services.execution.cancel.CANCEL_GRACE_S", 0.0)
     cloud = RefusingCloud()
     database, settings, job_id, alloc_id = _setup(home, cloud)
     cancelled: list[JobState] = []
 
-    def cancel_while_refused(ctx: runners.RunContext, monitor: runners.Monitor) -> runners.Outcome:
+    def cancel_while_refused(ctx: RunContext, monitor: Monitor) -> Outcome:
         cloud.refuse = True
-        cancelled.append(jobs.cancel(database, settings, job_id).state)  # type: ignore[arg-type]
-        return runners.Outcome(ok=False, stop="cancelled")
+        cancelled.append(cancel(database, settings, job_id).state)  # type: ignore[arg-type]
+        return Outcome(ok=False, stop="cancelled")
 
     cancel_while_refused.needs_cluster = False  # type: ignore[attr-defined]
-    state = execution.run_allocation(database, settings, alloc_id, runner=cancel_while_refused)
+    state = run_allocation(database, settings, alloc_id, runner=cancel_while_refused)
 
     assert cancelled == [JobState.CANCELLED] and state is JobState.CANCELLED
     assert _live_allocations(database, job_id) == []
@@ -120,11 +125,25 @@ def test_cancel_ends_a_running_job_when_the_provider_refuses(
     assert refused.failed_providers == ["fake"] and refused.errors
     cloud.refuse = False
     assert len(cloud.list_instances(settings.owner_tag)) == 2  # left running, recorded
+    dry = reconcile(database, settings, ["fake"], dry_run=True)
+    assert dry.retried_teardowns == [alloc_id] and len(dry.terminated) == 2
+    assert _metered(database) == ({InstanceState.RUNNING.value}, 0)  # nothing changed
     report = reconcile(database, settings, ["fake"])  # the retry
     assert len(report.terminated) == 2 and report.errors == []
+    assert report.retried_teardowns == [alloc_id]
     assert all(
         r.state is InstanceState.TERMINATED
         for r in cloud.instances()
         if r.tags.get("gpubroker-installation") == database.installation_id
     )
+    # The retried teardown closed the rows and metered the nodes that outlived the job.
+    assert _metered(database) == ({InstanceState.TERMINATED.value}, 2)
+    assert reconcile(database, settings, ["fake"]).retried_teardowns == []
     database.dispose()
+
+
+def _metered(database: Database) -> tuple[set[str], int]:
+    """The states of the instance rows, and how many usage rows there are."""
+    with database.session() as session:
+        states = set(session.scalars(select(InstanceRow.state)))
+        return states, len(session.scalars(select(UsageRow.id)).all())

@@ -8,7 +8,7 @@ from typing import Any
 from broker.db.engine import Database
 from broker.db.models import AllocationRow, PlanRow
 from broker.domain import AllocationState, JobState
-from broker.services import jobs
+from broker.services.jobs import store as jobs
 
 
 def tiny_spec(**overrides: Any) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections import Counter
 from decimal import Decimal
 
 from broker.domain import Fabric, Pricing
@@ -130,15 +131,31 @@ def test_snapshot_covers_the_promised_types_in_three_regions() -> None:
     offers = snapshot()
     promised = {
         "aws": [
-            "p5.48xlarge", "p5en.48xlarge", "p4d.24xlarge", "p4de.24xlarge", "g5.xlarge",
-            "g5.12xlarge", "g5.48xlarge", "g6.xlarge", "g6.12xlarge", "g6.48xlarge",
-            "g6e.xlarge", "g6e.12xlarge", "g6e.48xlarge",
+            "p5.48xlarge",
+            "p5en.48xlarge",
+            "p4d.24xlarge",
+            "p4de.24xlarge",
+            "g5.xlarge",
+            "g5.12xlarge",
+            "g5.48xlarge",
+            "g6.xlarge",
+            "g6.12xlarge",
+            "g6.48xlarge",
+            "g6e.xlarge",
+            "g6e.12xlarge",
+            "g6e.48xlarge",
         ],
         "gcp": [
-            "a3-highgpu-8g", "a3-megagpu-8g", "a3-ultragpu-8g", "a2-highgpu-1g",
-            "a2-highgpu-8g", "a2-ultragpu-8g", "g2-standard-4", "g2-standard-48",
+            "a3-highgpu-8g",
+            "a3-megagpu-8g",
+            "a3-ultragpu-8g",
+            "a2-highgpu-1g",
+            "a2-highgpu-8g",
+            "a2-ultragpu-8g",
+            "g2-standard-4",
+            "g2-standard-48",
         ],
-    }  # fmt: skip
+    }
     for provider, types in promised.items():
         for instance_type in types:
             mine = [o for o in offers if (o.provider, o.instance_type) == (provider, instance_type)]
@@ -155,8 +172,9 @@ def test_gcp_a4_host_priced_zero_takes_the_b200_row_price() -> None:
     result = skypilot.parse_file(shared_dataset(*CATALOGS, "gcp_vms.csv"))
     offers = {(o.instance_type, o.zone, o.pricing): o for o in result.records}
     for host in hosts:
-        gpu = next(r for _, r in rows
-                   if r[0] == "" and r[3] == "B200" and r[4] == "8" and r[7] == host[7])
+        gpu = next(
+            r for _, r in rows if r[0] == "" and r[3] == "B200" and r[4] == "8" and r[7] == host[7]
+        )
         on_demand = offers[("a4-highgpu-8g", host[7], Pricing.ON_DEMAND)]
         assert on_demand.price_per_hour == Decimal(gpu[8]) + Decimal(host[8])
         assert on_demand.gpu == "B200" and on_demand.gpus_per_node == 8
@@ -179,9 +197,19 @@ def test_vast_gpu_memory_is_the_node_total_divided_by_its_gpus() -> None:
         assert offer.instance_type == r[0] and offer.gpus_per_node == int(r[2])
         assert offer.gpu_memory_gib == round(node_mib / 1024 / int(r[2]), 2)
     # the two 2 x A100 rows of the issue: 80 GB and 40 GB cards, not 160 and 80
-    two = {by_line[line].gpu_memory_gib for line, r in multi
-           if r[0] == "2x-A100_SXM4-32-65536"}
+    two = {by_line[line].gpu_memory_gib for line, r in multi if r[0] == "2x-A100_SXM4-32-65536"}
     assert {40.0, 80.0} <= two
+    # and the catalog's names for them: the card each row really carries
+    from workloads.gpus import resolve
+
+    names = {
+        (r[0], resolve(by_line[line].gpu or "", by_line[line].gpu_memory_gib).name)
+        for line, r in multi
+        if r[1] in ("A100", "V100")
+    }
+    assert ("2x-A100_SXM4-32-65536", "A100-80GB") in names
+    assert ("2x-A100_SXM4-32-65536", "A100-40GB") in names
+    assert {name for row, name in names if "V100" in row} == {"V100"}  # 16 GB cards
 
 
 def _price_or_none(text: str) -> Decimal | None:
@@ -189,53 +217,136 @@ def _price_or_none(text: str) -> Decimal | None:
     return Decimal(text) if text and Decimal(text) > 0 else None
 
 
-def test_every_offer_is_priced_as_the_catalog_prices_it() -> None:
-    """Over the five shared catalogs: each offer's price is the row's (GCP: host plus GPU
-    row of its zone), and an offer is unpriced only where the catalog gives no price."""
-    from collections import Counter
+def _share_name(gpu: str, count: str) -> str:
+    """``A10`` x ``0.167`` -> ``A10-1/6``, worked out here apart from the importer."""
+    denominator = round(1 / float(count))
+    assert abs(1 / denominator - float(count)) < 0.001, count
+    return f"{gpu}-1/{denominator}"
 
-    for name in ("aws_vms.csv", "azure_vms.csv", "lambda_vms.csv", "vast_vms.csv"):
-        path = shared_dataset(*CATALOGS, name)
-        with path.open(newline="") as handle:
-            reader = csv.DictReader(handle)
-            rows = list(enumerate(reader))
-        result = skypilot.parse_file(path)
-        expected: Counter = Counter()
-        for _, row in rows:  # lines with an extra trailing field are read (and reported)
+
+def _expected_plain(name: str) -> Counter[tuple[object, ...]]:
+    """Offers a SkyPilot CSV of one-row-per-instance (AWS, Azure, Lambda, Vast) holds, each
+    priced from its row's Price / SpotPrice as SkyPilot reads them."""
+    expected: Counter[tuple[object, ...]] = Counter()
+    with shared_dataset(*CATALOGS, name).open(newline="") as handle:
+        for row in csv.DictReader(handle):  # a line with an extra trailing field is read too
             count = (row["AcceleratorCount"] or "").strip()
-            if not (row["AcceleratorName"] or "").strip() or not count:
+            gpu = (row["AcceleratorName"] or "").strip()
+            if not gpu or not count:
                 continue
             if float(count) != int(float(count)):
-                continue  # fractional GPU shares are not imported
-            where = (row["InstanceType"], row["Region"], row.get("AvailabilityZone") or None)
+                gpu = _share_name(gpu, count)
+            where = (row["InstanceType"], row["Region"], row.get("AvailabilityZone") or None, gpu)
             on_demand, spot = _price_or_none(row["Price"]), _price_or_none(row["SpotPrice"])
             if on_demand is not None or spot is None:
                 expected[(*where, "on_demand", on_demand)] += 1
             if spot is not None:
                 expected[(*where, "spot", spot)] += 1
-        got = Counter((o.instance_type, o.region, o.zone, o.pricing.value, o.price_per_hour)
-                      for o in result.records)
-        assert got == expected, name
+    return expected
 
-    rows = _rows("gcp_vms.csv")
-    gpu_rows = {(r[3], r[4], r[7]): r for _, r in rows if r[0] == "" and r[3]}
-    result = skypilot.parse_file(shared_dataset(*CATALOGS, "gcp_vms.csv"))
-    offers = {(o.instance_type, o.zone, o.pricing.value): o.price_per_hour
-              for o in result.records}
-    by_place = {(o.instance_type, o.zone): o for o in result.records}
-    checked = 0
-    for _, host in rows:
-        if not host[0].startswith(("a2-", "a3-", "a4-", "g2-")):
-            continue
-        offer = by_place[(host[0], host[7])]
-        gpu = gpu_rows.get((offer.gpu, str(offer.gpus_per_node), host[7]))
-        for col, pricing in ((8, "on_demand"), (9, "spot")):
-            want = None
-            if gpu is not None and host[col] and gpu[col] and Decimal(gpu[col]) > 0:
-                want = Decimal(host[col]) + Decimal(gpu[col])
-            if want is None and pricing == "spot":
-                assert (host[0], host[7], pricing) not in offers
-            else:
-                assert offers[(host[0], host[7], pricing)] == want, (host[0], host[7], pricing)
-            checked += 1
-    assert checked > 100
+
+def _expected_gcp() -> Counter[tuple[object, ...]]:
+    """GCP offers as SkyPilot prices them: the host row plus the GPU row of the same zone
+    (a zero host price is carried by the GPU row), for fixed-GPU hosts and for attachable
+    GPUs on an N1 host with 8 vCPUs per GPU; unpriced when either part has no price."""
+    from providers.catalog.shapes import N1_ATTACHABLE, gcp_fixed_gpus
+
+    rows = [r for _, r in _rows("gcp_vms.csv")]
+    hosts = {(r[0], r[7]): r for r in rows if r[0]}
+    gpus = {(r[3], int(r[4]), r[7]): r for r in rows if not r[0] and r[3]}
+    offers = []
+    for (machine, zone), host in hosts.items():
+        fixed = gcp_fixed_gpus(machine)
+        if fixed is not None:
+            offers.append((machine, host, gpus.get((*fixed, zone)), fixed[0]))
+    for (gpu, count, zone), gpu_row in gpus.items():
+        host = hosts.get((f"n1-standard-{8 * count}", zone))
+        if gpu in N1_ATTACHABLE and host is not None:
+            offers.append((f"{host[0]}+{count}x{N1_ATTACHABLE[gpu]}", host, gpu_row, gpu))
+    expected: Counter[tuple[object, ...]] = Counter()
+    for instance_type, host, gpu_row, gpu in offers:
+        prices = []
+        for col in (8, 9):
+            host_price = Decimal(host[col]) if host[col].strip() else None
+            gpu_price = _price_or_none(gpu_row[col]) if gpu_row is not None else None
+            both = host_price is not None and gpu_price is not None
+            prices.append(host_price + gpu_price if both else None)  # type: ignore[operator]
+        where = (instance_type, host[6], host[7], gpu)
+        on_demand, spot = prices
+        if on_demand is not None or spot is None:
+            expected[(*where, "on_demand", on_demand)] += 1
+        if spot is not None:
+            expected[(*where, "spot", spot)] += 1
+    return expected
+
+
+PRICE_FILES = ("aws_vms.csv", "azure_vms.csv", "gcp_vms.csv", "lambda_vms.csv", "vast_vms.csv")
+
+
+def price_fidelity(name: str) -> dict[str, int]:
+    """Offers imported from one shared CSV against the offers SkyPilot prices from it."""
+    result = skypilot.parse_file(shared_dataset(*CATALOGS, name))
+    expected = _expected_gcp() if name == "gcp_vms.csv" else _expected_plain(name)
+    got: Counter[tuple[object, ...]] = Counter(
+        (o.instance_type, o.region, o.zone, o.gpu, o.pricing.value, o.price_per_hour)
+        for o in result.records
+    )
+    wrong = got - expected
+    return {
+        "offers": sum(got.values()),
+        "expected": sum(expected.values()),
+        "priced_differently": sum(wrong.values()),
+        "missing": sum((expected - got).values()),
+        "unpriced": sum(n for key, n in got.items() if key[-1] is None),
+        "unpriced_where_priced": sum(n for key, n in wrong.items() if key[-1] is None),
+    }
+
+
+def test_every_offer_is_priced_as_skypilot_prices_it() -> None:
+    """Over the five shared catalogs: every imported offer carries the price SkyPilot reads
+    from the same rows, none is missing, and an offer is unpriced only where SkyPilot has
+    no price either."""
+    for name in PRICE_FILES:
+        figures = price_fidelity(name)
+        assert figures["offers"] == figures["expected"] > 0, (name, figures)
+        assert figures["priced_differently"] == figures["missing"] == 0, (name, figures)
+        assert figures["unpriced_where_priced"] == 0, (name, figures)
+
+
+def test_azure_fractional_gpus_are_one_gpu_shares_unknown_to_the_planner() -> None:
+    from workloads.gpus import resolve
+
+    rows = [r for _, r in _rows("azure_vms.csv") if r[2] and float(r[2]) != int(float(r[2]))]
+    assert len(rows) == 108  # the shared file's Standard_NV{6,12,18}ads_A10_v5 rows
+    result = skypilot.parse_file(shared_dataset(*CATALOGS, "azure_vms.csv"))
+    assert "fractional GPU share" not in result.skipped
+    shares = {o.instance_type: o for o in result.records if o.gpu and "/" in o.gpu}
+    got = {k: (o.gpu, o.gpus_per_node, o.gpu_memory_gib) for k, o in shares.items()}
+    assert got == {
+        "Standard_NV6ads_A10_v5": ("A10-1/6", 1, 4.0),
+        "Standard_NV12ads_A10_v5": ("A10-1/3", 1, 8.0),
+        "Standard_NV18ads_A10_v5": ("A10-1/2", 1, 12.0),
+    }
+    assert all(not resolve(o.gpu).known for o in shares.values() if o.gpu)
+    row = next(r for r in rows if r[0] == "Standard_NV6ads_A10_v5")
+    offer = next(
+        o
+        for o in result.records
+        if (o.instance_type, o.region, o.pricing) == (row[0], row[8], "on_demand")
+    )
+    assert offer.price_per_hour == Decimal(row[6])
+
+
+def test_gpuhunt_fractional_gpus_become_one_gpu_shares_and_bad_counts_are_reported() -> None:
+    text = (
+        "instance_name,location,price,cpu,memory,gpu_count,gpu_name,gpu_memory,spot,disk_size,"
+        "gpu_vendor,flags\n"
+        "Standard_NV6ads_A10_v5,eastus,0.454,6,55,0.167,A10,24.0,False,,nvidia,\n"
+        "Standard_NV18ads_A10_v5,eastus,1.6,18,220,0.5,A10,24.0,False,,nvidia,\n"
+        "odd,eastus,1.0,4,16,1.5,A10,24.0,False,,nvidia,\n"
+    )
+    result = gpuhunt.parse(io.StringIO(text), provider="azure", source="azure.csv")
+    assert [
+        (o.gpu, o.gpus_per_node, o.gpu_memory_gib, o.price_per_hour) for o in result.records
+    ] == [("A10-1/6", 1, 4.0, Decimal("0.454")), ("A10-1/2", 1, 12.0, Decimal("1.6"))]
+    assert [(i.line, "gpu_count" in i.message) for i in result.issues] == [(4, True)]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from broker.config import load_settings
-from broker.services import node_boot
+from broker.services.execution import node_boot
 
 # A stand-in interpreter: it passes the version check, names itself as sys.executable and
 # records every ``-m ray.scripts.scripts`` call, so the script's own logic runs for real.

@@ -17,18 +17,31 @@ from providers.fake import FakeProvider, FaultPlan, LaunchFailure, ManualClock
 ZONES = ("r1-a", "r1-b")
 GPUS = {"big": 4, "small": 1}
 TYPES = tuple(GPUS)
-CAPACITY = {(Pricing.ON_DEMAND, "big"): 1, (Pricing.SPOT, "big"): 1,
-            (Pricing.ON_DEMAND, "small"): 2, (Pricing.SPOT, "small"): 2}  # fmt: skip
+CAPACITY = {
+    (Pricing.ON_DEMAND, "big"): 1,
+    (Pricing.SPOT, "big"): 1,
+    (Pricing.ON_DEMAND, "small"): 2,
+    (Pricing.SPOT, "small"): 2,
+}
 QUOTA = 6  # binds before the capacities do (two big nodes already pass it)
 OFFERS = [
     OfferRecord(
-        provider="fake", region="r1", zone=zone, instance_type=itype, gpu="L4",
-        gpus_per_node=GPUS[itype], gpu_memory_gib=24, vcpus=8, memory_gib=32,
-        pricing=pricing, price_per_hour=Decimal("1"), capacity_nodes=capacity,
+        provider="fake",
+        region="r1",
+        zone=zone,
+        instance_type=itype,
+        gpu="L4",
+        gpus_per_node=GPUS[itype],
+        gpu_memory_gib=24,
+        vcpus=8,
+        memory_gib=32,
+        pricing=pricing,
+        price_per_hour=Decimal("1"),
+        capacity_nodes=capacity,
     )
     for zone in ZONES
     for (pricing, itype), capacity in CAPACITY.items()
-]  # fmt: skip
+]
 
 launch = st.tuples(
     st.just("launch"),
@@ -67,8 +80,11 @@ plans = st.builds(
     seed=0,
     calls=[("launch", n, "r1-a", "big", pricing, 1, True) for n, pricing in enumerate(Pricing)],
 )
-@given(plan=plans, seed=st.integers(0, 3), calls=st.lists(st.one_of(launch, terminate, preempt),
-                                                           max_size=30))  # fmt: skip
+@given(
+    plan=plans,
+    seed=st.integers(0, 3),
+    calls=st.lists(st.one_of(launch, terminate, preempt), max_size=30),
+)
 def test_books_stay_straight(plan: FaultPlan, seed: int, calls: list[tuple]) -> None:  # type: ignore[type-arg]
     fake = FakeProvider(
         seed=seed, faults=plan, clock=ManualClock(), offers=OFFERS, quotas={"r1": QUOTA}

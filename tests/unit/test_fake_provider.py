@@ -327,10 +327,19 @@ def test_preemption_after_seconds_and_direct() -> None:
 
 def test_custom_offers_and_unknown_pool() -> None:
     offer = OfferRecord(
-        provider="x", region="r1", zone="r1-a", instance_type="t", gpu="T4", gpus_per_node=1,
-        gpu_memory_gib=16, vcpus=4, memory_gib=16, pricing=Pricing.ON_DEMAND,
-        price_per_hour=Decimal("0.5"), capacity_nodes=None,
-    )  # fmt: skip
+        provider="x",
+        region="r1",
+        zone="r1-a",
+        instance_type="t",
+        gpu="T4",
+        gpus_per_node=1,
+        gpu_memory_gib=16,
+        vcpus=4,
+        memory_gib=16,
+        pricing=Pricing.ON_DEMAND,
+        price_per_hour=Decimal("0.5"),
+        capacity_nodes=None,
+    )
     fake = make(name="sim", offers=[offer], quotas={})
     assert [o.provider for o in fake.list_offers()] == ["sim"]
     got = fake.launch(req("a", 50, itype="t", zone="r1-a", region="r1"))

@@ -95,7 +95,7 @@ def test_create_reads_state_seed_and_faults_from_env(
         preemptions=(Preemption(after_seconds=5.0, pricing=Pricing.SPOT),),
     )
     monkeypatch.setenv("GPUBROKER_FAKE_FAULTS", json.dumps(faults.to_dict()))
-    provider = registry.get("fake", load_settings())
+    provider = registry.launcher("fake", load_settings())
     assert isinstance(provider, FakeProvider)
     assert provider.seed == 5 and provider.faults == faults and provider.state_path == path
     provider.launch(request("r"))
@@ -119,7 +119,7 @@ def test_providers_made_by_create_share_one_cloud_per_process(home: Path) -> Non
     reset_process_cloud()
     try:
         launched = create(load_settings()).launch(request("r", 2))
-        other = registry.get("fake", load_settings())
+        other = registry.launcher("fake", load_settings())
         assert len(other.list_instances("gpubroker")) == 2
         other.terminate([i.instance_id for i in launched], "t")
         assert create(load_settings()).list_instances("gpubroker") == []

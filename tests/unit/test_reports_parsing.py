@@ -8,18 +8,11 @@ from decimal import Decimal
 import pytest
 
 from broker.errors import UserError
-from broker.services.report_html import render_html
-from broker.services.reports import (
-    BudgetBurn,
-    Group,
-    Metrics,
-    Report,
-    TimelinePoint,
-    parse_duration,
-    parse_group_by,
-    window,
-)
-from broker.services.schedules import latest_due, next_due, redact_webhook
+from broker.services.reports.html import render_html
+from broker.services.reports.model import BudgetBurn, Group, Metrics, TimelinePoint
+from broker.services.reports.render import Report
+from broker.services.reports.schedules import latest_due, next_due, redact_webhook
+from broker.services.reports.windows import parse_duration, parse_group_by, window
 
 NOW = datetime(2026, 11, 20, 12, 30, tzinfo=UTC)
 

@@ -12,7 +12,8 @@ from broker.db.engine import Database
 from broker.db.models import AllocationRow, EndpointRow, JobRow, PlanRow
 from broker.domain import AllocationState, EndpointState, utcnow
 from broker.errors import SpecError
-from broker.services import serving
+from broker.services.execution import endpoints as serving
+from broker.services.planning.inputs import measured_rates
 from workloads.estimate import estimate_inference_cpu
 from workloads.spec import parse_spec
 
@@ -100,10 +101,20 @@ def _endpoint(db: Database, *, replicas: int = 4) -> int:
         session.add_all([job, plan])
         session.flush()
         alloc = AllocationRow(
-            plan_id=plan.id, job_id=job.id, provider="local", region="local", zone="",
-            instance_type="n", pricing="on_demand", nodes=2, est_hours=1.0, est_cost=0,
-            state=AllocationState.ACTIVE.value, area="us", replicas=replicas,
-        )  # fmt: skip
+            plan_id=plan.id,
+            job_id=job.id,
+            provider="local",
+            region="local",
+            zone="",
+            instance_type="n",
+            pricing="on_demand",
+            nodes=2,
+            est_hours=1.0,
+            est_cost=0,
+            state=AllocationState.ACTIVE.value,
+            area="us",
+            replicas=replicas,
+        )
         session.add(alloc)
         session.flush()
         return alloc.id
@@ -125,7 +136,7 @@ def test_an_endpoint_follows_its_reports_and_keeps_its_peak_rate(tmp_path: Path)
     with db.session() as session:
         report = {"state": "UNHEALTHY", "replicas": 1, "requests": 60, "tokens": 480}
         assert serving.record(session, alloc_id, report) == EndpointState.DEGRADED
-        rates = serving.measured_rates(session, [session.query(EndpointRow).one().job_id])
+        rates = measured_rates(session, [session.query(EndpointRow).one().job_id])
     (view,) = serving.endpoints(db)
     assert (view.state, view.replicas, view.requests, view.tokens) == ("DEGRADED", 1, 60, 480)
     assert view.request_rate == pytest.approx(5.0, rel=0.05)  # the peak, not the last 1/s

@@ -255,9 +255,14 @@ def test_upload_download_and_latest_checkpoint_on_file_uris(tmp_path: Path) -> N
     (local / "checkpoint_000090" / "state.pt").unlink()
     write_checkpoint(local / "checkpoint_000099", 99)  # malformed meta.json: ignored
     (local / "checkpoint_000099" / "meta.json").write_text("{not json")
-    for name, meta in [("c_str", '{"step": "77"}'), ("c_float", '{"step": 80.0}'),
-                       ("c_bool", '{"step": true}'), ("c_list", "[1]"),
-                       ("c_neg", '{"step": -5}'), ("c_bytes", b"\xff\xfe")]:  # fmt: skip
+    for name, meta in [
+        ("c_str", '{"step": "77"}'),
+        ("c_float", '{"step": 80.0}'),
+        ("c_bool", '{"step": true}'),
+        ("c_list", "[1]"),
+        ("c_neg", '{"step": -5}'),
+        ("c_bytes", b"\xff\xfe"),
+    ]:
         write_checkpoint(local / name, 0)
         path = local / name / "meta.json"
         path.write_bytes(meta if isinstance(meta, bytes) else meta.encode())

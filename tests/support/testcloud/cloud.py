@@ -226,17 +226,39 @@ class Host:
         )
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         argv = [
-            _TOOLS["setpriv"], "--pdeathsig", "KILL", "--",
-            network.IP, "netns", "exec", self.netns,
-            _TOOLS["unshare"], "--mount", "--uts", "--pid", "--fork", "--kill-child",
-            "--mount-proc", "--propagation", "private", "--",
-            _SH, "-c", _SETUP, "testcloud-host",
-            str(self.dir), hostname, sys.executable, str(HOSTINIT), *kept_under_tmp(),
-        ]  # fmt: skip
+            _TOOLS["setpriv"],
+            "--pdeathsig",
+            "KILL",
+            "--",
+            network.IP,
+            "netns",
+            "exec",
+            self.netns,
+            _TOOLS["unshare"],
+            "--mount",
+            "--uts",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--mount-proc",
+            "--propagation",
+            "private",
+            "--",
+            _SH,
+            "-c",
+            _SETUP,
+            "testcloud-host",
+            str(self.dir),
+            hostname,
+            sys.executable,
+            str(HOSTINIT),
+            *kept_under_tmp(),
+        ]
         self._process = self.cloud._spawn(argv, self.log_path, env)
         process = self._process
-        wait_for(lambda: (self.dir / "up").exists() or process.poll() is not None,
-                 15, f"{self} to start")  # fmt: skip
+        wait_for(
+            lambda: (self.dir / "up").exists() or process.poll() is not None, 15, f"{self} to start"
+        )
         if process.poll() is not None:
             raise RuntimeError(f"{self} failed to start:\n{self.log()}")
 
@@ -488,8 +510,12 @@ class TestCloud:
                             base64.b64decode(encoded).decode() if encoded else None,
                             Ec2Metadata(endpoint_url, region, instance_id),
                         )
-            self._halt_missing(running, lambda h: h.metadata.flavour == "ec2"
-                               and getattr(h.metadata, "region", None) == region)  # fmt: skip
+            self._halt_missing(
+                running,
+                lambda h: (
+                    h.metadata.flavour == "ec2" and getattr(h.metadata, "region", None) == region
+                ),
+            )
 
         self._watch(f"ec2 {region}", poll, interval)
 
@@ -522,8 +548,12 @@ class TestCloud:
                     items.get("startup-script"),
                     GceMetadata(source, zone_of(instance), name),
                 )
-            self._halt_missing(running, lambda h: h.metadata.flavour == "gce"
-                               and getattr(h.metadata, "source", None) is source)  # fmt: skip
+            self._halt_missing(
+                running,
+                lambda h: (
+                    h.metadata.flavour == "gce" and getattr(h.metadata, "source", None) is source
+                ),
+            )
 
         self._watch("gce", poll, interval)
 

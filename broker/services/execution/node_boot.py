@@ -5,7 +5,7 @@ One script serves every provider; only where a node reads its metadata differs:
 (instance attributes) and ``file`` (a folder the local provider writes for its loopback
 nodes). A node reads its index (``gpubroker-node``) and its private address; node 0
 starts the Ray head, the others wait until the broker publishes the head's private
-address (``gpubroker-head``, see ``Provider.set_metadata``) and join it.
+address (``gpubroker-head``, see ``Launcher.set_metadata``) and join it.
 
 The pinned Ray and torch are installed only when the image lacks those versions. Ray runs
 with token authentication: the token is derived from a secret in ``$GPUBROKER_HOME``
@@ -199,4 +199,3 @@ until "$PY" -m ray.scripts.scripts start --address="$HEAD:{cluster.ray_port}" "$
   sleep 5; waited=$((waited + 5))
 done
 """
-

@@ -22,7 +22,8 @@ from broker.db.engine import Database
 from broker.db.models import OfferRow
 from broker.domain import MICRO
 from broker.errors import BrokerError, UserError
-from broker.services.catalog import UpsertSummary, mark_stale, upsert_in
+from broker.services.offers.upsert import mark_stale, upsert_in
+from broker.services.offers.values import UpsertSummary
 from providers.base import OfferRecord
 
 if TYPE_CHECKING:
@@ -168,7 +169,7 @@ def refresh(
                 progress(RefreshProgress(name, None, 1, 1, result))
             continue
         try:
-            provider = registry.get(name, settings)
+            provider = registry.offer_source(name, settings)
             todo = _regions_for(name, provider, settings, db, regions)
         except Exception as exc:  # a provider that cannot even start: all of it is stale
             with db.session() as session:
@@ -193,11 +194,11 @@ def _no_credentials(name: str, settings: Settings) -> str | None:
     """Why ``name`` cannot be asked at all (no credentials, no SDK), or None when it can.
     A refresh of ``all`` skips such a provider instead of failing it: an installation
     that only plans from the bundled catalog refreshes cleanly."""
-    from broker.services.check import CHECKED, _one
+    from broker.services.offers.check import CHECKED, check_one
 
     if name not in CHECKED:
         return None
-    found = _one(name, settings)
+    found = check_one(name, settings)
     return None if found.usable else found.detail or "not usable"
 
 

@@ -17,11 +17,11 @@ from sqlalchemy import func, select
 
 from broker.db.engine import Database
 from broker.db.models import AllocationRow, InstanceRow, JobRow, UsageRow
-from broker.domain import MICRO, AllocationState, InstanceState, as_utc, utcnow
+from broker.db.queries import live_allocation
+from broker.domain import MICRO, InstanceState, as_utc, utcnow
 from broker.services.metering import hours_between
 
 _GONE = (InstanceState.TERMINATED.value, InstanceState.FAILED.value, InstanceState.PREEMPTED.value)
-_LIVE_ALLOCATIONS = [s.value for s in AllocationState if s.live]
 
 
 def _q(value: Decimal) -> Decimal:
@@ -122,7 +122,7 @@ def live_status(db: Database, *, now: datetime | None = None) -> Status:
         allocations = session.execute(
             select(AllocationRow, JobRow.name, JobRow.team)
             .join(JobRow, AllocationRow.job_id == JobRow.id)
-            .where(AllocationRow.state.in_(_LIVE_ALLOCATIONS))
+            .where(live_allocation())
             .order_by(AllocationRow.provider, AllocationRow.id)
         ).all()
         ids = [a.id for a, _, _ in allocations]

@@ -30,7 +30,9 @@ from broker.db.engine import Database
 from broker.db.models import ReportRow, ReportScheduleRow
 from broker.domain import as_utc, utcnow
 from broker.errors import NotFound, UserError
-from broker.services import reports
+from broker.services.reports.build import build_report
+from broker.services.reports.render import render_text, write_atomic
+from broker.services.reports.windows import DEFAULT_GROUP_BY, parse_group_by, since_start
 
 log = logging.getLogger("gpubroker.schedules")
 FILE_FORMATS = ("html", "csv", "json")
@@ -138,7 +140,7 @@ def add_schedule(
     out_dir: str | Path,
     webhook: str | None = None,
     email: str | Sequence[str] | None = None,
-    group_by: str = ",".join(reports.DEFAULT_GROUP_BY),
+    group_by: str = ",".join(DEFAULT_GROUP_BY),
     now: datetime | None = None,
     home: Path | None = None,
 ) -> ScheduleView:
@@ -147,7 +149,7 @@ def add_schedule(
     cron = _validate_cron(cron)
     if re.match(r"^\s*\d{4}-", period or "") or (period or "").strip().lower() == "ytd":
         raise UserError(f"period: {period!r} is not a length; use e.g. 24h, 7d, 4w or 1mo")
-    reports.since_start(period, utcnow(), field="period")  # 12h, 7d, 4w, 1mo; "1m" refused
+    since_start(period, utcnow(), field="period")  # 12h, 7d, 4w, 1mo; "1m" refused
     if fmt not in FILE_FORMATS:
         raise UserError(f"format: must be one of {', '.join(FILE_FORMATS)}")
     folder = Path(out_dir).expanduser()
@@ -158,7 +160,7 @@ def add_schedule(
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise UserError("webhook: must be an http:// or https:// URL")
     recipients = parse_recipients(email)
-    dims = ",".join(reports.parse_group_by(group_by))
+    dims = ",".join(parse_group_by(group_by))
     with db.session() as session:
         row = ReportScheduleRow(
             cron=cron,
@@ -294,7 +296,7 @@ def _make(
     settings: Settings | None = None,
 ) -> MadeReport | None:
     """Make the report of ``schedule`` due at ``due_at``; None when another made it."""
-    period_from = reports.since_start(schedule.period, due_at, field="period")
+    period_from = since_start(schedule.period, due_at, field="period")
     name = f"gpubroker-report-s{schedule.id}-{due_at:%Y%m%dT%H%MZ}.{schedule.format}"
     path = Path(schedule.out_dir) / name
     try:
@@ -309,13 +311,9 @@ def _make(
             )
             session.add(row)
             session.flush()  # the unique (schedule_id, due_at) picks one maker
-            report = reports.build_report(
-                db, period_from, due_at, group_by=schedule.group_by.split(",")
-            )
-            reports.write_atomic(
-                path, reports.render_text(report, schedule.format), make_parent=True
-            )
-            row.totals = json.loads(reports.render_text(report, "json"))["totals"]
+            report = build_report(db, period_from, due_at, group_by=schedule.group_by.split(","))
+            write_atomic(path, render_text(report, schedule.format), make_parent=True)
+            row.totals = json.loads(render_text(report, "json"))["totals"]
             session.execute(
                 update(ReportScheduleRow)
                 .where(ReportScheduleRow.id == schedule.id)

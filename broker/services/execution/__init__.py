@@ -1,0 +1,1 @@
+"""Execution: provisioning, running and releasing planned allocations, and whole jobs."""

@@ -1,0 +1,1 @@
+"""Jobs: the store of submitted jobs, their states and their event log."""

@@ -1,0 +1,1 @@
+"""Reports: cost reports from the usage ledger, their renderings and schedules; live status."""
