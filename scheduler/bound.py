@@ -165,7 +165,7 @@ def _serving(
 ) -> float | None:
     import datetime
 
-    from ortools.math_opt.python import mathopt  # type: ignore[import-untyped]
+    from ortools.math_opt.python import mathopt
 
     c = problem.candidates
     model = mathopt.Model(name="serving")

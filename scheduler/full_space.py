@@ -80,7 +80,7 @@ def write_every_column(master: Master, ranges: list[range]) -> None:
     columns this takes a fraction of a second where ``add_columns`` takes seconds.
     Only for a model that starts empty of columns and is then solved as it is (no
     more columns or cuts)."""
-    from ortools.math_opt.python import mathopt  # type: ignore[import-untyped]
+    from ortools.math_opt.python import mathopt
 
     assert not master.columns, "write_every_column: the model already has columns"
     c = master.problem.candidates
@@ -145,7 +145,7 @@ def write_every_column(master: Master, ranges: list[range]) -> None:
     master.model = model = mathopt.Model.from_model_proto(proto)
     master._bulk = (ids, np.concatenate(of_class), np.concatenate(cands_all))
     # the new model keeps every id: point the rows and variables kept here at it
-    for rows_of in (
+    row_maps: list[dict[Any, Any]] = [  # their keys differ in type
         master._cls_rows,
         master._cover_rows,
         master._replica_rows,
@@ -155,9 +155,10 @@ def write_every_column(master: Master, ranges: list[range]) -> None:
         master._budget_rows,
         master._provider_rows,
         master._cover_cut_rows,
-    ):
+    ]
+    for rows_of in row_maps:
         for key, row in rows_of.items():
-            rows_of[key] = model.get_linear_constraint(row.id)  # type: ignore[index]
+            rows_of[key] = model.get_linear_constraint(row.id)
     if master._total_row is not None:
         master._total_row = model.get_linear_constraint(master._total_row.id)
     master.unplaced = [model.get_variable(u.id) for u in master.unplaced]

@@ -194,7 +194,7 @@ class Master:
     _rows: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from ortools.math_opt.python import mathopt  # type: ignore[import-untyped]
+        from ortools.math_opt.python import mathopt
 
         self.model = model = mathopt.Model(name="placement")
         self._cls_rows: dict[int, Any] = {}

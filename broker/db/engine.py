@@ -83,7 +83,8 @@ def _private_file(path: Path) -> None:
         raise ConfigError(f"database file {path}: not a regular file")
 
 
-def alembic_config(engine: Engine) -> Any:
+def alembic_config(engine: Engine | None) -> Any:
+    """Alembic's configuration; ``engine`` None: for reading the migration scripts only."""
     from alembic.config import Config
 
     cfg = Config()
@@ -95,7 +96,7 @@ def alembic_config(engine: Engine) -> Any:
 def head_revision() -> str:
     from alembic.script import ScriptDirectory
 
-    cfg = alembic_config(None)  # type: ignore[arg-type]
+    cfg = alembic_config(None)
     heads = ScriptDirectory.from_config(cfg).get_heads()
     return heads[0]
 
@@ -103,7 +104,7 @@ def head_revision() -> str:
 def known_revisions() -> set[str]:
     from alembic.script import ScriptDirectory
 
-    cfg = alembic_config(None)  # type: ignore[arg-type]
+    cfg = alembic_config(None)
     return {script.revision for script in ScriptDirectory.from_config(cfg).walk_revisions()}
 
 

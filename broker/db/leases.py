@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from broker.db.engine import Database
 from broker.db.models import LeaseRow
+from broker.db.queries import rows_matched
 from broker.domain import as_utc, utcnow
 
 
@@ -38,12 +39,13 @@ def acquire(
     expires = now + timedelta(seconds=ttl)
     free = LeaseRow.expires_at <= now
     with db.session() as session:
-        taken = session.execute(
+        taken = rows_matched(
+            session,
             update(LeaseRow)
             .where(LeaseRow.name == name, or_(LeaseRow.holder == holder, free) if renew else free)
             .values(holder=holder, expires_at=expires)
-            .execution_options(synchronize_session=False)
-        ).rowcount
+            .execution_options(synchronize_session=False),
+        )
         if taken:
             return True
         if session.scalar(select(LeaseRow.name).where(LeaseRow.name == name)) is not None:
@@ -59,12 +61,13 @@ def acquire(
 def release(db: Database, name: str, holder: str) -> bool:
     """Give lease ``name`` up if ``holder`` holds it; True when it did."""
     with db.session() as session:
-        result = session.execute(
+        released = rows_matched(
+            session,
             delete(LeaseRow)
             .where(LeaseRow.name == name, LeaseRow.holder == holder)
-            .execution_options(synchronize_session=False)
+            .execution_options(synchronize_session=False),
         )
-        return bool(result.rowcount)
+        return bool(released)
 
 
 def holder_of(db: Database, name: str, *, now: datetime | None = None) -> str | None:
@@ -89,7 +92,10 @@ def serialize(session: Session, name: str) -> None:
     connection = session.connection()
     dialect = connection.dialect.name
     if dialect == "sqlite":
-        if connection.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
+        driver = connection.connection.dbapi_connection
+        if driver is None:  # only an invalidated connection has lost its driver connection
+            raise RuntimeError("serialize(): the session's connection has been invalidated")
+        if driver.in_transaction:
             raise RuntimeError("serialize() must come first in its SQLite transaction")
         connection.exec_driver_sql("BEGIN IMMEDIATE")
     elif dialect == "postgresql":

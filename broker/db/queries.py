@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, CursorResult, Delete, Update, func, select
 from sqlalchemy.orm import Session
 
 from broker.db.models import AllocationRow, JobRow
@@ -12,6 +12,15 @@ from broker.domain import AllocationState
 
 # Allocations that hold nodes, or are about to: they count against capacity and budgets.
 LIVE_ALLOCATION_STATES = tuple(state.value for state in AllocationState if state.live)
+
+
+def rows_matched(session: Session, statement: Update | Delete) -> int:
+    """Run an UPDATE or DELETE; the number of rows it matched."""
+    result = session.execute(statement)
+    # Session.execute is typed to return a Result; for these statements it is a CursorResult.
+    if not isinstance(result, CursorResult):
+        raise TypeError(f"{type(result).__name__} from an UPDATE or DELETE has no rowcount")
+    return result.rowcount
 
 
 def live_allocation() -> ColumnElement[bool]:

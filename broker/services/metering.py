@@ -36,6 +36,9 @@ _SECONDS_PER_HOUR = Decimal(3600)
 # per-job-cheapest rule picks at plan time}.
 BASELINE_KEY = "per_job_cheapest"
 
+# An offer's shape as the on-demand price cache keys it: provider, region, zone, type.
+_Shape = tuple[str, str, str, str]
+
 
 def seconds(delta: timedelta) -> Decimal:
     """Exact seconds of a timedelta as a Decimal."""
@@ -71,7 +74,9 @@ class Slice:
     busy_gpu_hours: Decimal | None  # None: the run did not report its busy time
 
 
-def _on_demand_price(session: Session, row: UsageRow, cache: dict) -> Decimal | None:
+def _on_demand_price(
+    session: Session, row: UsageRow, cache: dict[_Shape, Decimal | None]
+) -> Decimal | None:
     """The row's on-demand list price per node-hour: as recorded, else from ``offers``."""
     if row.on_demand_price_per_hour is not None:
         return row.on_demand_price_per_hour
@@ -91,7 +96,7 @@ def _on_demand_price(session: Session, row: UsageRow, cache: dict) -> Decimal | 
             .order_by(OfferRow.zone, OfferRow.id)
         ).all()
         same_zone = [o for o in offers if o.zone == row.zone]
-        pick = (same_zone or offers or [None])[0]
+        pick = next(iter(same_zone or offers), None)
         cache[key] = None if pick is None else pick.price_per_hour
     return cache[key]
 
@@ -141,7 +146,7 @@ def window_slices(session: Session, start: datetime, end: datetime) -> list[Slic
         .order_by(UsageRow.start, UsageRow.id)
     ).all()
     ratios = _baseline_ratios(session, (alloc for _, alloc in rows))
-    od_cache: dict = {}
+    od_cache: dict[_Shape, Decimal | None] = {}
     slices = []
     for row, allocation_id in rows:
         run_hours = hours_between(row.start, row.end)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from broker.errors import ClusterError, UserError
+from broker.errors import BrokerError, ClusterError, UserError
 from workloads.driver import EVENT_MARK
 
 OUTPUT_FILE = "output.log"
@@ -115,7 +115,12 @@ def shipped_packages() -> list[str]:
     import broker.errors
     import workloads.driver
 
-    return [str(Path(module.__file__).parent) for module in (workloads.driver, broker.errors)]
+    folders = []
+    for module in (workloads.driver, broker.errors):
+        if module.__file__ is None:  # only a namespace package has no file
+            raise BrokerError(f"{module.__name__} has no source file to ship to the nodes")
+        folders.append(str(Path(module.__file__).parent))
+    return folders
 
 
 def runtime_env(run_json: str, envs: dict[str, str], workdir: str | None) -> dict[str, Any]:

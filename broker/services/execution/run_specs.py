@@ -4,7 +4,7 @@ bundled GPT, or a Serve app) and the bundled GPT's training config, from the job
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
+from typing import Any, TypedDict
 
 from broker.config import Settings
 from broker.errors import BrokerError
@@ -51,6 +51,19 @@ def train_config(ctx: RunContext, *, metrics_path: str | None, storage_path: str
     )
 
 
+class _TrainingFields(TypedDict):
+    """The ``RunSpec`` fields every training run fills in the same way."""
+
+    resource: str
+    nodes: int
+    gpus_per_node: int
+    envs: dict[str, str]
+    name: str
+    storage: str | None
+    max_failures: int
+    join_timeout_s: float
+
+
 def run_spec(ctx: RunContext) -> Any:
     """The ``workloads.driver.RunSpec`` of this job: a command, a loop, or the GPT."""
     from workloads.driver import RunSpec
@@ -59,7 +72,7 @@ def run_spec(ctx: RunContext) -> Any:
     spec = parse_spec(ctx.spec)
     assert spec.kind == "training" and ctx.cluster is not None
     storage = spec.storage or default_storage(ctx)
-    common = {
+    common: _TrainingFields = {
         "resource": ctx.cluster.resource,
         "nodes": ctx.nodes,
         "gpus_per_node": ctx.gpus_per_node if ctx.gpu else 0,

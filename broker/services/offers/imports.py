@@ -68,10 +68,10 @@ def import_file(
     if provider is not None and not re.fullmatch(r"[a-z][a-z0-9_-]{0,31}", provider):
         raise UserError(f"--provider: {provider!r} is not a provider name (lowercase letters)")
     if fmt == "skypilot":
-        from providers.catalog import skypilot as importer
+        from providers.catalog.skypilot import parse_file
     else:
-        from providers.catalog import gpuhunt as importer  # type: ignore[no-redef]
-    parsed = importer.parse_file(path, provider)
+        from providers.catalog.gpuhunt import parse_file
+    parsed = parse_file(path, provider)
     if strict and parsed.issues:
         first = parsed.issues[0]
         raise UserError(

@@ -7,9 +7,20 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVarTuple
 
-from sqlalchemy import Select, and_, case, func, literal, or_, select, true
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    UnaryExpression,
+    and_,
+    case,
+    func,
+    literal,
+    or_,
+    select,
+    true,
+)
 from sqlalchemy.orm import Session
 
 from broker.db.engine import Database
@@ -107,8 +118,8 @@ def _like(pattern: str) -> str:
     return escaped.replace("*", "%").replace("?", "_")
 
 
-def _region_clause(session: Session, globs: Sequence[str]) -> Any:
-    clauses = []
+def _region_clause(session: Session, globs: Sequence[str]) -> ColumnElement[bool]:
+    clauses: list[ColumnElement[bool]] = []
     for glob in (check_glob(g) for g in globs):
         if "[" in glob:  # character classes: match the known regions in Python
             regex = re.compile(fnmatch.translate(glob))
@@ -145,7 +156,11 @@ def _per_tflop_price() -> Any:
     )
 
 
-def _ordered(query: Select[Any], sort: str) -> Select[Any]:
+_Columns = TypeVarTuple("_Columns")
+
+
+def _ordered(query: Select[*_Columns], sort: str) -> Select[*_Columns]:
+    keys: list[UnaryExpression[Any]]
     if sort == "price":
         keys = [OfferRow.price_per_hour.asc().nulls_last()]
     elif sort == "price-per-gpu":
@@ -246,6 +261,8 @@ def summary(db: Database) -> list[GpuSummary]:
         counts: dict[str, int] = {}
         memory: dict[str, float | None] = {}
         for gpu, offers, gpu_memory in session.execute(by_gpu):
+            if gpu is None:  # never: `live` leaves out offers of no known GPU
+                continue
             counts[gpu] = offers
             memory[gpu] = gpu_memory
         best: dict[str, dict[str, Cheapest]] = defaultdict(dict)

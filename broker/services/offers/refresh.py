@@ -263,7 +263,8 @@ def price_flags(db: Database, rows: Iterable[dict[str, Any]]) -> list[PriceFlag]
             OfferRow.stale.is_(False),
         )
         for gpu, pricing, price, gpus in session.execute(query):
-            per_gpu[(gpu, pricing)].append(Decimal(price) / gpus)
+            if gpu is not None and price is not None:  # always: the query asks for both
+                per_gpu[(gpu, pricing)].append(Decimal(price) / gpus)
     medians = {key: Decimal(statistics.median(values)) for key, values in per_gpu.items()}
     flags: list[PriceFlag] = []
     for r in rows:

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from broker.db.bulk import CHUNK, insert_many, update_ids, update_many
 from broker.db.engine import Database
 from broker.db.models import OfferRow, PriceObservationRow
+from broker.db.queries import rows_matched
 from broker.domain import MICRO, utcnow
 from broker.services.offers.values import UpsertSummary
 from providers.base import OfferRecord
@@ -236,5 +237,6 @@ def mark_stale(session: Session, provider: str, region: str | None) -> int:
     )
     if region is not None:
         query = query.where(OfferRow.region == region)
-    result = session.execute(query.values(stale=True).execution_options(synchronize_session=False))
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return rows_matched(
+        session, query.values(stale=True).execution_options(synchronize_session=False)
+    )

@@ -193,21 +193,22 @@ def _top_jobs(slices: Sequence[Slice], costs: dict[int, JobCost], limit: int) ->
         spend[s.job_id] = spend.get(s.job_id, Decimal(0)) + s.cost
         hours[s.job_id] = hours.get(s.job_id, Decimal(0)) + s.gpu_hours
     ranked = sorted(spend, key=lambda job_id: (-spend[job_id], job_id))[:limit]
-    return [
-        TopJob(
-            job_id=job_id,
-            name=costs[job_id].name,
-            team=costs[job_id].team,
-            state=costs[job_id].state,
-            spend=_q(spend[job_id]),
-            gpu_hours=_q(hours[job_id]),
-            actual_total=_q(costs[job_id].actual),
-            estimated_total=None
-            if costs[job_id].estimated is None
-            else _q(costs[job_id].estimated),
+    top = []
+    for job_id in ranked:
+        cost = costs[job_id]
+        top.append(
+            TopJob(
+                job_id=job_id,
+                name=cost.name,
+                team=cost.team,
+                state=cost.state,
+                spend=_q(spend[job_id]),
+                gpu_hours=_q(hours[job_id]),
+                actual_total=_q(cost.actual),
+                estimated_total=None if cost.estimated is None else _q(cost.estimated),
+            )
         )
-        for job_id in ranked
-    ]
+    return top
 
 
 def _notes(slices: Iterable[Slice]) -> list[str]:
@@ -268,11 +269,11 @@ def build_report(
 def _overruns(costs: dict[int, JobCost]) -> list[TopJob]:
     """Jobs whose lifetime cost is more than ``OVERRUN`` x their estimate, worst first."""
     over = [
-        c
+        (c, c.estimated)
         for c in costs.values()
         if c.estimated is not None and c.estimated > 0 and c.actual > c.estimated * OVERRUN
     ]
-    over.sort(key=lambda c: (-(c.actual / c.estimated), c.job_id))  # type: ignore[operator]
+    over.sort(key=lambda pair: (-(pair[0].actual / pair[1]), pair[0].job_id))
     return [
         TopJob(
             job_id=c.job_id,
@@ -282,7 +283,7 @@ def _overruns(costs: dict[int, JobCost]) -> list[TopJob]:
             spend=_q(c.actual),
             gpu_hours=_q(c.gpu_hours),
             actual_total=_q(c.actual),
-            estimated_total=_q(c.estimated),  # type: ignore[arg-type]
+            estimated_total=_q(estimated),
         )
-        for c in over
+        for c, estimated in over
     ]

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import select, update
@@ -76,7 +77,7 @@ def redact_webhook(url: str | None) -> str | None:
     return f"{parts.scheme}://{parts.hostname or ''}/..."
 
 
-def _croniter(cron: str, start: datetime):  # type: ignore[no-untyped-def]
+def _croniter(cron: str, start: datetime) -> Any:
     from croniter import croniter
 
     return croniter(cron, start)

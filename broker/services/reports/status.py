@@ -14,6 +14,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from broker.db.engine import Database
 from broker.db.models import AllocationRow, InstanceRow, JobRow, UsageRow
@@ -98,11 +99,14 @@ class Status:
         return asdict(self)
 
 
-def _up(row: InstanceRow) -> bool:
-    return row.launched_at is not None and row.terminated_at is None and row.state not in _GONE
+def _up_since(row: InstanceRow) -> datetime | None:
+    """When an instance that is up now (launched, not terminated) was launched; else None."""
+    if row.terminated_at is None and row.state not in _GONE:
+        return row.launched_at
+    return None
 
 
-def _metered(session, allocation_ids: Iterable[int]) -> dict[int, Decimal]:  # type: ignore[no-untyped-def]
+def _metered(session: Session, allocation_ids: Iterable[int]) -> dict[int, Decimal]:
     ids = list(allocation_ids)
     if not ids:
         return {}
@@ -137,15 +141,15 @@ def live_status(db: Database, *, now: datetime | None = None) -> Status:
         )
         metered = _metered(session, ids)
         job_of = {a.id: a.job_id for a, _, _ in allocations}
-        instances = []
+        instances: list[LiveInstance] = []
         for row in instance_rows:
             if row.state in _GONE:
                 continue
             launched = as_utc(row.launched_at) if row.launched_at else None
-            running = _up(row) and row.price_per_hour is not None
+            up_since = _up_since(row)
             cost = (
-                _q(row.price_per_hour * hours_between(launched, now))
-                if running and launched and row.price_per_hour is not None
+                _q(row.price_per_hour * hours_between(up_since, now))
+                if up_since is not None and row.price_per_hour is not None
                 else Decimal(0)
             )
             instances.append(
@@ -168,7 +172,7 @@ def live_status(db: Database, *, now: datetime | None = None) -> Status:
                     cost_so_far=cost,
                 )
             )
-        views = []
+        views: list[LiveAllocation] = []
         for alloc, name, team in allocations:
             mine = [i for i in instances if i.allocation_id == alloc.id]
             up = [i for i in mine if i.launched_at is not None]
@@ -203,15 +207,15 @@ def live_status(db: Database, *, now: datetime | None = None) -> Status:
             )
     providers = []
     for provider in sorted({a.provider for a in views}):
-        mine = [a for a in views if a.provider == provider]
+        theirs = [a for a in views if a.provider == provider]
         providers.append(
             ProviderBurn(
                 provider=provider,
-                allocations=len(mine),
-                instances=sum(a.up for a in mine),
-                gpus=sum(a.gpus for a in mine if a.up),
-                burn_rate=_q(sum((a.burn_rate for a in mine), Decimal(0))),
-                cost_so_far=_q(sum((a.cost_so_far for a in mine), Decimal(0))),
+                allocations=len(theirs),
+                instances=sum(a.up for a in theirs),
+                gpus=sum(a.gpus for a in theirs if a.up),
+                burn_rate=_q(sum((a.burn_rate for a in theirs), Decimal(0))),
+                cost_so_far=_q(sum((a.cost_so_far for a in theirs), Decimal(0))),
             )
         )
     notes = []
@@ -272,18 +276,19 @@ def job_resources(
                 .join(AllocationRow, InstanceRow.allocation_id == AllocationRow.id)
                 .where(AllocationRow.job_id.in_(chunk))
             ):
-                if _up(instance) and instance.price_per_hour is not None:
-                    cost = instance.price_per_hour * hours_between(instance.launched_at, now)
+                up_since = _up_since(instance)
+                if up_since is not None and instance.price_per_hour is not None:
+                    cost = instance.price_per_hour * hours_between(up_since, now)
                     running[job_id] = running.get(job_id, Decimal(0)) + cost
             for job_id in chunk:
-                alloc = newest.get(job_id)
+                latest = newest.get(job_id)
                 cost = Decimal(str(metered.get(job_id, 0))) + running.get(job_id, Decimal(0))
                 result[job_id] = JobResources(
-                    gpu=alloc.gpu if alloc else None,
-                    nodes=alloc.nodes if alloc else None,
-                    provider=alloc.provider if alloc else None,
-                    region=alloc.region if alloc else None,
+                    gpu=latest.gpu if latest else None,
+                    nodes=latest.nodes if latest else None,
+                    provider=latest.provider if latest else None,
+                    region=latest.region if latest else None,
                     cost_so_far=_q(cost),
-                    estimate=_q(alloc.est_cost) if alloc else None,
+                    estimate=_q(latest.est_cost) if latest else None,
                 )
     return result

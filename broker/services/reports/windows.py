@@ -29,10 +29,10 @@ def parse_duration(text: str, *, field: str = "since") -> timedelta:
     could mean minutes or months."""
     match = _DURATION.match(text or "")
     unit = match.group(2).lower() if match else ""
-    if unit == "m":
+    if match and unit == "m":
         raise UserError(
-            f"{field}: {text!r} is ambiguous; write {match.group(1)}min for minutes or "  # type: ignore[union-attr]
-            f"{match.group(1)}mo for months"  # type: ignore[union-attr]
+            f"{field}: {text!r} is ambiguous; write {match.group(1)}min for minutes or "
+            f"{match.group(1)}mo for months"
         )
     if not match or int(match.group(1)) == 0 or unit not in _UNIT_SECONDS:
         raise UserError(f"{field}: {text!r} is not a duration; use e.g. 30min, 12h, 7d or 2w")
