@@ -33,8 +33,9 @@ def test_a_running_job_stops_within_one_tick_of_its_team_budget(
     monkeypatch.setattr(provision, "POLL_S", 0.01)
     settings = load_settings({"GPUBROKER_HOME": str(home)})
     database = Database(settings.database_url)
-    # Enough steps to outlast the budget several times over, few enough to end if not stopped.
-    job_id = submit(database, steps=3000, checkpoint_every=3000)
+    # Enough steps to outlast the budget several times over on a fast, quiet machine (a
+    # step of the tiny model can take 1 ms), few enough to end if not stopped.
+    job_id = submit(database, steps=30000, checkpoint_every=30000)
     alloc_id = plan_allocation(database, job_id, nodes=NODES, price=PRICE)
     with database.session() as session:  # the estimate fits the budget; the run will not
         allocation = session.get(AllocationRow, alloc_id)
