@@ -12,7 +12,7 @@ from broker.config import load_settings
 from broker.db.engine import Database
 from broker.db.models import AllocationRow, InstanceRow, PoolCooldownRow, UsageRow
 from broker.domain import AllocationState, JobState
-from broker.services.execution import provision, runners
+from broker.services.execution import monitor, provision, runners
 from broker.services.execution.executor import run_allocation
 from broker.services.execution.job_runs import schedule_job
 from broker.services.execution.run_context import Progress
@@ -35,6 +35,8 @@ def test_preempted_job_replans_elsewhere_and_resumes(
     database = Database(settings.database_url)
     upsert_offers(database, fake.list_offers(), provider="fake", full=True)
     monkeypatch.setattr(provision, "POLL_S", 0.02)
+    # the monitor looks for lost nodes every tick: far sooner than the run's last steps
+    monkeypatch.setattr(monitor, "POLL_S", 0.02)
     job_id = submit(
         database,
         steps=300,
