@@ -144,8 +144,11 @@ def _offers(
     net = network_of(provider, instance_type)
     cores = None if vcpus is None else round(vcpus)
     zone = zone or None
-    # positional: this runs for every line of files with 100,000s of lines
+    prices: list[tuple[Pricing, Decimal | None]] = [] if spot is None else [(Pricing.SPOT, spot)]
     if on_demand is not None or spot is None:
+        prices.insert(0, (Pricing.ON_DEMAND, on_demand))
+    for pricing, amount in prices:
+        # positional: this runs for every line of files with 100,000s of lines
         result.records.append(
             OfferRecord(
                 provider,
@@ -157,30 +160,8 @@ def _offers(
                 gpu_memory,
                 cores,
                 memory,
-                Pricing.ON_DEMAND,
-                on_demand,
-                net.gbps,
-                net.fabric,
-                net.nvlink,
-                None,
-                source,
-                as_of,
-            )
-        )
-    if spot is not None:
-        result.records.append(
-            OfferRecord(
-                provider,
-                region,
-                zone,
-                instance_type,
-                gpu,
-                gpus,
-                gpu_memory,
-                cores,
-                memory,
-                Pricing.SPOT,
-                spot,
+                pricing,
+                amount,
                 net.gbps,
                 net.fabric,
                 net.nvlink,
