@@ -93,12 +93,30 @@ _GCP: dict[str, Network] = {
     "g2-standard-4": Network(10, Fabric.NONE),
 }
 
+_AZURE: dict[str, Network] = {
+    # ND: InfiniBand between nodes (NDR 8 x 400, HDR 8 x 200, EDR 100, FDR 56 Gb/s).
+    "Standard_ND96isr_H200_v5": Network(3200, Fabric.INFINIBAND, True),
+    "Standard_ND96isr_H100_v5": Network(3200, Fabric.INFINIBAND, True),
+    "Standard_ND96amsr_A100_v4": Network(1600, Fabric.INFINIBAND, True),
+    "Standard_ND96asr_v4": Network(1600, Fabric.INFINIBAND, True),
+    "Standard_ND40rs_v2": Network(100, Fabric.INFINIBAND, True),
+    "Standard_NC24rs_v3": Network(56, Fabric.INFINIBAND),
+    # NC: Ethernet only, the sizes' expected network bandwidth.
+    "Standard_NC80adis_H100_v5": Network(80),
+    "Standard_NC40ads_H100_v5": Network(40),
+    "Standard_NCC40ads_H100_v5": Network(40),
+    "Standard_NC96ads_A100_v4": Network(80),
+    "Standard_NC48ads_A100_v4": Network(40),
+    "Standard_NC24ads_A100_v4": Network(20),
+}
+
+_TABLES = {"aws": _AWS, "gcp": _GCP, "azure": _AZURE}
 _UNKNOWN = Network(None)
 
 
 def network_of(provider: str, instance_type: str) -> Network:
     """Inter-node bandwidth and fabric of a known GPU instance type, else unknown."""
-    table = _AWS if provider == "aws" else _GCP if provider == "gcp" else {}
+    table = _TABLES.get(provider, {})
     base = instance_type.removesuffix("-nolssd")
     return table.get(base, _UNKNOWN)
 

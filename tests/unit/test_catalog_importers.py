@@ -83,6 +83,20 @@ def test_azure_lines_with_an_extra_field_are_reported_not_shifted() -> None:
     assert offer.vcpus == int(float(fields[3]))
 
 
+def test_azure_nd_rows_carry_infiniband_and_lambda_rows_stay_unknown() -> None:
+    azure = skypilot.parse_file(shared_dataset(*CATALOGS, "azure_vms.csv")).records
+    nd = [o for o in azure if o.instance_type == "Standard_ND96isr_H100_v5"]
+    assert nd and all(
+        o.rdma is Fabric.INFINIBAND and o.interconnect_gbps == 3200 and o.nvlink for o in nd
+    )
+    assert {o.pricing for o in nd} == {Pricing.ON_DEMAND, Pricing.SPOT}
+    nc = next(o for o in azure if o.instance_type == "Standard_NC40ads_H100_v5")
+    assert nc.rdma is Fabric.NONE and nc.interconnect_gbps == 40
+    lam = skypilot.parse_file(shared_dataset(*CATALOGS, "lambda_vms.csv")).records
+    h100 = [o for o in lam if o.instance_type == "gpu_8x_h100_sxm5"]
+    assert h100 and all(o.interconnect_gbps is None for o in h100)  # not published: unknown
+
+
 def test_vast_zero_spot_means_no_spot_offer() -> None:
     result = skypilot.parse_file(shared_dataset(*CATALOGS, "vast_vms.csv"))
     assert len(result.records) == len(_rows("vast_vms.csv"))
