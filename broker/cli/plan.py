@@ -11,23 +11,12 @@ from typing import Any
 import typer
 
 from broker.cli.output import FORMAT_HELP, Format, dump_json, money, render
+from broker.services.planning.columns import ALLOCATION_KEYS
 
 SOLVER_HELP = "Solver: highs (default) or cpsat."
 TIME_HELP = "Solver time limit in seconds (default: the solver_time_limit setting)."
 SHARE_HELP = "Cap on any one provider's share of the planned GPUs, in (0, 1]."
-COLUMNS = [
-    "job",
-    "provider",
-    "region",
-    "zone",
-    "instance_type",
-    "pricing",
-    "nodes",
-    "gpus",
-    "est_hours",
-    "est_cost",
-    "binding",
-]
+COLUMNS = [*ALLOCATION_KEYS, "binding"]
 
 
 def _broker() -> Any:

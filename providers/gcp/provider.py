@@ -181,40 +181,27 @@ class GcpProvider:
             ),
             f"get region {req.region}",
         )
-        machine_types = self.session.compute("MachineTypesClient")
-        accelerator_types = self.session.compute("AcceleratorTypesClient")
+        wanted = [("MachineTypesClient", "machine_type", machine_type)]
+        if accelerator is not None:
+            wanted.append(("AcceleratorTypesClient", "accelerator_type", accelerator))
         for zone in sorted(last_segment(url) for url in found.zones):
-            has_type = self._call(
-                functools.partial(
-                    machine_types.get,
-                    project=project,
-                    zone=zone,
-                    machine_type=machine_type,
-                    retry=None,
-                    timeout=_TIMEOUT_S,
-                ),
-                f"get machine type in {zone}",
-                if_missing=None,
-            )
-            if has_type is None:
-                continue
-            if accelerator is not None:
-                has_accelerator = self._call(
-                    functools.partial(
-                        accelerator_types.get,
-                        project=project,
-                        zone=zone,
-                        accelerator_type=accelerator,
-                        retry=None,
-                        timeout=_TIMEOUT_S,
-                    ),
-                    f"get accelerator type in {zone}",
-                    if_missing=None,
-                )
-                if has_accelerator is None:
-                    continue
-            return zone
+            if all(self._offered_in(zone, *item) for item in wanted):
+                return zone
         raise ProviderError(PROVIDER, f"{req.instance_type} is not offered in {req.region}")
+
+    def _offered_in(self, zone: str, client: str, field: str, name: str) -> bool:
+        """Whether the zone lists the machine or accelerator type ``name``."""
+        get = self.session.compute(client).get
+        call = functools.partial(
+            get,
+            project=self.session.project,
+            zone=zone,
+            retry=None,
+            timeout=_TIMEOUT_S,
+            **{field: name},
+        )
+        kind = field.replace("_", " ")
+        return self._call(call, f"get {kind} in {zone}", if_missing=None) is not None
 
     def _ensure_placement(self, req: LaunchRequest, zone: str, nonce: str) -> str:
         from google.cloud import compute_v1

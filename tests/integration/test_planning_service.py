@@ -15,8 +15,9 @@ from sqlalchemy import select
 from broker.config import load_settings
 from broker.db.models import AllocationRow, BudgetRow, JobRow, OfferRow, PlanRow
 from broker.domain import JobState
+from broker.services.planning.columns import ALLOCATION_KEYS
 from broker.services.planning.inputs import add_cooldown
-from broker.services.planning.plan import ALLOCATION_KEYS, plan
+from broker.services.planning.plan import plan
 from broker.services.planning.schedule import schedule
 from workloads.spec import parse_spec, spec_to_dict
 

@@ -28,19 +28,6 @@ from broker.services.planning.inputs import (
     with_measured_rates,
 )
 
-ALLOCATION_KEYS = (
-    "job",
-    "provider",
-    "region",
-    "zone",
-    "instance_type",
-    "pricing",
-    "nodes",
-    "gpus",
-    "est_hours",
-    "est_cost",
-)
-
 
 @dataclass
 class PlanReport:
