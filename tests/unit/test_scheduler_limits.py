@@ -196,3 +196,18 @@ def test_placement_and_cost_gap_are_reported_apart() -> None:
     assert len(plan.unplaced) == 1 and plan.lp_placed == pytest.approx(2.0)
     assert plan.cost == 30.0 and plan.cost_gap == pytest.approx(0.0, abs=1e-9)
     assert plan.gap is not None and plan.gap < 1e-6
+
+
+def test_pricing_volume_limits_the_rounds_on_large_fleets() -> None:
+    """Every round prices every candidate: the rounds a fleet gets shrink with its size, so
+    a very large one ends by work before the safety stop, and both solves agree."""
+    problem = _fleet(40, 30, seed=1)
+    size = len(problem.candidates)
+    work = WorkLimits(cg_priced=2 * size, full_space_columns=0, root_bound_columns=0)
+    first = solve(problem, time_limit=30, explain=False, work=work)
+    again = solve(problem, time_limit=30, explain=False, work=work)
+    assert first.timings["cg_rounds"] == 2 and not first.clock_stop
+    assert [(a.job, a.candidate, a.count) for a in first.assignments] == [
+        (a.job, a.candidate, a.count) for a in again.assignments
+    ]
+    assert check(problem, first) == []
