@@ -215,8 +215,11 @@ class JobCost:
 def job_costs(session: Session, job_ids: Iterable[int]) -> dict[int, JobCost]:
     """Actual against estimated per job.
 
-    Estimated is the sum of ``est_cost`` over the job's allocations that metered any usage
-    (a job resumed after preemption ran on several); a job that has not run yet is
+    Estimated is what the plan that first started the job expected: the ``est_cost`` of
+    its allocations from the earliest plan that metered any usage (one gang for training,
+    the replicas of each area for serving). A run resumed after a preemption is planned
+    again for the work left, so adding its estimate would count that work twice; what
+    the restarts cost shows as actual above estimated. A job that has not run yet is
     compared with its newest allocation's estimate.
     """
     ids = sorted(set(job_ids))
@@ -246,7 +249,9 @@ def job_costs(session: Session, job_ids: Iterable[int]) -> dict[int, JobCost]:
                 Decimal(0),
             )
             mine = [a for a in allocations if a.job_id == job.id]
-            used = [a for a in mine if a.id in ran] or mine[-1:]
+            started = [a for a in mine if a.id in ran]
+            first_plan = min((a.plan_id for a in started), default=None)
+            used = [a for a in started if a.plan_id == first_plan] or mine[-1:]
             estimated = sum((a.est_cost for a in used), Decimal(0)) if used else None
             est_gpu_hours = (
                 sum((money(a.est_hours) * a.nodes * a.gpus_per_node for a in used), Decimal(0))

@@ -142,6 +142,90 @@ def test_job_costs_actual_against_estimated(database) -> None:  # type: ignore[n
     assert any(cost.estimated and cost.actual != cost.estimated for cost in costs.values())
 
 
+def _resume(session, first, plan_id: int, est_cost: str, cost: str | None):  # type: ignore[no-untyped-def]
+    """Another allocation of ``first``'s job in plan ``plan_id``; metered when ``cost``."""
+    from broker.db.models import AllocationRow, InstanceRow, UsageRow
+
+    alloc = AllocationRow(
+        **{
+            k: getattr(first, k)
+            for k in ("job_id", "provider", "region", "zone", "instance_type", "pricing")
+        },
+        plan_id=plan_id,
+        gpu=first.gpu,
+        gpus_per_node=first.gpus_per_node,
+        nodes=1,
+        price_at_plan=first.price_at_plan,
+        est_hours=1.0,
+        est_cost=Decimal(est_cost),
+        state="RELEASED",
+    )
+    session.add(alloc)
+    session.flush()
+    if cost is None:
+        return
+    inst = InstanceRow(
+        allocation_id=alloc.id,
+        provider=first.provider,
+        region=first.region,
+        zone=first.zone,
+        instance_type=first.instance_type,
+        pricing=first.pricing,
+        request_id=f"req-resume-{alloc.id}",
+        node_index=0,
+        provider_instance_id=f"i-resume-{alloc.id}",
+        state="TERMINATED",
+        price_per_hour=first.price_at_plan,
+        launched_at=NOW - timedelta(hours=2),
+        terminated_at=NOW - timedelta(hours=1),
+    )
+    session.add(inst)
+    session.flush()
+    session.add(
+        UsageRow(
+            instance_id=inst.id,
+            job_id=first.job_id,
+            team="research",
+            provider=first.provider,
+            region=first.region,
+            zone=first.zone,
+            instance_type=first.instance_type,
+            pricing=first.pricing,
+            gpu=first.gpu,
+            gpus=first.gpus_per_node,
+            start=NOW - timedelta(hours=2),
+            end=NOW - timedelta(hours=1),
+            price_per_hour=first.price_at_plan,
+            cost=Decimal(cost),
+        )
+    )
+
+
+def test_a_resumed_job_is_held_to_the_estimate_it_started_on(database) -> None:  # type: ignore[no-untyped-def]
+    """A run resumed after a preemption is re-planned for the work left: its estimate does
+    not add to the job's, while every allocation of the first plan that ran (a serving
+    job's replicas) does; an allocation that never ran adds nothing."""
+    from broker.db.models import AllocationRow, PlanRow
+
+    runs = seed(database, now=NOW, jobs=4)
+    resumed, serving = runs[0].job_id, runs[1].job_id
+    with database.session() as s:
+        allocs = {a.job_id: a for a in s.query(AllocationRow).all()}
+        started = {job: allocs[job].est_cost for job in (resumed, serving)}
+        later = PlanRow(solver="highs", status="optimal", detail={})
+        s.add(later)
+        s.flush()
+        _resume(s, allocs[resumed], later.id, "400.00", "350.00")  # resumed, ran
+        _resume(s, allocs[resumed], later.id, "900.00", None)  # planned, never ran
+        _resume(s, allocs[serving], allocs[serving].plan_id, "25.00", "20.00")  # same plan
+    with database.session() as s:
+        costs = job_costs(s, [resumed, serving])
+    first_actual = sum((r.cost for r in runs if r.job_id == resumed), Decimal(0))
+    assert costs[resumed].estimated == started[resumed]
+    assert costs[resumed].actual == first_actual + Decimal("350.00")
+    assert costs[serving].estimated == started[serving] + Decimal("25.00")
+
+
 def test_metered_cost_follows_spot_price_observations(database) -> None:  # type: ignore[no-untyped-def]
     start = NOW - timedelta(hours=3)
     with database.session() as s:
