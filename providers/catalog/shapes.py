@@ -94,13 +94,12 @@ _GCP: dict[str, Network] = {
 }
 
 _AZURE: dict[str, Network] = {
-    # ND: InfiniBand between nodes (NDR 8 x 400, HDR 8 x 200, EDR 100, FDR 56 Gb/s).
+    # ND: InfiniBand between nodes (NDR 8 x 400, HDR 8 x 200, EDR 100 Gb/s).
     "Standard_ND96isr_H200_v5": Network(3200, Fabric.INFINIBAND, True),
     "Standard_ND96isr_H100_v5": Network(3200, Fabric.INFINIBAND, True),
     "Standard_ND96amsr_A100_v4": Network(1600, Fabric.INFINIBAND, True),
     "Standard_ND96asr_v4": Network(1600, Fabric.INFINIBAND, True),
     "Standard_ND40rs_v2": Network(100, Fabric.INFINIBAND, True),
-    "Standard_NC24rs_v3": Network(56, Fabric.INFINIBAND),
     # NC: Ethernet only, the sizes' expected network bandwidth.
     "Standard_NC80adis_H100_v5": Network(80),
     "Standard_NC40ads_H100_v5": Network(40),
