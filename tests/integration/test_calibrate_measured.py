@@ -25,7 +25,7 @@ def test_calibrated_estimate_is_within_30_percent_of_a_real_run(
     from broker.cli.app import main
 
     # One thread for both runs: other processes sharing the cores then slow them alike.
-    argv = ["gpubroker", "calibrate", "--steps", "10", "--threads", "1", "--format", "json"]
+    argv = ["gpubroker", "calibrate", "--steps", "20", "--threads", "1", "--format", "json"]
     monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(SystemExit) as info:
         main()
@@ -33,7 +33,7 @@ def test_calibrated_estimate_is_within_30_percent_of_a_real_run(
     assert info.value.code in (0, None)
     stored = json.loads(capsys.readouterr().out)
     assert stored["device"].startswith("cpu:") and stored["achieved_flops"] > 1e8
-    assert stored["detail"]["preset"] == "gpt-tiny" and stored["detail"]["steps"] == 10
+    assert stored["detail"]["preset"] == "gpt-tiny" and stored["detail"]["steps"] == 20
 
     with Broker() as broker:
         [view] = broker.calibrations()
@@ -43,7 +43,7 @@ def test_calibrated_estimate_is_within_30_percent_of_a_real_run(
             {
                 "name": "check",
                 "model": {"preset": "gpt-tiny"},
-                "steps": 10,
+                "steps": 20,
                 "global_batch": 32,
                 "precision": "fp32",
                 "parallelism": "ddp",
@@ -51,7 +51,7 @@ def test_calibrated_estimate_is_within_30_percent_of_a_real_run(
         )
         assert isinstance(job, TrainingJob)
         estimated = estimate_training(job, Hardware(None, 0, 1), calibration=view.calibration)
-        measured = measure(job.model, batch=32, steps=10, threads=1).median_step_seconds
+        measured = measure(job.model, batch=32, steps=20, threads=1).median_step_seconds
         assert estimated.step_seconds == pytest.approx(measured, rel=0.30)
 
         # The estimate service applies this machine's calibration to the local offer.
