@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from sqlalchemy import ColumnElement, CursorResult, Delete, Update, func, select
+from sqlalchemy import ColumnElement, CursorResult, Delete, Update, and_, func, select
 from sqlalchemy.orm import Session
 
-from broker.db.models import AllocationRow, JobRow
+from broker.db.models import AllocationRow, JobRow, OfferRow
 from broker.domain import AllocationState
 
 # Allocations that hold nodes, or are about to: they count against capacity and budgets.
@@ -21,6 +21,22 @@ def rows_matched(session: Session, statement: Update | Delete) -> int:
     if not isinstance(result, CursorResult):
         raise TypeError(f"{type(result).__name__} from an UPDATE or DELETE has no rowcount")
     return result.rowcount
+
+
+# one pool per (provider, region, zone, instance type, pricing), always read in this order
+POOL_ORDER = (
+    OfferRow.provider,
+    OfferRow.region,
+    OfferRow.zone,
+    OfferRow.instance_type,
+    OfferRow.pricing,
+)
+
+
+def plannable_offer() -> ColumnElement[bool]:
+    """The offers the planner places on: fresh and priced. The simulator reads its supply
+    with the same condition, so a replay offers what a plan would see."""
+    return and_(OfferRow.stale.is_(False), OfferRow.price_per_hour.is_not(None))
 
 
 def live_allocation() -> ColumnElement[bool]:

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from broker.config import Settings
 from broker.db.engine import Database
 from broker.db.models import AllocationRow, EndpointRow, JobRow, OfferRow, PoolCooldownRow, QuotaRow
-from broker.db.queries import live_allocation
+from broker.db.queries import POOL_ORDER, live_allocation, plannable_offer
 from broker.domain import JobState, utcnow
 
 # the offer columns a pool is made of: read as plain rows, not ORM objects, since every
@@ -65,14 +65,8 @@ def available_pools(session: Session, settings: Settings) -> list[Any]:
                 for name in _POOL_COLUMNS
             )
         )
-        .where(OfferRow.stale.is_(False), OfferRow.price_per_hour.is_not(None))
-        .order_by(
-            OfferRow.provider,
-            OfferRow.region,
-            OfferRow.zone,
-            OfferRow.instance_type,
-            OfferRow.pricing,
-        )
+        .where(plannable_offer())
+        .order_by(*POOL_ORDER)
     )
     default = settings.default_pool_capacity
     for (  # in _POOL_COLUMNS order: plain tuples are read far faster than named rows

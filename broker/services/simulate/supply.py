@@ -26,6 +26,7 @@ from sqlalchemy import select
 
 from broker.db.engine import Database
 from broker.db.models import OfferRow
+from broker.db.queries import POOL_ORDER, plannable_offer
 from broker.domain import Fabric, Pricing
 from broker.errors import SpecError, UserError
 from broker.services.simulate.scenario import LoadedScenario
@@ -76,17 +77,7 @@ def offers_from(db: Database, loaded: LoadedScenario) -> list[OfferRecord]:
     cfg = loaded.scenario.supply
     with db.session() as session:
         rows = list(
-            session.scalars(
-                select(OfferRow)
-                .where(OfferRow.stale.is_(False), OfferRow.price_per_hour.is_not(None))
-                .order_by(
-                    OfferRow.provider,
-                    OfferRow.region,
-                    OfferRow.zone,
-                    OfferRow.instance_type,
-                    OfferRow.pricing,
-                )
-            )
+            session.scalars(select(OfferRow).where(plannable_offer()).order_by(*POOL_ORDER))
         )
     out = []
     for row in rows:
