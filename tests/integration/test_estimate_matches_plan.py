@@ -11,12 +11,11 @@ from typing import Any
 import pytest
 
 from broker.config import load_settings
-from broker.db.models import JobRow
-from broker.domain import JobState
+from broker.services.jobs.store import submit
 from broker.services.planning import estimates
 from broker.services.planning.plan import PlanReport, plan
 from scheduler.candidate_rules import SERVING_HORIZON_HOURS
-from workloads.spec import load_spec, spec_to_dict
+from workloads.spec import load_spec
 
 EXAMPLES = sorted(
     p
@@ -37,19 +36,7 @@ def settings(tmp_path: Path, database: Any) -> Any:
 
 
 def _plan_alone(database: Any, settings: Any, spec: Any) -> PlanReport:
-    with database.session() as session:
-        row = JobRow(
-            name=spec.name,
-            kind=spec.kind,
-            spec=spec_to_dict(spec),
-            team=spec.team,
-            priority=spec.priority,
-            state=JobState.PENDING.value,
-        )
-        session.add(row)
-        session.flush()
-        job_id = row.id
-    return plan(database, settings, job_ids=[job_id])
+    return plan(database, settings, job_ids=[submit(database, spec).id])
 
 
 def _tied(database: Any, settings: Any, spec: Any, offer_id: int, nodes: int) -> Decimal | None:

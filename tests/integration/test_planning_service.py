@@ -140,24 +140,13 @@ def test_bad_solver_is_a_user_error(database, settings) -> None:
 
 def test_cli_plan_json_over_the_examples(home: Path) -> None:
     from broker.db.engine import Database
+    from broker.services.jobs.store import submit
+    from workloads.spec import load_spec
 
     db = Database(f"sqlite:///{home / 'broker.db'}")
     specs = [p for p in sorted((ROOT / "examples").glob("*.yaml")) if p.name != "month.yaml"]
-    with db.session() as s:
-        for path in specs:
-            from workloads.spec import load_spec
-
-            spec = load_spec(path)
-            s.add(
-                JobRow(
-                    name=spec.name,
-                    kind=spec.kind,
-                    spec=spec_to_dict(spec),
-                    team=spec.team,
-                    priority=spec.priority,
-                    state=JobState.PENDING.value,
-                )
-            )
+    for path in specs:
+        submit(db, load_spec(path))
     db.dispose()
     env = dict(os.environ, GPUBROKER_HOME=str(home), GPUBROKER_SOLVER_TIME_LIMIT="10")
     gpubroker = str(Path(sys.executable).with_name("gpubroker"))
