@@ -84,20 +84,17 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="bench-floors-"))
     settings = load_settings({"GPUBROKER_HOME": str(work)})
-    catalogs = Database(f"sqlite:///{work / 'catalogs.db'}")
-    catalogs.ensure_schema()
+    db = Database(settings.database_url)
     for name in PROVIDERS:
-        import_file(catalogs, CATALOGS / f"{name}_vms.csv", "skypilot", provider=name)
+        import_file(db, CATALOGS / f"{name}_vms.csv", "skypilot", provider=name)
     loaded = simulate.load(SCENARIO)
-    offers = [replace(o, capacity_nodes=None) for o in offers_from(catalogs, loaded)]
-    catalogs.dispose()
-    supply = Database(settings.database_url)
-    supply.ensure_schema()
-    for name in sorted({o.provider for o in offers}):
-        upsert_offers(supply, [o for o in offers if o.provider == name], provider=name, full=True)
-    with supply.session() as session:
+    # the scenario's supply, each provider's offers replaced by it with no capacity limit
+    offers = [replace(o, capacity_nodes=None) for o in offers_from(db, loaded)]
+    for name in PROVIDERS:
+        upsert_offers(db, [o for o in offers if o.provider == name], provider=name, full=True)
+    with db.session() as session:
         pools = available_pools(session, settings)
-    supply.dispose()
+    db.dispose()
 
     start = loaded.scenario.start
     jobs = arrivals(loaded, args.seed)
