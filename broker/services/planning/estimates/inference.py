@@ -64,17 +64,7 @@ def _option(
         if reason is None and job.budget is not None and cost > job.budget:
             reason = f"costs {cost} USD per hour, over the budget of {job.budget} USD"
     return Option(
-        gpu=pool.gpu,
-        gpus_per_node=pool.gpus_per_node,
-        nodes=nodes,
-        gpus=nodes * pool.gpus_per_node,
-        provider=pool.provider or None,
-        region=pool.region or None,
-        zone=pool.zone or None,
-        instance_type=pool.instance_type or None,
-        pricing=pool.pricing if pool.instance_type else None,
-        offer_id=pool.offer_id,
-        price_per_hour=offer.price,
+        **offer.placement(nodes),
         hours=None,
         cost=cost,
         step_seconds=None,
@@ -82,8 +72,6 @@ def _option(
         mfu=None,
         memory_per_gpu_gib=None,
         memory_headroom_gib=None,
-        interconnect_gbps=pool.interconnect_gbps,
-        rdma=offer.rdma,
         spot_overhead=round(overhead, 4),
         feasible=reason is None,
         reason=reason,

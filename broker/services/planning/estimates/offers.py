@@ -31,6 +31,26 @@ class EstimateOffer:
     def rdma(self) -> bool:
         return self.pool.rdma not in ("", "none", "false")
 
+    def placement(self, nodes: int) -> dict[str, Any]:
+        """The fields of an estimate ``Option`` that say where it runs: ``nodes`` nodes of
+        this offer (training and serving options share them)."""
+        pool = self.pool
+        return {
+            "gpu": pool.gpu,
+            "gpus_per_node": pool.gpus_per_node,
+            "nodes": nodes,
+            "gpus": nodes * pool.gpus_per_node,
+            "provider": pool.provider or None,
+            "region": pool.region or None,
+            "zone": pool.zone or None,
+            "instance_type": pool.instance_type or None,
+            "pricing": pool.pricing if pool.instance_type else None,
+            "offer_id": pool.offer_id,
+            "price_per_hour": self.price,
+            "interconnect_gbps": pool.interconnect_gbps,
+            "rdma": self.rdma,
+        }
+
 
 def _from_row(row: Any, settings: Settings) -> EstimateOffer:
     price = row.price_per_hour

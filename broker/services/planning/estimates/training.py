@@ -21,17 +21,7 @@ def _option(offer: EstimateOffer, gang: TrainingOption) -> Option:
     if offer.price is not None and est is not None:
         cost = round_cents(money(gang.cost))
     return Option(
-        gpu=pool.gpu,
-        gpus_per_node=pool.gpus_per_node,
-        nodes=gang.nodes,
-        gpus=gang.nodes * pool.gpus_per_node,
-        provider=pool.provider or None,
-        region=pool.region or None,
-        zone=pool.zone or None,
-        instance_type=pool.instance_type or None,
-        pricing=pool.pricing if pool.instance_type else None,
-        offer_id=pool.offer_id,
-        price_per_hour=offer.price,
+        **offer.placement(gang.nodes),
         hours=round(gang.wall_hours, 4) if est is not None else None,
         cost=cost,
         step_seconds=round(est.step_seconds, 6) if est is not None else None,
@@ -39,8 +29,6 @@ def _option(offer: EstimateOffer, gang: TrainingOption) -> Option:
         mfu=round(est.mfu, 4) if est is not None and pool.gpu else None,
         memory_per_gpu_gib=round(est.memory_per_gpu_gib, 2) if est is not None else None,
         memory_headroom_gib=round(est.memory_headroom_gib, 2) if est is not None else None,
-        interconnect_gbps=pool.interconnect_gbps,
-        rdma=offer.rdma,
         spot_overhead=round(gang.overhead, 4),
         feasible=gang.stage is None,
         reason=gang.reason,
