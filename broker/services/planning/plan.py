@@ -88,6 +88,23 @@ def solver_options(
     return solver, float(limit), (share if share < 1 else None)
 
 
+def prepare(
+    db: Database,
+    settings: Settings,
+    solver: str | None,
+    time_limit: float | None,
+    max_provider_share: float | None,
+) -> tuple[str, float, float | None, dict[str, Any]]:
+    """What ``plan`` and ``schedule`` both do before solving: check the solver options,
+    make sure there are offers, and read the stored calibrations."""
+    from broker.services.offers.bootstrap import ensure_catalog
+    from broker.services.planning.calibrations import calibration_map
+
+    name, limit, share = solver_options(settings, solver, time_limit, max_provider_share)
+    ensure_catalog(db, settings)
+    return name, limit, share, calibration_map(db)
+
+
 def solve_pending(
     session: Session,
     settings: Settings,
@@ -192,12 +209,7 @@ def plan(
     job_ids: Sequence[int] | None = None,
 ) -> PlanReport:
     """Plan the PENDING jobs against current offers; nothing is stored."""
-    from broker.services.offers.bootstrap import ensure_catalog
-    from broker.services.planning.calibrations import calibration_map
-
-    name, limit, share = solver_options(settings, solver, time_limit, max_provider_share)
-    ensure_catalog(db, settings)
-    calibrations = calibration_map(db)
+    name, limit, share, calibrations = prepare(db, settings, solver, time_limit, max_provider_share)
     with db.session() as session:
         problem, result, _ = solve_pending(
             session, settings, name, limit, share, job_ids, calibrations

@@ -26,7 +26,7 @@ from broker.errors import ConflictError, StaleWrite
 from broker.services.jobs.store import guarded as jobs_guarded
 from broker.services.jobs.store import record_event, transition
 from broker.services.metering import BASELINE_KEY
-from broker.services.planning.plan import ScheduleResult, plan_report, solve_pending, solver_options
+from broker.services.planning.plan import ScheduleResult, plan_report, prepare, solve_pending
 
 
 def schedule(
@@ -41,12 +41,7 @@ def schedule(
     """Plan and commit in one transaction: PlanRow, PLANNED allocations, jobs -> PLANNED
     (each move logged as a state event), and an ``unplaced`` event for each job left pending
     for a reason other than the one it already shows."""
-    from broker.services.offers.bootstrap import ensure_catalog
-    from broker.services.planning.calibrations import calibration_map
-
-    name, limit, share = solver_options(settings, solver, time_limit, max_provider_share)
-    ensure_catalog(db, settings)
-    calibrations = calibration_map(db)
+    name, limit, share, calibrations = prepare(db, settings, solver, time_limit, max_provider_share)
     started = time.perf_counter()
     with _reserving(db) as session:
         problem, result, rows = solve_pending(
