@@ -118,6 +118,30 @@ def _linking_constant(problem: Problem, pools: PoolIndex, duals: Duals) -> float
     return value
 
 
+def share_prices(
+    problem: Problem, pools: PoolIndex, duals: Duals, cands: np.ndarray
+) -> tuple[np.ndarray, float] | None:
+    """The share rows moved into the objective with their LP duals (the Lagrangian that
+    relaxes only them): what each of ``cands`` pays on top of its cost, and the constant
+    sum_v mu_v room_v. Any plan's cost plus its prices plus the constant is at most its
+    cost, so a lower bound on the priced problem without the cap, plus the constant,
+    holds for the capped one; at the converged LP's duals it is at least the LP bound.
+    None where there is no cap, or where the auxiliary total's reduced cost is negative
+    (the Lagrangian is then unbounded below)."""
+    share = problem.share_cap
+    if share is None or duals.total + share * float(duals.provider.sum()) < -1e-7:
+        return None
+    c = problem.candidates
+    pool = c.pool[cands]
+    weight = c.gpus[cands].astype(np.float64) if problem.share_on == "gpus" else c.cost[cands]
+    prices = -weight * (duals.total + duals.provider[pools.provider[pool]])
+    constant = sum(
+        float(mu) * problem.share_room(name)
+        for mu, name in zip(duals.provider, pools.providers, strict=True)
+    )
+    return prices, constant
+
+
 def _training(problem: Problem, pools: PoolIndex, cls: JobClass, rc: np.ndarray) -> float:
     """min sum rc y + penalty u over sum y + u = count, 0 <= y <= bound: the class's jobs
     fill its cheapest columns first, one gang each; the rest stay unplaced."""

@@ -4,31 +4,33 @@
 from the candidate arrays (the model's own protocol buffer, rows and columns sorted), where
 ``Master.add_columns`` would take seconds per 10^5 columns. ``solve_full_space`` runs HiGHS
 on that model in one of the modes ``solve`` picks: branch and bound, its root cuts alone
-for their bound, or either with the share cap left out (a relaxation: its bound holds, its
-solution is not used).
+for their bound, or either with the share cap moved into the objective at the LP's duals
+(a Lagrangian relaxation, ``bound.share_prices``): its bound holds for the capped problem,
+and its solution is a plan wherever it keeps the cap.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from scheduler.baselines import Units
-from scheduler.model import JobClass, Master, PoolIndex, unit_bounds
+from scheduler.bound import share_prices
+from scheduler.model import Duals, JobClass, Master, PoolIndex, unit_bounds
 from scheduler.problem import INFERENCE, Problem
 
-ROOT_MODES = ("root", "uncapped root")  # full-space steps that run for their bound alone
-RELAXED_MODES = ("uncapped", "uncapped root")  # the share cap left out
+ROOT_MODES = ("root", "priced root")  # full-space steps that run for their bound alone
+PRICED_MODES = ("priced", "priced root")  # the share cap priced into the objective
 
 
 @dataclass
 class FullSpace:
-    """The full-space step's proven bound and best solution (None: none), and whether the
-    wall-clock safety stop ended it."""
+    """The full-space step's proven bound and best solution (None: none; a priced mode's
+    may break the cap), and whether the wall-clock safety stop ended it."""
 
     bound: float | None = None
     units: Units | None = None
@@ -49,17 +51,31 @@ def solve_full_space(
     seed: int,
 ) -> FullSpace:
     """HiGHS on the integer model over every candidate, with ``lp_model``'s cuts, limited
-    to ``nodes`` branch-and-bound nodes; nothing when ``mode`` is None."""
+    to ``nodes`` branch-and-bound nodes; nothing when ``mode`` is None. A priced mode
+    prices the share rows with ``lp_model``'s duals (zero where it has none: the cap
+    simply left out)."""
     if mode is None:
         return FullSpace()
     if deadline - time.perf_counter() <= 0.5:
         return FullSpace(clock_stop=True)
-    relaxed = mode in RELAXED_MODES
-    full = Master(
-        problem, classes, pools, integer=True, capped=not relaxed, dense_share=dense_share
-    )
+    priced = mode in PRICED_MODES
+    constant = 0.0
+    prices = None
+    if priced:
+        duals = lp_model.duals or Duals.zero(problem, pools)
+        at_duals = share_prices(problem, pools, duals, np.arange(0))
+        if at_duals is None:
+            return FullSpace()  # the Lagrangian is unbounded below at these duals
+        constant = at_duals[1]
+
+        def prices(cands: np.ndarray) -> np.ndarray:
+            return share_prices(problem, pools, duals, cands)[0]  # type: ignore[index]
+
+    full = Master(problem, classes, pools, integer=True, capped=not priced, dense_share=dense_share)
     full.copy_cuts_from(lp_model)
-    write_every_column(full, [problem.candidates.of_shape(cls.shape) for cls in classes])
+    write_every_column(
+        full, [problem.candidates.of_shape(cls.shape) for cls in classes], prices=prices
+    )
     left = deadline - time.perf_counter()
     if left <= 0.5:
         return FullSpace(clock_stop=True)
@@ -71,15 +87,21 @@ def solve_full_space(
         nodes=nodes,
         root_bound=mode in ROOT_MODES,
     )
-    return FullSpace(result.bound, None if relaxed else result.units, result.clock_stop)
+    bound = None if result.bound is None else result.bound + constant
+    return FullSpace(bound, result.units, result.clock_stop)
 
 
-def write_every_column(master: Master, ranges: list[range]) -> None:
+def write_every_column(
+    master: Master,
+    ranges: list[range],
+    *,
+    prices: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> None:
     """Every candidate of each class (``ranges[k]`` for class k) at once, written
     column-wise from the candidate arrays into a fresh copy of the model: at 10^5
     columns this takes a fraction of a second where ``add_columns`` takes seconds.
     Only for a model that starts empty of columns and is then solved as it is (no
-    more columns or cuts)."""
+    more columns or cuts). ``prices`` adds to each candidate's cost in the objective."""
     from ortools.math_opt.python import mathopt
 
     assert not master.columns, "write_every_column: the model already has columns"
@@ -114,7 +136,7 @@ def write_every_column(master: Master, ranges: list[range]) -> None:
         of_class.append(np.full(len(cands), cls.index))
         cands_all.append(cands)
         upper.append(ub.astype(np.float64))
-        objective.append(c.cost[cands])
+        objective.append(c.cost[cands] if prices is None else c.cost[cands] + prices(cands))
         for row_id, values in _column_entries(master, cls, cands):
             keep = values != 0
             entry_rows.append(np.broadcast_to(np.asarray(row_id, dtype=np.int64), len(cands))[keep])

@@ -186,7 +186,7 @@ class Master:
     integer: bool
     dense_share: bool = False
     integral_total: bool = False
-    capped: bool = True  # False: the share cap left out (a relaxation, for its bound)
+    capped: bool = True  # False: no share rows (the full-space step prices them instead)
     model: Any = None
     columns: dict[tuple[int, int], Any] = field(default_factory=dict)
     unplaced: list[Any] = field(default_factory=list)

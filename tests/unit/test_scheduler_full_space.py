@@ -10,7 +10,7 @@ from bench.scheduler.generate import Config, adversarial, synthetic
 from scheduler.full_space import write_every_column
 from scheduler.model import Master, PoolIndex, build_classes
 from scheduler.problem import Problem
-from scheduler.solve import WorkLimits, solve
+from scheduler.solve import WorkLimits, lp_bound, solve
 from scheduler.validate import check
 from tests.unit.test_scheduler_core import _brute_force, _pool, _problem, small_problems
 
@@ -126,33 +126,53 @@ def test_the_solvers_print_nothing(capfd: pytest.CaptureFixture[str]) -> None:
     assert out == "" and err == ""
 
 
-UNCAPPED_ONLY = WorkLimits(full_space_capped_columns=0)
+PRICED_ONLY = WorkLimits(full_space_capped_columns=0)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(small_problems())
-def test_the_bound_with_the_cap_left_out_never_passes_the_capped_optimum(
+def test_the_bound_with_the_cap_priced_in_never_passes_the_capped_optimum(
     problem: Problem,
 ) -> None:
     hosts = {problem.pools[int(p)].provider for p in problem.candidates.pool}
     if problem.share_cap is not None and hosts and problem.share_cap < 1 / len(hosts):
         return
-    plan = solve(problem, time_limit=5, explain=False, work=UNCAPPED_ONLY)
+    plan = solve(problem, time_limit=5, explain=False, work=PRICED_ONLY)
     assert check(problem, plan) == []
     assert plan.lp_bound is not None
     assert 0.0 <= plan.lp_bound <= _brute_force(problem) + 1e-6
 
 
-def test_a_cap_that_does_not_bind_is_proven_by_the_uncapped_bound() -> None:
-    """M-sized adversarial fleets hold too many columns for the capped full-space step; the
-    35 % cap does not bind there, and the model without it proves the plan optimal."""
+def test_a_cap_that_does_not_bind_is_proven_by_the_priced_bound() -> None:
+    """Where the 35 % cap does not bind, the LP prices its rows at zero: the priced model
+    is the one without the cap, and it proves the plan optimal."""
     problem = _fleet("adversarial", 7, None)
     free = solve(problem, time_limit=30, explain=False)
     problem.max_provider_share, problem.share_on = 0.35, "gpus"
-    capped = solve(problem, time_limit=30, explain=False, work=UNCAPPED_ONLY)
+    capped = solve(problem, time_limit=30, explain=False, work=PRICED_ONLY)
     assert check(problem, capped) == []
     assert capped.objective == pytest.approx(free.objective)
     assert capped.gap == pytest.approx(0.0, abs=1e-6) and not capped.clock_stop
+
+
+@pytest.mark.parametrize(("seed", "cap"), [(1, "spend"), (7, "spend"), (3, "gpus")])
+def test_a_binding_cap_priced_in_bounds_above_the_lp_and_any_plan_without_the_cap(
+    seed: int, cap: str
+) -> None:
+    """The share rows priced at the LP's duals: the bound lies between the capped LP bound
+    and the capped optimum, and above the cheapest plan without the cap, which is as
+    far as leaving the cap out could ever bound it."""
+    problem = _fleet("synthetic", seed, cap)
+    exact = solve(problem, time_limit=60, explain=False)
+    assert exact.gap is not None and exact.gap < 1e-3
+    priced = solve(problem, time_limit=60, explain=False, work=PRICED_ONLY)
+    assert check(problem, priced) == [] and not priced.clock_stop
+    lp = lp_bound(problem)
+    problem.max_provider_share = None
+    free = solve(problem, time_limit=60, explain=False)
+    assert priced.lp_bound is not None
+    assert lp - 1e-6 <= priced.lp_bound <= exact.objective + 1e-6
+    assert priced.lp_bound > free.objective
 
 
 def test_a_solver_plan_the_checker_rejects_is_refused_not_returned(
