@@ -251,13 +251,13 @@ class Master:
                 for row in self._provider_rows.values():
                     row.set_coefficient(self._total, -share)
 
-    def limit_unplaced(self, jobs: int) -> None:
-        """Penalties off and at most ``jobs`` jobs unplaced (fractions counted): the
-        model's optimum is then the least cost of placing all but that many."""
-        row = self.model.add_linear_constraint(ub=float(jobs), name="unplaced")
-        for u in self.unplaced:
+    def fix_unplaced(self, left_out: list[int]) -> None:
+        """Penalties off and exactly ``left_out[k]`` of class k's jobs unplaced: the
+        model's optimum is then the least cost of placing what a plan with those counts
+        places (the jobs of a class are alike)."""
+        for u, count in zip(self.unplaced, left_out, strict=True):
             self.model.objective.set_linear_coefficient(u, 0.0)
-            row.set_coefficient(u, 1.0)
+            u.lower_bound = u.upper_bound = float(count)
 
     # --- rows created on first use --------------------------------------------------
 

@@ -289,7 +289,8 @@ class Plan:
     # Placement and cost apart (None when pricing did not converge): the jobs the
     # full-space LP places (fractions counted), and the plan's cost gap over the jobs it
     # places: against the bound less the penalties of the jobs it leaves out, or, where
-    # larger, the LP's cost of its own placement (objective less its fractional penalties).
+    # larger, the LP's cost of its own placement (objective less its fractional penalties)
+    # or, where the LP places more, the LP's least cost of placing what the plan places.
     lp_placed: float | None = None
     cost_gap: float | None = None
     timings: dict[str, float] = field(default_factory=dict)

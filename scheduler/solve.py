@@ -44,9 +44,10 @@
      priced at zero and proven at once. Its solution is the plan where it keeps the cap
      and costs less.
 7. Where the LP places a fraction of a job more than the plan, the cost gap is read
-   against the least LP cost of leaving out no more jobs than the plan does (column
-   generation with penalties off and a limit on the jobs left out), since a bound that
-   carries penalties says nothing about cost there.
+   against the least LP cost of placing the jobs the plan places (column generation with
+   penalties off and each class's jobs left out fixed at the plan's), since a bound that
+   carries penalties says nothing about cost there. Placement is its own figure (the
+   plan's jobs against the LP's); the cost gap says how well the plan buys what it places.
 Every step is limited by work (``WorkLimits``: rounds, candidates priced, nodes, columns),
 never by the clock, and the solvers run single-threaded with a fixed seed, so the same
 input gives the same plan on any machine and under any load. ``time_limit`` is a safety
@@ -120,12 +121,21 @@ class WorkLimits:
     cg_priced: int = 320_000_000
     mip_nodes: int = 2_000  # branch-and-bound nodes over the kept columns
     full_space_nodes: int = 1_000  # branch-and-bound nodes over every candidate
+    # ... and, in either, no more nodes than this many columns allow (a node's LP grows with
+    # them): L catalog's 11,337 kept columns get 88 nodes, where 2,000 took 162 s on a
+    # slow core
+    node_columns: int = 1_000_000
     full_space_columns: int = 30_000  # the full-space step only up to this many columns
     full_space_capped_columns: int = 8_000  # ... and this many under a share cap
     # above full_space_columns and up to this many (no share cap), only the full-space
     # model's root cuts run, for their bound
     root_bound_columns: int = 120_000
     serving_nodes: int = SERVING_NODES  # per serving job's covering problem (bound only)
+
+    def nodes(self, limit: int, columns: int) -> int:
+        """Branch-and-bound nodes for a model of ``columns`` columns: ``limit``, and no more
+        than ``node_columns`` allow."""
+        return min(limit, max(1, self.node_columns // max(columns, 1)))
 
 
 class InvalidPlan(AssertionError):
@@ -183,7 +193,7 @@ def solve(
     # The solvers measure gaps over cost and penalties together; where penalties of jobs no
     # plan can place (those the LP leaves out) make up most of the objective, the gap asked
     # for is one over cost.
-    lp_penalties = _lp_placement(classes, lp_model)[1]
+    lp_placed, lp_penalties = _lp_placement(classes, lp_model)
     cost_share = (
         max(cg.lp_objective - lp_penalties, 0.0) / cg.lp_objective if cg.lp_objective > 0 else 1.0
     )
@@ -239,7 +249,7 @@ def solve(
         time_limit=remaining,
         relative_gap=mip_gap,
         seed=seed,
-        nodes=work.mip_nodes,
+        nodes=work.nodes(work.mip_nodes, n_columns),
         hint=greedy,
         target=target,
     )
@@ -265,7 +275,7 @@ def solve(
         lp_model,
         full_mode,
         dense_share=_dense_share(problem, "highs", full_columns),
-        nodes=work.full_space_nodes,
+        nodes=work.nodes(work.full_space_nodes, full_columns),
         deadline=stop if full_mode == "mip" else start + RELAXED_SAFETY_SHARE * time_limit,
         relative_gap=mip_gap,
         seed=seed,
@@ -291,13 +301,6 @@ def solve(
         None if full_mode in PRICED_MODES else rejected,
     )
     plan.solver = solver
-    status = restricted.status
-    plan.status = status if plan is not greedy_plan else f"{status} (greedy plan kept)"
-    if rejected:
-        plan.status += f"; solver plan refused by the checker ({'; '.join(rejected)})"
-    if clock_stops:
-        plan.clock_stop = True
-        plan.status += f"; safety time limit stopped the {', '.join(clock_stops)}"
     plan.lp_bound = min(max(lp_bound, 0.0), plan.objective)
     plan.gap = _gap(plan.objective, plan.lp_bound)
     if cg.converged:
@@ -305,27 +308,36 @@ def solve(
         # of the jobs the plan leaves out; where the LP leaves fractions of jobs out, that
         # figure carries part of a penalty, so when the LP places no more jobs than the
         # plan, the LP's own cost of its placement is the yardstick where it is larger
-        plan.lp_placed, lp_penalties = _lp_placement(classes, lp_model)
+        plan.lp_placed = lp_placed
         left_out = sum(problem.penalty(job) for job in problem.jobs if job.id in plan.unplaced)
         yardstick = plan.lp_bound - left_out
         if plan.lp_placed <= len(problem.jobs) - len(plan.unplaced) + 1e-6:
             yardstick = max(yardstick, cg.lp_objective - lp_penalties)
         elif plan.unplaced:
             # the LP places a fraction of a job more than the plan: the penalties it pays
-            # no longer match the plan's, so bound the cost of placing as many jobs directly
+            # no longer match the plan's, so bound the cost of placing what the plan places
             floor = _placement_cost_bound(
                 problem,
                 classes,
                 pools,
                 lp_model,
-                len(plan.unplaced),
+                _left_out_by_class(classes, plan),
                 rounds=work.cg_rounds,
                 deadline=stop,
             )
             timings["placement_cost_bound"] = time.perf_counter() - start
             if floor is not None:
                 yardstick = max(yardstick, floor)
+            elif time.perf_counter() > stop:
+                clock_stops.append("placement cost bound")
         plan.cost_gap = _gap(plan.cost, max(yardstick, 0.0))
+    status = restricted.status
+    plan.status = status if plan is not greedy_plan else f"{status} (greedy plan kept)"
+    if rejected:
+        plan.status += f"; solver plan refused by the checker ({'; '.join(rejected)})"
+    if clock_stops:
+        plan.clock_stop = True
+        plan.status += f"; safety time limit stopped the {', '.join(clock_stops)}"
     plan.solve_seconds = time.perf_counter() - start
     timings["total"] = plan.solve_seconds
     plan.timings = timings
@@ -570,19 +582,19 @@ def _placement_cost_bound(
     classes: list[JobClass],
     pools: PoolIndex,
     lp_model: Master,
-    left_out: int,
+    left_out: list[int],
     *,
     rounds: int,
     deadline: float,
 ) -> float | None:
-    """The least cost (penalties aside) of any plan that leaves at most ``left_out`` jobs
-    unplaced, as an LP over the full space: column generation from ``lp_model``'s columns
-    and cuts with the penalties off and one more row, sum of "unplaced" <= ``left_out``
-    (it holds no column, so pricing is unchanged). None when pricing does not end within
+    """The least cost (penalties aside) of any plan that leaves out ``left_out[k]`` of
+    class k's jobs, as an LP over the full space: column generation from ``lp_model``'s
+    columns and cuts with the penalties off and the "unplaced" values fixed (they hold no
+    candidate, so pricing is unchanged). None when pricing does not end within
     ``rounds``."""
     master = Master(problem, classes, pools, integer=False)
     master.copy_cuts_from(lp_model)
-    master.limit_unplaced(left_out)
+    master.fix_unplaced(left_out)
     for cls in classes:
         mine = lp_model.by_class.get(cls.index)
         if mine:
@@ -591,6 +603,10 @@ def _placement_cost_bound(
         problem, classes, pools, {}, rounds=rounds, deadline=deadline, master=master
     )
     return cg.lp_objective if cg.converged else None
+
+
+def _left_out_by_class(classes: list[JobClass], plan: Plan) -> list[int]:
+    return [sum(1 for job in cls.jobs if job in plan.unplaced) for cls in classes]
 
 
 def _bound_without_duals(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from broker.errors import Infeasible
 from scheduler.bound import relaxed_bound
 from scheduler.model import Duals, PoolIndex, build_classes, reduced_costs
 from scheduler.problem import Candidates, Job, Pool, Problem
-from scheduler.solve import WorkLimits, solve
+from scheduler.solve import WorkLimits, _column_generation, _placement_cost_bound, solve
 from scheduler.validate import check
 from tests.unit.test_scheduler_core import _brute_force, _pool, _problem, small_problems
 
@@ -196,6 +197,43 @@ def test_placement_and_cost_gap_are_reported_apart() -> None:
     assert len(plan.unplaced) == 1 and plan.lp_placed == pytest.approx(2.0)
     assert plan.cost == 30.0 and plan.cost_gap == pytest.approx(0.0, abs=1e-9)
     assert plan.gap is not None and plan.gap < 1e-6
+
+
+def test_the_cost_yardstick_is_the_least_cost_of_placing_the_plans_jobs() -> None:
+    """A budget of 15 holds one of two jobs (the LP places 1.3): the plan places the
+    priority job at 12 over the other at 10. The yardstick for its cost is the least cost
+    of placing that job, 12, not of placing any one job, 10 (which would read 17 %)."""
+    pools = [_pool(0, "aws", 2, 10.0)]
+    problem = _problem(
+        pools, [("a", 1, [(0, 1, 1.2)]), ("a", 0, [(0, 1, 1.0)])], budgets={"a": 15.0}
+    )
+    plan = solve(problem, time_limit=5)
+    assert check(problem, plan) == []
+    assert list(plan.unplaced) == [2] and plan.cost == pytest.approx(12.0)
+    assert plan.lp_placed == pytest.approx(1.3)
+    assert plan.cost_gap == pytest.approx(0.0, abs=1e-9)
+    classes, pools_index = build_classes(problem), PoolIndex.of(problem)
+    lp = _column_generation(
+        problem, classes, pools_index, {}, rounds=60, deadline=time.perf_counter() + 10
+    ).master
+    for left_out, cost in (([0, 1], 12.0), ([1, 0], 10.0)):
+        floor = _placement_cost_bound(
+            problem,
+            classes,
+            pools_index,
+            lp,
+            left_out,
+            rounds=60,
+            deadline=time.perf_counter() + 10,
+        )
+        assert floor == pytest.approx(cost)
+
+
+def test_node_limits_shrink_as_the_model_grows() -> None:
+    work = WorkLimits(node_columns=1_000_000)
+    assert work.nodes(2_000, 300) == 2_000
+    assert work.nodes(2_000, 11_337) == 88
+    assert work.nodes(1_000, 10**8) == 1
 
 
 def test_pricing_volume_limits_the_rounds_on_large_fleets() -> None:
