@@ -17,12 +17,16 @@ multipliers of the right sign, so the duals of an unfinished column generation s
 one; costs and penalties are never negative, so 0 is one too, and the largest of them all
 is what a plan reports. With the LP's optimal duals L is >= the LP bound; with mu = 0 it is
 each class alone at its cheapest, the fallback when the LP solve returns no duals.
+
+``share_prices`` relaxes the share rows alone, for the full-space integer model under a
+share cap: the rest of that model stays whole, so its bound closes more than L does.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -101,15 +105,12 @@ def relaxed_bound(
 def _linking_constant(problem: Problem, pools: PoolIndex, duals: Duals) -> float | None:
     """sum_r mu_r b_r over the shared rows; None when the share rows' auxiliary total has
     a negative reduced cost (the Lagrangian is then unbounded below)."""
-    share = problem.share_cap
-    if share is not None and duals.total + share * float(duals.provider.sum()) < -1e-7:
-        return None
     value = float(np.dot(duals.pool, pools.capacity))
-    if share is not None:
-        value += sum(
-            float(mu) * problem.share_room(name)
-            for mu, name in zip(duals.provider, pools.providers, strict=True)
-        )
+    if problem.share_cap is not None:
+        prices = share_prices(problem, pools, duals)
+        if prices is None:
+            return None
+        value += prices.constant
     if len(problem.quotas):
         value += float(np.dot(duals.quota, [q.limit for q in problem.quotas]))
     value += sum(mu * problem.budgets[team] for team, mu in duals.budget.items())
@@ -118,28 +119,41 @@ def _linking_constant(problem: Problem, pools: PoolIndex, duals: Duals) -> float
     return value
 
 
-def share_prices(
-    problem: Problem, pools: PoolIndex, duals: Duals, cands: np.ndarray
-) -> tuple[np.ndarray, float] | None:
-    """The share rows moved into the objective with their LP duals (the Lagrangian that
-    relaxes only them): what each of ``cands`` pays on top of its cost, and the constant
-    sum_v mu_v room_v. Any plan's cost plus its prices plus the constant is at most its
-    cost, so a lower bound on the priced problem without the cap, plus the constant,
-    holds for the capped one; at the converged LP's duals it is at least the LP bound.
-    None where there is no cap, or where the auxiliary total's reduced cost is negative
-    (the Lagrangian is then unbounded below)."""
+@dataclass(frozen=True)
+class SharePrices:
+    """The share rows moved into the objective with their duals (the Lagrangian that
+    relaxes only them): a candidate of provider v pays ``rate[v]`` per unit of its share
+    weight (GPUs or spend) on top of its cost, and the bound gains ``constant``,
+    sum_v mu_v room_v. A plan that keeps the cap costs at least its priced cost plus the
+    constant, so a lower bound on the priced problem without the cap, plus the constant,
+    holds for the capped one; at the converged LP's duals it is at least the LP bound."""
+
+    problem: Problem
+    pools: PoolIndex
+    rate: np.ndarray  # per provider v: -(mu_total + mu_v), what a unit of its weight pays
+    constant: float
+
+    def of(self, cands: np.ndarray) -> np.ndarray:
+        c = self.problem.candidates
+        if self.problem.share_on == "gpus":
+            weight = c.gpus[cands].astype(np.float64)
+        else:
+            weight = c.cost[cands]
+        prices: np.ndarray = weight * self.rate[self.pools.provider[c.pool[cands]]]
+        return prices
+
+
+def share_prices(problem: Problem, pools: PoolIndex, duals: Duals) -> SharePrices | None:
+    """The share rows priced at ``duals``; None where there is no cap, or where the
+    auxiliary total's reduced cost is negative (the Lagrangian is then unbounded below)."""
     share = problem.share_cap
     if share is None or duals.total + share * float(duals.provider.sum()) < -1e-7:
         return None
-    c = problem.candidates
-    pool = c.pool[cands]
-    weight = c.gpus[cands].astype(np.float64) if problem.share_on == "gpus" else c.cost[cands]
-    prices = -weight * (duals.total + duals.provider[pools.provider[pool]])
     constant = sum(
         float(mu) * problem.share_room(name)
         for mu, name in zip(duals.provider, pools.providers, strict=True)
     )
-    return prices, constant
+    return SharePrices(problem, pools, -(duals.total + duals.provider), constant)
 
 
 def _training(problem: Problem, pools: PoolIndex, cls: JobClass, rc: np.ndarray) -> float:

@@ -59,22 +59,18 @@ def solve_full_space(
     if deadline - time.perf_counter() <= 0.5:
         return FullSpace(clock_stop=True)
     priced = mode in PRICED_MODES
-    constant = 0.0
     prices = None
     if priced:
-        duals = lp_model.duals or Duals.zero(problem, pools)
-        at_duals = share_prices(problem, pools, duals, np.arange(0))
-        if at_duals is None:
+        prices = share_prices(problem, pools, lp_model.duals or Duals.zero(problem, pools))
+        if prices is None:
             return FullSpace()  # the Lagrangian is unbounded below at these duals
-        constant = at_duals[1]
-
-        def prices(cands: np.ndarray) -> np.ndarray:
-            return share_prices(problem, pools, duals, cands)[0]  # type: ignore[index]
 
     full = Master(problem, classes, pools, integer=True, capped=not priced, dense_share=dense_share)
     full.copy_cuts_from(lp_model)
     write_every_column(
-        full, [problem.candidates.of_shape(cls.shape) for cls in classes], prices=prices
+        full,
+        [problem.candidates.of_shape(cls.shape) for cls in classes],
+        prices=None if prices is None else prices.of,
     )
     left = deadline - time.perf_counter()
     if left <= 0.5:
@@ -87,7 +83,9 @@ def solve_full_space(
         nodes=nodes,
         root_bound=mode in ROOT_MODES,
     )
-    bound = None if result.bound is None else result.bound + constant
+    bound = result.bound
+    if bound is not None and prices is not None:
+        bound += prices.constant
     return FullSpace(bound, result.units, result.clock_stop)
 
 
