@@ -175,6 +175,35 @@ def test_a_binding_cap_priced_in_bounds_above_the_lp_and_any_plan_without_the_ca
     assert priced.lp_bound > free.objective
 
 
+def test_the_priced_models_plan_is_taken_where_it_keeps_the_cap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the integer solve over the kept columns finding nothing, the plan can only come
+    from the greedy start or the priced full-space model. Where the cap does not bind the
+    priced model is the uncapped one, and its optimum keeps the cap: it is the plan.
+    Where the cap binds, its solution breaks the cap and is dropped without a word."""
+    original = Master.solve_mip
+
+    def nothing_over_kept_columns(self: Master, *args: object, **kwargs: object) -> object:
+        result = original(self, *args, **kwargs)  # type: ignore[arg-type]
+        if self.columns:  # the kept-column model; the full-space one is written in bulk
+            result.units = None
+        return result
+
+    problem = _fleet("adversarial", 7, None)
+    free = solve(problem, time_limit=30, explain=False)
+    monkeypatch.setattr(Master, "solve_mip", nothing_over_kept_columns)
+    problem.max_provider_share, problem.share_on = 0.35, "gpus"
+    capped = solve(problem, time_limit=30, explain=False, work=PRICED_ONLY)
+    assert check(problem, capped) == []
+    assert capped.objective == pytest.approx(free.objective)
+    assert "greedy plan kept" not in capped.status
+    binding = _fleet("synthetic", 1, "spend")
+    plan = solve(binding, time_limit=30, explain=False, work=PRICED_ONLY)
+    assert check(binding, plan) == []
+    assert "refused" not in plan.status
+
+
 def test_a_solver_plan_the_checker_rejects_is_refused_not_returned(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
