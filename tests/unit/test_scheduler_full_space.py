@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+import scheduler.solve as solve_module
 from bench.scheduler.generate import Config, adversarial, synthetic
+from scheduler.baselines import Units
 from scheduler.full_space import write_every_column
-from scheduler.model import Master, PoolIndex, build_classes
+from scheduler.model import JobClass, Master, PoolIndex, build_classes
 from scheduler.problem import Problem
 from scheduler.solve import WorkLimits, lp_bound, solve
 from scheduler.validate import check
@@ -202,6 +204,32 @@ def test_the_priced_models_plan_is_taken_where_it_keeps_the_cap(
     plan = solve(binding, time_limit=30, explain=False, work=PRICED_ONLY)
     assert check(binding, plan) == []
     assert "refused" not in plan.status
+
+
+@pytest.mark.parametrize(("seed", "cap"), [(1, "gpus"), (4, "spend")])
+def test_the_priced_plans_columns_join_the_capped_integer_solve(
+    monkeypatch: pytest.MonkeyPatch, seed: int, cap: str
+) -> None:
+    """With only the greedy plan's columns kept, the capped integer solve cannot do better
+    than greedy; the priced model's plan, found over every candidate, brings the columns
+    that let it (its own plan breaks the cap)."""
+
+    def greedy_only(
+        problem: Problem, classes: list[JobClass], pools: PoolIndex, rcs: object, greedy: Units
+    ) -> dict[int, np.ndarray]:
+        return {
+            cls.index: np.asarray(sorted({c for k, c in greedy if k == cls.index}), dtype=np.int64)
+            for cls in classes
+        }
+
+    monkeypatch.setattr(solve_module, "_enrich", greedy_only)
+    problem = _fleet("synthetic", seed, cap)
+    joined = solve(problem, time_limit=30, explain=False, work=PRICED_ONLY)
+    monkeypatch.setattr(solve_module, "_add_units", lambda *args: 0)
+    alone = solve(problem, time_limit=30, explain=False, work=PRICED_ONLY)
+    assert check(problem, joined) == [] and "integer_priced_columns" in joined.timings
+    assert joined.objective < alone.objective - 1.0
+    assert joined.lp_bound is not None and joined.lp_bound <= joined.objective
 
 
 def test_a_solver_plan_the_checker_rejects_is_refused_not_returned(
