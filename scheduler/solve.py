@@ -317,7 +317,7 @@ def solve(
         # the priced plan's columns, found over every candidate, give the capped integer
         # solve over the kept columns better ones (M catalog, 35 % cap on GPUs: 6 new
         # columns, 394,070 -> 393,684 in 1 s, cheaper than the capped model over every
-        # column found in 400 s; with a spend cap 446,631 -> 442,279 in 3 s)
+        # column found in 400 s; with a spend cap 446,631 -> 446,108)
         again = over_kept_columns(lp_bound, work.priced_columns_nodes)
         timings["integer_priced_columns"] = time.perf_counter() - start
         if again.clock_stop:
