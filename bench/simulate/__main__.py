@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-CATALOGS = ROOT.parent / "shared" / "datasets" / "cloud-catalogs"
+from bench.simulate.catalogs import CATALOGS, catalog_database
+
 SCENARIO = Path(__file__).with_name("fleet.yaml")
 PROVIDERS = ("aws", "gcp", "azure", "lambda")  # three of them sell spot
 
@@ -42,18 +40,11 @@ def main() -> int:
         print(f"missing dataset: {CATALOGS}", file=sys.stderr)
         return 1
 
-    from broker.config import load_settings
-    from broker.db.engine import Database
     from broker.services import simulate
-    from broker.services.offers.imports import import_file
     from broker.services.simulate.scenario import LoadedScenario
 
-    work = Path(tempfile.mkdtemp(prefix="bench-simulate-"))
-    settings = replace(load_settings({"GPUBROKER_HOME": str(work)}))
-    db = Database(settings.database_url)
     began = time.perf_counter()
-    for name in args.providers.split(","):
-        import_file(db, CATALOGS / f"{name}_vms.csv", "skypilot", provider=name)
+    work, settings, db = catalog_database(args.providers.split(","), "bench-simulate-")
     imported = time.perf_counter() - began
     loaded = simulate.load(SCENARIO)
     if args.days is not None:  # a slice: same mix per day, a drain in proportion

@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
-from bench.simulate.__main__ import CATALOGS, PROVIDERS, SCENARIO
+from bench.simulate.__main__ import PROVIDERS, SCENARIO
+from bench.simulate.catalogs import CATALOGS, catalog_database
 
 MEASURED_RECLAIMS = 0.27  # per spot node-hour, the gpubroker replay's ledger (RESULTS.md)
 
@@ -70,10 +69,7 @@ def main() -> int:
         print(f"missing dataset: {CATALOGS}", file=sys.stderr)
         return 1
 
-    from broker.config import load_settings
-    from broker.db.engine import Database
     from broker.services import simulate
-    from broker.services.offers.imports import import_file
     from broker.services.offers.upsert import upsert_offers
     from broker.services.planning.inputs import available_pools
     from broker.services.simulate.scenario import arrivals
@@ -82,11 +78,7 @@ def main() -> int:
     from scheduler.candidates import build_problem
     from workloads.spec import parse_spec
 
-    work = Path(tempfile.mkdtemp(prefix="bench-floors-"))
-    settings = load_settings({"GPUBROKER_HOME": str(work)})
-    db = Database(settings.database_url)
-    for name in PROVIDERS:
-        import_file(db, CATALOGS / f"{name}_vms.csv", "skypilot", provider=name)
+    _, settings, db = catalog_database(PROVIDERS, "bench-floors-")
     loaded = simulate.load(SCENARIO)
     # the scenario's supply, each provider's offers replaced by it with no capacity limit
     offers = [replace(o, capacity_nodes=None) for o in offers_from(db, loaded)]

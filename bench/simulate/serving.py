@@ -17,15 +17,13 @@ on-demand price per GPU (``estimate_inference`` for the class, no node rounding)
 from __future__ import annotations
 
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-CATALOGS = ROOT.parent / "shared" / "datasets" / "cloud-catalogs"
+from bench.simulate.catalogs import CATALOGS, catalog_database
+
 GPUS = ("H100", "H200", "A100-80GB", "A100-40GB", "L40S", "L4", "A10G")
 SLO = {"ttft_ms": 800, "tpot_ms": 40}
 CLASSES = (  # name, requests/s, prompt tokens, output tokens
@@ -155,15 +153,7 @@ def main() -> int:
     if not CATALOGS.is_dir():
         print(f"missing dataset: {CATALOGS}", file=sys.stderr)
         return 1
-    from broker.config import load_settings
-    from broker.db.engine import Database
-    from broker.services.offers.imports import import_file
-
-    work = Path(tempfile.mkdtemp(prefix="bench-serving-mix-"))
-    settings = load_settings({"GPUBROKER_HOME": str(work)})
-    db = Database(settings.database_url)
-    for name in ("aws", "gcp"):
-        import_file(db, CATALOGS / f"{name}_vms.csv", "skypilot", provider=name)
+    _, settings, db = catalog_database(("aws", "gcp"), "bench-serving-mix-")
     rows = [_plan(db, settings, "mix of " + "/".join(GPUS), list(GPUS))]
     rows += [_plan(db, settings, gpu, [gpu]) for gpu in GPUS]
     costs = fluid_costs(_per_gpu_prices(db))
