@@ -38,6 +38,7 @@ from scheduler.model import (
     reduced_costs,
     unit_bounds,
 )
+from scheduler.native_output import stdout_to_stderr
 from scheduler.problem import INFERENCE, Problem
 
 SERVING_NODES = 2_000  # branch-and-bound nodes per serving job's covering problem
@@ -235,7 +236,8 @@ def _serving(
         relative_gap_tolerance=1e-6,
     )
     params.highs.int_options["threads"] = 1
-    result = mathopt.solve(model, mathopt.SolverType.HIGHS, params=params)
+    with stdout_to_stderr():
+        result = mathopt.solve(model, mathopt.SolverType.HIGHS, params=params)
     if result.termination.limit == mathopt.Limit.TIME:
         return None
     bound = result.termination.objective_bounds.dual_bound

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from scheduler.native_output import stdout_to_stderr
 from scheduler.problem import INFERENCE, Job, Problem
 
 
@@ -463,6 +464,8 @@ class Master:
         hint: dict[tuple[int, int], int] | None = None,
         root_bound: bool = False,
         target: float | None = None,
+        solutions: int | None = None,
+        cutoff: float | None = None,
     ) -> MipResult:
         """Integer solve limited by work (``nodes`` branch-and-bound nodes for HiGHS; for
         CP-SAT, one deterministic second per hundred nodes), so that the result does not
@@ -472,7 +475,12 @@ class Master:
         ``root_bound`` (HiGHS): only the root node's cutting planes, for their bound; no
         presolve, primal heuristics or restarts, which on a large model take several times
         as long as the cuts and do not raise the bound. ``target`` (HiGHS): stop at the
-        first solution whose objective is at most this."""
+        first solution whose objective is at most this. ``solutions`` and ``cutoff``
+        (HiGHS): stop at this many solutions, each with an objective below ``cutoff``.
+        ``hint`` (CP-SAT only): units per column to start from. HiGHS is not given it:
+        started from one, it searched near it and found less (L catalog with the
+        placement fixed: nothing better in 90 nodes, where without it a plan 5 % cheaper
+        came at the root)."""
         import datetime
         import math
 
@@ -492,6 +500,10 @@ class Master:
             params.highs.int_options["threads"] = 1
             if target is not None:
                 params.highs.double_options["objective_target"] = target
+            if solutions is not None:
+                params.highs.int_options["mip_max_improving_sols"] = solutions
+            if cutoff is not None:
+                params.highs.double_options["objective_bound"] = cutoff
             if root_bound:
                 params.highs.string_options["presolve"] = "off"
                 params.highs.double_options["mip_heuristic_effort"] = 0.0
@@ -503,7 +515,8 @@ class Master:
             model_params = mathopt.ModelSolveParameters(
                 solution_hints=[mathopt.SolutionHint(variable_values=values)]
             )
-        result = mathopt.solve(self.model, kind, params=params, model_params=model_params)
+        with stdout_to_stderr():
+            result = mathopt.solve(self.model, kind, params=params, model_params=model_params)
         bound = float(result.termination.objective_bounds.dual_bound)
         found = MipResult(
             units=None,

@@ -15,12 +15,11 @@
    twice its jobs (pruning by cumulative capacity, never a flat top-K), plus the greedy
    plan's columns, so the integer model can always do at least as well as greedy.
 4. The integer model (HiGHS by default, CP-SAT on request; CP-SAT is hinted with the
-   greedy plan; HiGHS in MathOpt takes no hint, so the greedy plan is its fallback)
-   runs to its node limit, the relative gap, or (HiGHS) its first plan within the gap
-   asked for of the best full-space bound so far; the better of it and greedy wins. Gaps
-   handed to the solvers are over cost: where penalties of jobs no plan can place fill
-   the objective, a gap over the whole would say nothing about cost. The plan is checked
-   by ``validate`` before it is returned.
+   greedy plan, HiGHS has it as its fallback) runs to its node limit, the relative gap, or (HiGHS)
+   its first plan within the gap asked for of the best full-space bound so far; the
+   better of it and greedy wins. Gaps handed to the solvers are over cost: where
+   penalties of jobs no plan can place fill the objective, a gap over the whole would
+   say nothing about cost. The plan is checked by ``validate`` before it is returned.
 5. When serving jobs are in the problem, a Lagrangian bound (``scheduler.bound``) solves
    each serving job's covering problem in integers (before step 4, node-limited); the
    reported bound is the larger of it and the LP bound. Where pricing converged, the
@@ -49,6 +48,12 @@
    penalties off and each class's jobs left out fixed at the plan's), since a bound that
    carries penalties says nothing about cost there. Placement is its own figure (the
    plan's jobs against the LP's); the cost gap says how well the plan buys what it places.
+   Where the plan's cost is not within the gap asked for of that (or of the bound less
+   the plan's penalties, where higher), the LP's duals, free of penalties, pick the
+   columns of one more integer solve with the placement fixed, cut off at the plan's
+   cost, which buys the same jobs for less where penalties drew the first solve's
+   attention (L catalog: 942,400 -> 893,939, with the LP at 856,182). The full-space root
+   step (step 6, a bound over cost and penalties together) gives way to it there.
 Every step is limited by work (``WorkLimits``: rounds, candidates priced, nodes, columns),
 never by the clock, and the solvers run single-threaded with a fixed seed, so the same
 input gives the same plan on any machine and under any load. ``time_limit`` is a safety
@@ -132,6 +137,10 @@ class WorkLimits:
     full_space_nodes: int = 1_000  # branch-and-bound nodes over every candidate
     # over the kept columns again, once the priced full-space plan's columns join them
     priced_columns_nodes: int = 200
+    # the integer solve with the placement fixed (step 7), which stops at this many
+    # solutions cheaper than the plan (0: no such solve)
+    polish_nodes: int = 2_000
+    polish_solutions: int = 2
     # ... and, in either, no more nodes than this many columns allow (a node's LP grows with
     # them): L catalog's 11,337 kept columns get 88 nodes, where 2,000 took 162 s on a
     # slow core
@@ -210,20 +219,7 @@ def solve(
     )
     mip_gap = relative_gap * MIP_GAP_SHARE * max(cost_share, MIN_COST_SHARE)
 
-    n_columns = sum(len(cols) for cols in columns.values())
-    mip = Master(
-        problem,
-        classes,
-        pools,
-        integer=True,
-        dense_share=_dense_share(problem, solver, n_columns),
-        integral_total=solver == "cpsat",
-    )
-    mip.copy_cuts_from(lp_model)
-    for cls in classes:
-        mine = columns.get(cls.index)
-        if mine is not None and len(mine):
-            mip.add_columns(cls, mine)
+    mip = _integer_master(problem, classes, pools, columns, solver=solver, cuts_from=lp_model)
     serving = sum(1 for cls in classes if cls.kind == "inference")
     full_columns = sum(len(problem.candidates.of_shape(cls.shape)) for cls in classes)
     full_mode = _full_space_mode(problem, full_columns, work)
@@ -277,8 +273,14 @@ def solve(
         lp_bound = max(lp_bound, min(restricted.bound, cg.lp_objective + excluded))
         timings["cheapest_excluded_rc"] = excluded
     rejected: list[str] = []
-    plan = _better(problem, classes, greedy_plan, greedy_plan, restricted.units, solver, rejected)
-    if full_mode is not None and _gap(plan.objective, lp_bound) <= target_gap:
+    best = _Incumbent(problem, classes, solver, greedy_plan, greedy)
+    best.offer(restricted.units, rejected)
+    if full_mode is not None and _gap(best.plan.objective, lp_bound) <= target_gap:
+        full_mode = None
+        timings["full_space_skipped"] = 1.0
+    if full_mode in ROOT_MODES and cg.converged and lp_placed > _placed(problem, best.plan):
+        # the root cuts bound cost and penalties together, which says nothing of cost where
+        # the LP places more jobs than the plan: the time goes to the cost polish instead
         full_mode = None
         timings["full_space_skipped"] = 1.0
     full = solve_full_space(
@@ -304,15 +306,7 @@ def solve(
     if full.bound is not None and full.bound > lp_bound:
         lp_bound = full.bound
     # a priced step's solution is a plan only where it happens to keep the cap
-    plan = _better(
-        problem,
-        classes,
-        plan,
-        greedy_plan,
-        full.units,
-        solver,
-        None if full_mode in PRICED_MODES else rejected,
-    )
+    best.offer(full.units, None if full_mode in PRICED_MODES else rejected)
     if full_mode in PRICED_MODES and full.units and _add_units(mip, classes, full.units):
         # the priced plan's columns, found over every candidate, give the capped integer
         # solve over the kept columns better ones (M catalog, 35 % cap on GPUs: 6 new
@@ -322,7 +316,53 @@ def solve(
         timings["integer_priced_columns"] = time.perf_counter() - start
         if again.clock_stop:
             clock_stops.append("integer solve with the priced columns")
-        plan = _better(problem, classes, plan, greedy_plan, again.units, solver, rejected)
+        best.offer(again.units, rejected)
+    # where the LP places more jobs than the plan, the least cost of placing the plan's jobs
+    # (step 7): the cost gap's yardstick, and the columns of the cost polish
+    placement: _ColumnGeneration | None = None
+    if cg.converged and lp_placed > _placed(problem, best.plan):
+        left_out = _left_out_by_class(classes, best.plan)
+        placement = _placement_lp(
+            problem,
+            classes,
+            pools,
+            lp_model,
+            left_out,
+            best.units,
+            rounds=work.cg_rounds,
+            deadline=stop,
+        )
+        timings["placement_cost_bound"] = time.perf_counter() - start
+        if placement.clock_stop:
+            clock_stops.append("placement cost bound")
+        elif (
+            placement.converged
+            and work.polish_solutions > 0
+            and _gap(
+                best.plan.cost,
+                max(lp_bound - _left_out_penalties(problem, best.plan), placement.lp_objective),
+            )
+            > relative_gap * TARGET_GAP_SHARE
+        ):
+            polished = _cost_polish(
+                problem,
+                classes,
+                pools,
+                placement,
+                left_out,
+                best.units,
+                best.plan.cost,
+                work=work,
+                time_limit=stop - time.perf_counter(),
+                seed=seed,
+            )
+            timings["cost_polish"] = time.perf_counter() - start
+            if polished.clock_stop:
+                # what it found before the stop would depend on the machine's speed
+                clock_stops.append("cost polish")
+            else:
+                best.offer(polished.units, rejected)
+    plan = best.plan
     plan.solver = solver
     plan.lp_bound = min(max(lp_bound, 0.0), plan.objective)
     plan.gap = _gap(plan.objective, plan.lp_bound)
@@ -330,29 +370,14 @@ def solve(
         # the cost of placing what the plan places is at least the bound less the penalties
         # of the jobs the plan leaves out; where the LP leaves fractions of jobs out, that
         # figure carries part of a penalty, so when the LP places no more jobs than the
-        # plan, the LP's own cost of its placement is the yardstick where it is larger
+        # plan, the LP's own cost of its placement is the yardstick where it is larger, and
+        # where it places more, the least LP cost of placing the plan's jobs
         plan.lp_placed = lp_placed
-        left_out = sum(problem.penalty(job) for job in problem.jobs if job.id in plan.unplaced)
-        yardstick = plan.lp_bound - left_out
-        if plan.lp_placed <= len(problem.jobs) - len(plan.unplaced) + 1e-6:
+        yardstick = plan.lp_bound - _left_out_penalties(problem, plan)
+        if placement is None:
             yardstick = max(yardstick, cg.lp_objective - lp_penalties)
-        elif plan.unplaced:
-            # the LP places a fraction of a job more than the plan: the penalties it pays
-            # no longer match the plan's, so bound the cost of placing what the plan places
-            floor = _placement_cost_bound(
-                problem,
-                classes,
-                pools,
-                lp_model,
-                _left_out_by_class(classes, plan),
-                rounds=work.cg_rounds,
-                deadline=stop,
-            )
-            timings["placement_cost_bound"] = time.perf_counter() - start
-            if floor is not None:
-                yardstick = max(yardstick, floor)
-            elif time.perf_counter() > stop:
-                clock_stops.append("placement cost bound")
+        elif placement.converged:
+            yardstick = max(yardstick, placement.lp_objective)
         plan.cost_gap = _gap(plan.cost, max(yardstick, 0.0))
     status = restricted.status
     plan.status = status if plan is not greedy_plan else f"{status} (greedy plan kept)"
@@ -375,34 +400,110 @@ def solve(
     return plan
 
 
-def _better(
+@dataclass
+class _Incumbent:
+    """The best plan so far and the units it was made of; the greedy plan first."""
+
+    problem: Problem
+    classes: list[JobClass]
+    solver: str
+    plan: Plan
+    units: Units
+
+    def __post_init__(self) -> None:
+        self.greedy = self.plan
+
+    def offer(self, found: Units | None, rejected: list[str] | None) -> None:
+        """The solver's ``found`` units become the plan where cheaper (or as cheap as the
+        greedy plan) and passing the checker; a refusal is added to ``rejected`` (None:
+        refused silently)."""
+        if found is None:
+            return
+        candidate = units_to_plan(self.problem, self.classes, found, solver=self.solver)
+        better = candidate.objective < self.plan.objective - 1e-9 or (
+            self.plan is self.greedy and candidate.objective <= self.plan.objective + 1e-9
+        )
+        if not better:
+            return
+        # HiGHS can hand back a solution mapped out of its presolved model that misses a
+        # share row by far more than its tolerance (L catalog, 35 % cap: 35.5 %)
+        problems = check(self.problem, candidate)
+        if problems:
+            if rejected is not None:
+                rejected.append(problems[0])
+            return
+        self.plan, self.units = candidate, found
+
+
+def _left_out_penalties(problem: Problem, plan: Plan) -> float:
+    return sum(problem.penalty(job) for job in problem.jobs if job.id in plan.unplaced)
+
+
+def _placed(problem: Problem, plan: Plan) -> float:
+    """The plan's jobs placed, less a tolerance: below it, the LP places more."""
+    return len(problem.jobs) - len(plan.unplaced) + 1e-6
+
+
+def _cost_polish(
     problem: Problem,
     classes: list[JobClass],
-    plan: Plan,
-    greedy_plan: Plan,
-    found: Units | None,
-    solver: str,
-    rejected: list[str] | None,
-) -> Plan:
-    """The solver's ``found`` units as the plan where cheaper than ``plan`` (or as cheap as
-    the greedy plan) and passing the checker; a refusal is added to ``rejected`` (None:
-    refused silently)."""
-    if found is None:
-        return plan
-    candidate = units_to_plan(problem, classes, found, solver=solver)
-    better = candidate.objective < plan.objective - 1e-9 or (
-        plan is greedy_plan and candidate.objective <= plan.objective + 1e-9
+    pools: PoolIndex,
+    placement: _ColumnGeneration,
+    left_out: list[int],
+    units: Units,
+    cost: float,
+    *,
+    work: WorkLimits,
+    time_limit: float,
+    seed: int,
+) -> MipResult:
+    """HiGHS over the columns ``placement`` (the converged LP of placing what ``units``
+    places) ranks best, with that LP's cuts and each class's jobs left out fixed at
+    ``left_out``, cut off at ``cost`` and stopped at the work limits' solutions or
+    nodes. Penalties are then constant, so the solve is over cost alone; ``units``'
+    columns are among the model's, so it can place the plan's jobs as the plan does."""
+    columns = _enrich(problem, classes, pools, placement.rcs, units)
+    mip = _integer_master(
+        problem, classes, pools, columns, solver="highs", cuts_from=placement.master
     )
-    if not better:
-        return plan
-    # HiGHS can hand back a solution mapped out of its presolved model that misses a share
-    # row by far more than its tolerance (L catalog, 35 % cap: 35.5 %)
-    problems = check(problem, candidate)
-    if problems:
-        if rejected is not None:
-            rejected.append(problems[0])
-        return plan
-    return candidate
+    mip.fix_unplaced(left_out)
+    _add_units(mip, classes, units)
+    return mip.solve_mip(
+        "highs",
+        time_limit=time_limit,
+        relative_gap=0.0,
+        seed=seed,
+        nodes=work.nodes(work.polish_nodes, sum(len(c) for c in mip.by_class.values())),
+        solutions=work.polish_solutions,
+        cutoff=cost,
+    )
+
+
+def _integer_master(
+    problem: Problem,
+    classes: list[JobClass],
+    pools: PoolIndex,
+    columns: dict[int, np.ndarray],
+    *,
+    solver: str,
+    cuts_from: Master,
+) -> Master:
+    """The integer model over ``columns`` (per class), with ``cuts_from``'s cuts."""
+    n_columns = sum(len(cols) for cols in columns.values())
+    mip = Master(
+        problem,
+        classes,
+        pools,
+        integer=True,
+        dense_share=_dense_share(problem, solver, n_columns),
+        integral_total=solver == "cpsat",
+    )
+    mip.copy_cuts_from(cuts_from)
+    for cls in classes:
+        mine = columns.get(cls.index)
+        if mine is not None and len(mine):
+            mip.add_columns(cls, mine)
+    return mip
 
 
 def _add_units(master: Master, classes: list[JobClass], units: Units) -> int:
@@ -611,20 +712,22 @@ def _column_generation(
             )
 
 
-def _placement_cost_bound(
+def _placement_lp(
     problem: Problem,
     classes: list[JobClass],
     pools: PoolIndex,
     lp_model: Master,
     left_out: list[int],
+    units: Units,
     *,
     rounds: int,
     deadline: float,
-) -> float | None:
+) -> _ColumnGeneration:
     """The least cost (penalties aside) of any plan that leaves out ``left_out[k]`` of
     class k's jobs, as an LP over the full space: column generation from ``lp_model``'s
-    columns and cuts with the penalties off and the "unplaced" values fixed (they hold no
-    candidate, so pricing is unchanged). None when pricing does not end within
+    columns and cuts and the columns of ``units`` (a plan with those counts), with the
+    penalties off and the "unplaced" values fixed (they hold no candidate, so pricing is
+    unchanged). Its ``lp_objective`` bounds that cost where it converged within
     ``rounds``."""
     master = Master(problem, classes, pools, integer=False)
     master.copy_cuts_from(lp_model)
@@ -633,10 +736,10 @@ def _placement_cost_bound(
         mine = lp_model.by_class.get(cls.index)
         if mine:
             master.add_columns(cls, np.asarray(mine, dtype=np.int64))
-    cg = _column_generation(
+    _add_units(master, classes, units)
+    return _column_generation(
         problem, classes, pools, {}, rounds=rounds, deadline=deadline, master=master
     )
-    return cg.lp_objective if cg.converged else None
 
 
 def _left_out_by_class(classes: list[JobClass], plan: Plan) -> list[int]:

@@ -95,8 +95,9 @@ def test_a_gang_packing_gap_the_integer_solve_settles_skips_the_full_space_step(
 
 def test_root_cuts_run_where_the_integer_solve_has_not_settled_the_plan() -> None:
     """An adversarial fleet whose integer solve, held to one node, does not settle the
-    plan within the (tiny) gap asked for: the root cuts run, and the bound stays valid."""
-    problem = _fleet("adversarial", 1, None)
+    plan within the (tiny) gap asked for, and whose plan places as many jobs as the LP:
+    the root cuts run, and the bound stays valid."""
+    problem = _fleet("adversarial", 6, None)
     work = WorkLimits(full_space_columns=0, full_space_capped_columns=0, mip_nodes=1)
     plan = solve(problem, time_limit=30, relative_gap=1e-9, explain=False, work=work)
     assert check(problem, plan) == []
@@ -117,8 +118,8 @@ def test_the_root_bound_never_passes_the_optimum(problem: Problem) -> None:
 
 
 def test_the_solvers_print_nothing(capfd: pytest.CaptureFixture[str]) -> None:
-    """No native solver output reaches standard output or error (a JSON plan on stdout
-    stays whole) without redirecting file descriptors."""
+    """No native solver output reaches standard output (a JSON plan there stays whole),
+    nor, with the solvers' logs off, standard error on these fleets."""
     problem = _fleet("synthetic", 1, None)
     for solver in ("highs", "cpsat"):
         solve(problem, solver=solver, time_limit=20, explain=False)

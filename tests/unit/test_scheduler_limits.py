@@ -5,17 +5,27 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bench.scheduler.generate import Config, synthetic
 from broker.errors import Infeasible
+from scheduler.baselines import first_come, units_to_plan
 from scheduler.bound import relaxed_bound
 from scheduler.model import Duals, PoolIndex, build_classes, reduced_costs
 from scheduler.problem import Candidates, Job, Pool, Problem
-from scheduler.solve import WorkLimits, _column_generation, _placement_cost_bound, solve
+from scheduler.solve import (
+    WorkLimits,
+    _column_generation,
+    _cost_polish,
+    _left_out_by_class,
+    _placement_lp,
+    solve,
+)
 from scheduler.validate import check
 from tests.unit.test_scheduler_core import _brute_force, _pool, _problem, small_problems
 
@@ -217,16 +227,79 @@ def test_the_cost_yardstick_is_the_least_cost_of_placing_the_plans_jobs() -> Non
         problem, classes, pools_index, {}, rounds=60, deadline=time.perf_counter() + 10
     ).master
     for left_out, cost in (([0, 1], 12.0), ([1, 0], 10.0)):
-        floor = _placement_cost_bound(
+        floor = _placement_lp(
             problem,
             classes,
             pools_index,
             lp,
             left_out,
+            {},
             rounds=60,
             deadline=time.perf_counter() + 10,
         )
-        assert floor == pytest.approx(cost)
+        assert floor.converged and floor.lp_objective == pytest.approx(cost)
+
+
+def test_the_cost_polish_runs_where_the_lp_places_more_and_the_cost_is_unsettled() -> None:
+    """Capacity for fewer jobs than asked, and an integer solve held to one node: the LP
+    places more jobs than the plan, so the root cuts (a bound over cost and penalties)
+    give way to the solve with the placement fixed, which keeps each class's placement.
+    Asked for the default gap, which the plan's cost is already within, it does not run."""
+    problem = synthetic(Config(jobs=60, offers=600, seed=4, capacity_scale=0.6))
+    held = WorkLimits(mip_nodes=1, full_space_columns=0, full_space_capped_columns=0)
+    polished = solve(problem, time_limit=30, relative_gap=1e-5, explain=False, work=held)
+    plain = solve(
+        problem,
+        time_limit=30,
+        relative_gap=1e-5,
+        explain=False,
+        work=replace(held, polish_solutions=0),
+    )
+    assert check(problem, polished) == []
+    assert polished.lp_placed is not None
+    assert polished.lp_placed > len(problem.jobs) - len(polished.unplaced)
+    assert "cost_polish" in polished.timings and "root_bound" not in polished.timings
+    assert "cost_polish" not in plain.timings
+    classes = build_classes(problem)
+    assert _left_out_by_class(classes, polished) == _left_out_by_class(classes, plain)
+    assert polished.cost <= plain.cost + 1e-6
+    settled = solve(problem, time_limit=30, explain=False, work=held)
+    assert settled.cost_gap is not None and settled.cost_gap <= 0.005
+    assert "placement_cost_bound" in settled.timings and "cost_polish" not in settled.timings
+
+
+def test_the_cost_polish_buys_the_same_placement_for_less() -> None:
+    """From the first-come plan on a fleet with room for fewer jobs than asked, the solve
+    with the placement fixed, over the columns the placement LP ranks best, finds a plan
+    below the cut-off that places as many jobs of each class."""
+    problem = synthetic(Config(jobs=60, offers=600, seed=4, capacity_scale=0.6))
+    classes, pools = build_classes(problem), PoolIndex.of(problem)
+    deadline = time.perf_counter() + 30
+    lp = _column_generation(problem, classes, pools, {}, rounds=60, deadline=deadline)
+    units = first_come(problem, classes)
+    start = units_to_plan(problem, classes, units, solver="first-come")
+    left_out = _left_out_by_class(classes, start)
+    placement = _placement_lp(
+        problem, classes, pools, lp.master, left_out, units, rounds=60, deadline=deadline
+    )
+    assert placement.converged and placement.lp_objective < start.cost
+    polished = _cost_polish(
+        problem,
+        classes,
+        pools,
+        placement,
+        left_out,
+        units,
+        start.cost,
+        work=WorkLimits(),
+        time_limit=30,
+        seed=problem.seed,
+    )
+    assert polished.units is not None and not polished.clock_stop
+    plan = units_to_plan(problem, classes, polished.units, solver="polish")
+    assert check(problem, plan) == []
+    assert _left_out_by_class(classes, plan) == left_out
+    assert placement.lp_objective - 1e-6 <= plan.cost < start.cost - 1.0
 
 
 def test_node_limits_shrink_as_the_model_grows() -> None:
