@@ -69,7 +69,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -409,6 +409,7 @@ class _Incumbent:
     solver: str
     plan: Plan
     units: Units
+    greedy: Plan = field(init=False)  # the plan it started from
 
     def __post_init__(self) -> None:
         self.greedy = self.plan
