@@ -83,7 +83,7 @@ def plan(
         placed = len({a["job"] for a in report.allocations})
         cost_gap = "-" if report.cost_gap is None else f"{report.cost_gap:.3%}"
         typer.echo(
-            f"placed {placed} jobs of at most {report.lp_placed:g} (LP)  "
+            f"placed {placed} jobs, the LP {report.lp_placed:g} (priorities first)  "
             f"cost gap over them {cost_gap}"
         )
     if report.clock_stop:

@@ -41,7 +41,9 @@ class PlanReport:
     solver: str = "highs"
     status: str = ""
     explain: dict[int, dict[str, Any]] = field(default_factory=dict)
-    lp_placed: float | None = None  # jobs the LP places (fractions counted): the most any plan can
+    # jobs the LP places (fractions counted); it weighs each by 1 + its priority, so with
+    # mixed priorities a plan can place more jobs, of lower priority, at a worse objective
+    lp_placed: float | None = None
     cost_gap: float | None = None  # the cost gap over the jobs the plan places
     clock_stop: bool = False  # the wall-clock safety stop cut a step short (load-dependent)
 
