@@ -64,15 +64,23 @@ def lagrangian_bound(
     if value is None:
         return None
     c = problem.candidates
+    # serving jobs alike (same shape, demand and penalty, and so, priced alike, the same
+    # reduced costs) have the same covering problem: solved once (L synthetic at capacity
+    # x0.7: 11 serving jobs, 4 of them one problem of 3.9 s)
+    solved: dict[tuple[object, ...], float] = {}
     for cls in classes:
         if time.perf_counter() > deadline:
             return None
         rows = c.of_shape(cls.shape)
         rc = reduced_costs(problem, pools, cls, duals, linking_only=True)
         if cls.kind == INFERENCE:
-            sub = _serving(problem, pools, cls, rows.start, rc, deadline, serving_nodes)
+            key = (cls.shape, cls.demand, cls.min_replicas, cls.penalty, rc.tobytes())
+            sub = solved.get(key)
             if sub is None:
-                return None
+                sub = _serving(problem, pools, cls, rows.start, rc, deadline, serving_nodes)
+                if sub is None:
+                    return None
+                solved[key] = sub
             value += sub
         else:
             value += _training(problem, pools, cls, rc)

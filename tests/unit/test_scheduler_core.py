@@ -332,6 +332,64 @@ def test_serving_plans_are_optimal_and_the_bound_holds(problem: Problem) -> None
     assert strong is None or strong <= exact + 1e-6 * max(1.0, exact)
 
 
+def _serving_fleet(alike_shape: int) -> Problem:
+    """Two L4 pools; serving jobs on shape 0, on ``alike_shape`` (shape 2 repeats shape 0's
+    candidates) and on shape 1, each asking 8 of two areas' traffic."""
+    pools = [
+        Pool("aws", "r", "z0", "t0", "on_demand", "L4", 1, 1.0, 3),
+        Pool("gcp", "r", "z1", "t1", "on_demand", "L4", 1, 2.5, 3),
+    ]
+    rows = []
+    for shape, source in ((0, 0), (1, 1), (2, 0)):
+        for p, pool in enumerate(pools):
+            rate = (5.0, 9.0)[(p + source) % 2]
+            rows.append((shape, p, 1, 24.0, pool.price_per_hour * 24.0, 1, p, rate, 1, 0.0))
+    demand = (("a0", 8.0), ("a1", 8.0))
+    jobs = [
+        Job(
+            id=i + 1,
+            name=f"s{i}",
+            team="a",
+            priority=0,
+            shape=shape,
+            kind=INFERENCE,
+            demand=demand,
+            min_replicas=1,
+        )
+        for i, shape in enumerate((0, alike_shape, 1))
+    ]
+    return Problem(jobs=jobs, pools=pools, candidates=Candidates.from_rows(rows, 3), n_shapes=3)
+
+
+def test_alike_serving_jobs_share_one_covering_problem(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Two serving jobs alike in shape, demand and penalty: the Lagrangian bound solves
+    their covering problem once, and the bound is the one where each is solved apart."""
+    import scheduler.bound as bound_module
+    from scheduler.model import PoolIndex
+
+    calls: list[int] = []
+    serving = bound_module._serving
+
+    def counted(problem, pools, cls, *args):  # type: ignore[no-untyped-def]
+        calls.append(cls.index)
+        return serving(problem, pools, cls, *args)
+
+    monkeypatch.setattr(bound_module, "_serving", counted)
+    bounds = []
+    for alike_shape in (0, 2):
+        problem = _serving_fleet(alike_shape)
+        calls.clear()
+        bounds.append(
+            bound_module.lagrangian_bound(
+                problem, build_classes(problem), PoolIndex.of(problem), None, deadline=1e18
+            )
+        )
+        assert len(calls) == (2 if alike_shape == 0 else 3)
+        assert bounds[-1] is not None
+        assert bounds[-1] <= _brute_force_serving(problem) + 1e-6
+    assert bounds[0] == pytest.approx(bounds[1], rel=1e-12)
+
+
 def test_no_jobs_is_an_empty_validated_plan() -> None:
     pools = [_pool(0, "aws", 2, 10.0)]
     problem = Problem(jobs=[], pools=pools, candidates=Candidates.from_rows([], 0), n_shapes=0)
