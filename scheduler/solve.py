@@ -338,10 +338,7 @@ def solve(
         elif (
             placement.converged
             and work.polish_solutions > 0
-            and _gap(
-                best.plan.cost,
-                max(lp_bound - _left_out_penalties(problem, best.plan), placement.lp_objective),
-            )
+            and _gap(best.plan.cost, _cost_yardstick(problem, best.plan, lp_bound, placement))
             > relative_gap * TARGET_GAP_SHARE
         ):
             polished = _cost_polish(
@@ -367,17 +364,10 @@ def solve(
     plan.lp_bound = min(max(lp_bound, 0.0), plan.objective)
     plan.gap = _gap(plan.objective, plan.lp_bound)
     if cg.converged:
-        # the cost of placing what the plan places is at least the bound less the penalties
-        # of the jobs the plan leaves out; where the LP leaves fractions of jobs out, that
-        # figure carries part of a penalty, so when the LP places no more jobs than the
-        # plan, the LP's own cost of its placement is the yardstick where it is larger, and
-        # where it places more, the least LP cost of placing the plan's jobs
         plan.lp_placed = lp_placed
-        yardstick = plan.lp_bound - _left_out_penalties(problem, plan)
-        if placement is None:
-            yardstick = max(yardstick, cg.lp_objective - lp_penalties)
-        elif placement.converged:
-            yardstick = max(yardstick, placement.lp_objective)
+        yardstick = _cost_yardstick(
+            problem, plan, plan.lp_bound, placement, lp_cost=cg.lp_objective - lp_penalties
+        )
         plan.cost_gap = _gap(plan.cost, max(yardstick, 0.0))
     status = restricted.status
     plan.status = status if plan is not greedy_plan else f"{status} (greedy plan kept)"
@@ -436,8 +426,26 @@ class _Incumbent:
         self.plan, self.units = candidate, found
 
 
-def _left_out_penalties(problem: Problem, plan: Plan) -> float:
-    return sum(problem.penalty(job) for job in problem.jobs if job.id in plan.unplaced)
+def _cost_yardstick(
+    problem: Problem,
+    plan: Plan,
+    bound: float,
+    placement: _ColumnGeneration | None,
+    *,
+    lp_cost: float = 0.0,
+) -> float:
+    """What the cost of placing what ``plan`` places is proven to be at least: ``bound``
+    less the penalties of the jobs the plan leaves out. Where the LP leaves fractions of
+    jobs out, that figure carries part of a penalty, so where the LP places no more jobs
+    than the plan (``placement`` None) the LP's own cost of its placement, ``lp_cost``, is
+    the yardstick where larger, and where it places more, the least LP cost of placing
+    the plan's jobs (``placement``, where it converged)."""
+    yardstick = bound - sum(problem.penalty(job) for job in problem.jobs if job.id in plan.unplaced)
+    if placement is None:
+        return max(yardstick, lp_cost)
+    if placement.converged:
+        return max(yardstick, placement.lp_objective)
+    return yardstick
 
 
 def _placed(problem: Problem, plan: Plan) -> float:
