@@ -145,3 +145,7 @@ class SolverTimeout(BrokerError):
     """The solver found no feasible plan within its time limit."""
 
     exit_code = 3
+
+
+class SolverCrashed(BrokerError):
+    """The solver's process ended without an answer (killed, or out of memory)."""

@@ -34,12 +34,13 @@ from scheduler.model import (
     Duals,
     JobClass,
     PoolIndex,
+    hard_stop_grace,
     quiet_parameters,
     reduced_costs,
     unit_bounds,
 )
-from scheduler.native_output import stdout_to_stderr
 from scheduler.problem import INFERENCE, Problem
+from scheduler.solver_process import run_in_child
 
 SERVING_NODES = 2_000  # branch-and-bound nodes per serving job's covering problem
 
@@ -52,9 +53,11 @@ def lagrangian_bound(
     *,
     deadline: float,
     serving_nodes: int = SERVING_NODES,
+    cost_weight: float = 1.0,
 ) -> float | None:
     """The bound with each serving job's covering problem solved in integers, or None when
     the wall-clock safety stop ``deadline`` passes first (or the bound is unbounded).
+    ``cost_weight``: the candidates' cost in the objective (``Master.cost_weight``).
 
     ``duals`` None (the LP solve returned none) means all multipliers zero: each class
     alone at its cheapest, which is still a valid, if weaker, bound."""
@@ -72,7 +75,7 @@ def lagrangian_bound(
         if time.perf_counter() > deadline:
             return None
         rows = c.of_shape(cls.shape)
-        rc = reduced_costs(problem, pools, cls, duals, linking_only=True)
+        rc = reduced_costs(problem, pools, cls, duals, linking_only=True, cost_weight=cost_weight)
         if cls.kind == INFERENCE:
             key = (cls.shape, cls.demand, cls.min_replicas, cls.penalty, rc.tobytes())
             sub = solved.get(key)
@@ -244,9 +247,12 @@ def _serving(
         relative_gap_tolerance=1e-6,
     )
     params.highs.int_options["threads"] = 1
-    with stdout_to_stderr():
+
+    def work() -> float | None:
         result = mathopt.solve(model, mathopt.SolverType.HIGHS, params=params)
-    if result.termination.limit == mathopt.Limit.TIME:
-        return None
-    bound = result.termination.objective_bounds.dual_bound
-    return None if not math.isfinite(bound) else float(bound)
+        if result.termination.limit == mathopt.Limit.TIME:
+            return None
+        bound = result.termination.objective_bounds.dual_bound
+        return None if not math.isfinite(bound) else float(bound)
+
+    return run_in_child(work, seconds=left + hard_stop_grace(left))

@@ -99,7 +99,8 @@ def write_every_column(
     column-wise from the candidate arrays into a fresh copy of the model: at 10^5
     columns this takes a fraction of a second where ``add_columns`` takes seconds.
     Only for a model that starts empty of columns and is then solved as it is (no
-    more columns or cuts). ``prices`` adds to each candidate's cost in the objective."""
+    more columns or cuts). ``prices`` adds to each candidate's cost in the objective
+    (its cost there weighed by ``master.cost_weight``)."""
     from ortools.math_opt.python import mathopt
 
     assert not master.columns, "write_every_column: the model already has columns"
@@ -134,7 +135,8 @@ def write_every_column(
         of_class.append(np.full(len(cands), cls.index))
         cands_all.append(cands)
         upper.append(ub.astype(np.float64))
-        objective.append(c.cost[cands] if prices is None else c.cost[cands] + prices(cands))
+        cost = c.cost[cands] * master.cost_weight
+        objective.append(cost if prices is None else cost + prices(cands))
         for row_id, values in _column_entries(master, cls, cands):
             keep = values != 0
             entry_rows.append(np.broadcast_to(np.asarray(row_id, dtype=np.int64), len(cands))[keep])

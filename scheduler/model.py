@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from scheduler.native_output import stdout_to_stderr
 from scheduler.problem import INFERENCE, Job, Problem
+from scheduler.solver_process import run_in_child
 
 
 @dataclass
@@ -188,6 +188,9 @@ class Master:
     dense_share: bool = False
     integral_total: bool = False
     capped: bool = True  # False: no share rows (the full-space step prices them instead)
+    # the columns' cost in the objective: 1, or 0 where only placement counts (the most
+    # any plan can place: ``solve._most_placeable``); budget rows keep the full cost
+    cost_weight: float = 1.0
     model: Any = None
     columns: dict[tuple[int, int], Any] = field(default_factory=dict)
     unplaced: list[Any] = field(default_factory=list)
@@ -304,7 +307,7 @@ class Master:
             self.by_class.setdefault(cls.index, []).append(cand)
             added += 1
             cost = float(c.cost[cand])
-            self.model.objective.set_linear_coefficient(var, cost)
+            self.model.objective.set_linear_coefficient(var, cost * self.cost_weight)
             if cls.kind == INFERENCE:
                 area, rate = int(c.area[cand]), float(c.rate[cand])
                 self._cover_rows[(cls.index, area)].set_coefficient(var, rate)
@@ -470,7 +473,10 @@ class Master:
         """Integer solve limited by work (``nodes`` branch-and-bound nodes for HiGHS; for
         CP-SAT, one deterministic second per hundred nodes), so that the result does not
         depend on the machine's speed or load; ``time_limit`` is only a safety stop, and
-        the result says when it fired. The best units found and the proven bound.
+        the result says when it fired. The solve runs in a child process that is killed
+        ``hard_stop_grace`` past it, since HiGHS does not always stop at its own limit
+        (``solver_process``); a killed solve found nothing. The best units found and the
+        proven bound.
 
         ``root_bound`` (HiGHS): only the root node's cutting planes, for their bound; no
         presolve, primal heuristics or restarts, which on a large model take several times
@@ -515,26 +521,37 @@ class Master:
             model_params = mathopt.ModelSolveParameters(
                 solution_hints=[mathopt.SolutionHint(variable_values=values)]
             )
-        with stdout_to_stderr():
+
+        def work() -> MipResult:
             result = mathopt.solve(self.model, kind, params=params, model_params=model_params)
-        bound = float(result.termination.objective_bounds.dual_bound)
-        found = MipResult(
-            units=None,
-            status=result.termination.reason.name.lower(),
-            bound=bound if math.isfinite(bound) else None,
-            clock_stop=result.termination.limit == mathopt.Limit.TIME,
-        )
-        if result.has_primal_feasible_solution():
-            values = result.variable_values()
-            found.units = {k: round(values[v]) for k, v in self.columns.items() if values[v] > 0.5}
-            if self._bulk is not None:
-                by_id = {var.id: x for var, x in values.items() if x > 0.5}
-                found.units.update(
-                    ((int(k), int(cand)), round(by_id[int(i)]))
-                    for i, k, cand in zip(*self._bulk, strict=True)
-                    if int(i) in by_id
-                )
+            bound = float(result.termination.objective_bounds.dual_bound)
+            found = MipResult(
+                units=None,
+                status=result.termination.reason.name.lower(),
+                bound=bound if math.isfinite(bound) else None,
+                clock_stop=result.termination.limit == mathopt.Limit.TIME,
+            )
+            if result.has_primal_feasible_solution():
+                found.units = self._units(result.variable_values())
+            return found
+
+        found = run_in_child(work, seconds=max(time_limit, 0.5) + hard_stop_grace(time_limit))
+        if found is None:
+            return MipResult(units=None, status="no_solution_found", bound=None, clock_stop=True)
         return found
+
+    def _units(self, values: dict[Any, float]) -> dict[tuple[int, int], int]:
+        """Units per column of a solution, over the named columns and the bulk-written
+        ones."""
+        units = {k: round(values[v]) for k, v in self.columns.items() if values[v] > 0.5}
+        if self._bulk is not None:
+            by_id = {var.id: x for var, x in values.items() if x > 0.5}
+            units.update(
+                ((int(k), int(cand)), round(by_id[int(i)]))
+                for i, k, cand in zip(*self._bulk, strict=True)
+                if int(i) in by_id
+            )
+        return units
 
 
 # HiGHS switches a root-bound-only solve turns off (see Master.solve_mip)
@@ -560,6 +577,12 @@ class MipResult:
     clock_stop: bool = False  # the wall-clock safety stop ended it (not the work limit)
 
 
+def hard_stop_grace(time_limit: float) -> float:
+    """Seconds a solve's process may run past the solver's own time limit before it is
+    killed: the model's copy into the solver is outside that limit."""
+    return 2.0 + 0.1 * max(time_limit, 0.0)
+
+
 def quiet_parameters(**settings: Any) -> Any:
     """MathOpt parameters with the solver's own log off (on with GPUBROKER_SOLVER_LOG set):
     a native solver printing on standard output would break a JSON document there."""
@@ -573,12 +596,19 @@ def quiet_parameters(**settings: Any) -> Any:
 
 
 def reduced_costs(
-    problem: Problem, pools: PoolIndex, cls: JobClass, duals: Duals, *, linking_only: bool = False
+    problem: Problem,
+    pools: PoolIndex,
+    cls: JobClass,
+    duals: Duals,
+    *,
+    linking_only: bool = False,
+    cost_weight: float = 1.0,
 ) -> np.ndarray:
     """Reduced cost of every candidate of the class's shape (inf where it cannot fit).
 
     ``linking_only`` prices against the rows shared between classes only (pools, quotas,
-    budgets, share, gang cuts), leaving out the class's own rows (Lagrangian bound)."""
+    budgets, share, gang cuts), leaving out the class's own rows (Lagrangian bound).
+    ``cost_weight``: the candidates' cost in the objective (``Master.cost_weight``)."""
     c = problem.candidates
     rows = c.of_shape(cls.shape)
     sl = slice(rows.start, rows.stop)
@@ -586,7 +616,7 @@ def reduced_costs(
     nodes = c.nodes[sl]
     gpus = c.gpus[sl].astype(np.float64)
     cost = c.cost[sl]
-    rc = cost * (1.0 - duals.budget.get(cls.team, 0.0))
+    rc = cost * (cost_weight - duals.budget.get(cls.team, 0.0))
     rc = rc - duals.pool[pool] * nodes
     if duals.quota_by_pool is not None:
         rc = rc - duals.quota_by_pool[pool] * gpus

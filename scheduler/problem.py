@@ -27,6 +27,13 @@ TRAINING = "training"
 INFERENCE = "inference"
 
 
+def placement_weight(priority: int) -> int:
+    """What placing one job of ``priority`` is worth against leaving it out: 1 + its
+    priority (negative priorities count as 0). Penalties scale with it, and a plan's
+    placement is measured in it."""
+    return 1 + max(priority, 0)
+
+
 @dataclass(frozen=True)
 class Pool:
     """Offers with the same provider, zone, instance type and pricing, with a node capacity."""
@@ -217,7 +224,11 @@ class Problem:
 
     def penalty(self, job: Job) -> float:
         """Cost of leaving ``job`` unplaced: above any placement, growing with priority."""
-        return self.penalty_scale * (1 + max(job.priority, 0))
+        return self.penalty_scale * placement_weight(job.priority)
+
+    def placed_weight(self, plan: Plan) -> int:
+        """The priority weight of the jobs ``plan`` places (``placement_weight``)."""
+        return sum(placement_weight(j.priority) for j in self.jobs if j.id not in plan.unplaced)
 
     @property
     def penalty_scale(self) -> float:
@@ -286,12 +297,15 @@ class Plan:
     solver: str = ""
     solve_seconds: float = 0.0
     clock_stop: bool = False  # the wall-clock safety stop, not the work limits, ended a step
-    # Placement and cost apart (None when pricing did not converge): the jobs the
-    # full-space LP places (fractions counted), and the plan's cost gap over the jobs it
-    # places: against the bound less the penalties of the jobs it leaves out, or, where
-    # larger, the LP's cost of its own placement (objective less its fractional penalties)
-    # or, where the LP places more, the LP's least cost of placing what the plan places.
-    lp_placed: float | None = None
+    # Placement and cost apart. Placement in priority weight (``placement_weight``): what
+    # the plan places, and the most any plan can place (an LP bound; None where not
+    # computed, as for the baselines' plans). The cost gap over the jobs the plan
+    # places (None when pricing did not converge): against the bound less the penalties of
+    # the jobs it leaves out, or, where larger, the LP's cost of its own placement
+    # (objective less its fractional penalties) or, where the LP places more, the LP's
+    # least cost of placing what the plan places.
+    placed_weight: int = 0
+    most_placeable: int | None = None
     cost_gap: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
     explain: dict[int, dict[str, Any]] = field(default_factory=dict)

@@ -46,14 +46,18 @@
 7. Where the LP places a fraction of a job more than the plan, the cost gap is read
    against the least LP cost of placing the jobs the plan places (column generation with
    penalties off and each class's jobs left out fixed at the plan's), since a bound that
-   carries penalties says nothing about cost there. Placement is its own figure (the
-   plan's jobs against the LP's); the cost gap says how well the plan buys what it places.
+   carries penalties says nothing about cost there. The cost gap says how well the plan
+   buys what it places.
    Where the plan's cost is not within the gap asked for of that (or of the bound less
    the plan's penalties, where higher), the LP's duals, free of penalties, pick the
    columns of one more integer solve with the placement fixed, cut off at the plan's
    cost, which buys the same jobs for less where penalties drew the first solve's
    attention (L catalog: 942,400 -> 893,939, with the LP at 856,182). The full-space root
    step (step 6, a bound over cost and penalties together) gives way to it there.
+8. Placement is its own figure, in priority weight (``problem.placement_weight``): where
+   the plan leaves jobs out, column generation with costs out of the objective bounds the
+   most weight any plan can place (``_most_placeable``), which the plan's weight is read
+   against.
 Every step is limited by work (``WorkLimits``: rounds, candidates priced, nodes, columns),
 never by the clock, and the solvers run single-threaded with a fixed seed, so the same
 input gives the same plan on any machine and under any load. ``time_limit`` is a safety
@@ -69,7 +73,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -77,7 +81,12 @@ from broker.errors import ConfigError, Infeasible
 from scheduler.baselines import Units, first_come, greedy_regret, units_to_plan
 from scheduler.bound import SERVING_NODES, lagrangian_bound, relaxed_bound
 from scheduler.explain import explain_plan
-from scheduler.full_space import PRICED_MODES, ROOT_MODES, solve_full_space
+from scheduler.full_space import (
+    PRICED_MODES,
+    ROOT_MODES,
+    solve_full_space,
+    write_every_column,
+)
 from scheduler.model import (
     Duals,
     JobClass,
@@ -87,7 +96,7 @@ from scheduler.model import (
     build_classes,
     reduced_costs,
 )
-from scheduler.problem import Plan, Problem
+from scheduler.problem import Plan, Problem, placement_weight
 from scheduler.validate import check
 
 SOLVERS = ("highs", "cpsat")
@@ -115,6 +124,7 @@ CG_SAFETY_SHARE = 0.7
 SERVING_SAFETY_SHARE = 0.75
 RELAXED_SAFETY_SHARE = 0.8  # root cuts and the priced relaxation leave time for the cost yardstick
 LAGRANGIAN_MAX_SERVING = 100  # one small integer solve per serving job: skip beyond
+WEIGHT_TOL = 1e-3  # LP arithmetic below a whole job's weight (``_most_placeable``)
 
 
 @dataclass(frozen=True)
@@ -141,6 +151,9 @@ class WorkLimits:
     # solutions cheaper than the plan (0: no such solve)
     polish_nodes: int = 2_000
     polish_solutions: int = 2
+    # pricing rounds of the bound on placement (step 8): any round's Lagrangian bound holds,
+    # and on L catalog the first one's is already the converged LP's (15 rounds, 7 s)
+    placement_rounds: int = 5
     # ... and, in either, no more nodes than this many columns allow (a node's LP grows with
     # them): L catalog's 11,337 kept columns get 88 nodes, where 2,000 took 162 s on a
     # slow core
@@ -360,11 +373,27 @@ def solve(
             else:
                 best.offer(polished.units, rejected)
     plan = best.plan
+    plan.placed_weight = problem.placed_weight(plan)
+    plan.most_placeable = plan.placed_weight
+    if plan.unplaced:
+        most = _most_placeable(
+            problem,
+            classes,
+            pools,
+            lp_model,
+            work=work,
+            exact=_full_space_mode(problem, full_columns, work) == "mip",
+            deadline=stop,
+            seed=seed,
+        )
+        plan.most_placeable = most.weight
+        timings["most_placeable"] = time.perf_counter() - start
+        if most.clock_stop:
+            clock_stops.append("bound on placement")
     plan.solver = solver
     plan.lp_bound = min(max(lp_bound, 0.0), plan.objective)
     plan.gap = _gap(plan.objective, plan.lp_bound)
     if cg.converged:
-        plan.lp_placed = lp_placed
         yardstick = _cost_yardstick(
             problem, plan, plan.lp_bound, placement, lp_cost=cg.lp_objective - lp_penalties
         )
@@ -687,7 +716,7 @@ def _column_generation(
         for cls in classes:
             master.add_columns(cls, _initial_columns(problem, cls, greedy))
     costs = problem.candidates.cost
-    scale = max(1.0, float(np.median(costs))) if len(costs) else 1.0
+    scale = max(1.0, master.cost_weight * float(np.median(costs))) if len(costs) else 1.0
     best = 0.0  # costs and penalties are never negative
     done = 0
     while True:
@@ -695,7 +724,10 @@ def _column_generation(
         done += 1
         if duals is None:
             return _bound_without_duals(problem, classes, pools, master, deadline)
-        rcs = {cls.index: reduced_costs(problem, pools, cls, duals) for cls in classes}
+        rcs = {
+            cls.index: reduced_costs(problem, pools, cls, duals, cost_weight=master.cost_weight)
+            for cls in classes
+        }
         lagrangian = relaxed_bound(problem, classes, pools, duals, rcs)
         if lagrangian is not None:
             best = max(best, lagrangian)
@@ -755,6 +787,79 @@ def _left_out_by_class(classes: list[JobClass], plan: Plan) -> list[int]:
     return [sum(1 for job in cls.jobs if job in plan.unplaced) for cls in classes]
 
 
+@dataclass
+class _Placeable:
+    """The most priority weight any plan can place, and whether the safety stop cut its
+    proof short (the figure then holds, but is weaker on a slower machine)."""
+
+    weight: int
+    clock_stop: bool
+
+
+def _most_placeable(
+    problem: Problem,
+    classes: list[JobClass],
+    pools: PoolIndex,
+    lp_model: Master,
+    *,
+    work: WorkLimits,
+    exact: bool,
+    deadline: float,
+    seed: int,
+) -> _Placeable:
+    """The most priority weight any plan can place: the least weight any LP solution
+    leaves out, with costs out of the objective (budget rows keep them) and each class's
+    penalty its jobs' weight, by column generation from ``lp_model``'s columns and cuts
+    (``work.placement_rounds``; any round's Lagrangian bound holds). Where the model over
+    every candidate is small enough for the full-space integer step (``exact``), the
+    same in integers, for the bound of its root cuts, which closes what whole gangs and
+    nodes leave open (S synthetic: the LP allows 75, the root cuts prove 74 in 0.2-0.6 s
+    with or without a share cap, where branch and bound took 5 s under a cap). A plan's
+    weight is a whole number, so the figure is rounded down, less a tolerance for the
+    solvers' arithmetic.
+
+    The main LP cannot give this figure: its penalties are ten times the dearest single
+    placement, not above the cost of the whole fleet, so a plan may place more weight than
+    it does, at a higher cost."""
+    weighed = [replace(cls, penalty=float(placement_weight(cls.priority))) for cls in classes]
+    master = Master(problem, weighed, pools, integer=False, cost_weight=0.0)
+    master.copy_cuts_from(lp_model)
+    for cls in weighed:
+        mine = lp_model.by_class.get(cls.index)
+        if mine:
+            master.add_columns(cls, np.asarray(mine, dtype=np.int64))
+    cg = _column_generation(
+        problem, weighed, pools, {}, rounds=work.placement_rounds, deadline=deadline, master=master
+    )
+    left_out, clock_stop = cg.bound, cg.clock_stop
+    if exact and not clock_stop and deadline - time.perf_counter() > 0.5:
+        ranges = [problem.candidates.of_shape(cls.shape) for cls in weighed]
+        columns = sum(len(rows) for rows in ranges)
+        full = Master(
+            problem,
+            weighed,
+            pools,
+            integer=True,
+            cost_weight=0.0,
+            dense_share=_dense_share(problem, "highs", columns),
+        )
+        full.copy_cuts_from(lp_model)
+        write_every_column(full, ranges)
+        result = full.solve_mip(
+            "highs",
+            time_limit=deadline - time.perf_counter(),
+            relative_gap=0.0,
+            seed=seed,
+            nodes=1,
+            root_bound=True,
+        )
+        clock_stop = result.clock_stop
+        if result.bound is not None:
+            left_out = max(left_out, result.bound)
+    total = sum(cls.penalty * cls.count for cls in weighed)
+    return _Placeable(math.floor(total - left_out + WEIGHT_TOL), clock_stop)
+
+
 def _bound_without_duals(
     problem: Problem, classes: list[JobClass], pools: PoolIndex, master: Master, deadline: float
 ) -> _ColumnGeneration:
@@ -762,8 +867,11 @@ def _bound_without_duals(
     the bound is the Lagrangian one at zero multipliers, else 0 (costs are never
     negative), and columns are ranked by cost alone."""
     zero = Duals.zero(problem, pools)
-    bound = lagrangian_bound(problem, classes, pools, zero, deadline=deadline)
-    rcs = {cls.index: reduced_costs(problem, pools, cls, zero) for cls in classes}
+    weight = master.cost_weight
+    bound = lagrangian_bound(problem, classes, pools, zero, deadline=deadline, cost_weight=weight)
+    rcs = {
+        cls.index: reduced_costs(problem, pools, cls, zero, cost_weight=weight) for cls in classes
+    }
     return _ColumnGeneration(0.0 if bound is None else bound, rcs, master)
 
 

@@ -1,10 +1,12 @@
 """Run the scheduler benchmark: ``python -m bench.scheduler --size S|M|L|XL [--kind ...]``.
 
 Prints one table per fleet: the solver's plan (uncapped, and under a 35 % provider share
-cap on GPUs and on spend) and the three baselines, with cost, jobs placed against the
-jobs the full-space LP places, the cost gap over the jobs placed, the overall gap,
-constraint violations, time to the first feasible plan, whether the wall-clock safety stop
-fired, and peak RSS. Writes the rows as JSON next to the printout when ``--out`` is given.
+cap on GPUs and on spend) and the three baselines, with cost, jobs placed, their weight
+(1 + priority each) against the most weight any plan can place (an LP bound), the cost gap
+over the jobs placed, the overall gap, constraint violations, time to the first feasible
+plan, whether the wall-clock safety stop fired, and the peak memory of the planner and its
+solver processes together (PSS, see ``bench/scheduler/memory.py``). Writes the rows as
+JSON next to the printout when ``--out`` is given.
 """
 
 from __future__ import annotations
@@ -12,13 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.scheduler.generate import SIZES, Config, adversarial, catalog, synthetic
+from bench.scheduler.memory import PeakMemory
 from broker.errors import Infeasible
 from scheduler.baselines import first_come, greedy_regret, per_job_cheapest, units_to_plan
 from scheduler.model import build_classes
@@ -29,10 +31,6 @@ from scheduler.validate import capacity_violations, check, provider_shares
 CATALOGS = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "cloud-catalogs"
 TIME_LIMITS = {"S": 30.0, "M": 30.0, "L": 30.0, "XL": 120.0}
 GAPS = {"S": 0.001, "M": 0.001, "L": 0.01, "XL": 0.02}
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def row(
@@ -63,7 +61,10 @@ def run_fleet(label: str, problem: Problem, size: str, solver: str, caps: list[s
         name = f"{solver} MIP" + ("" if cap == "none" else f", 35% cap on {cap}")
         start = time.perf_counter()
         try:
-            plan = solve(problem, solver=solver, time_limit=limit, relative_gap=gap, explain=False)
+            with PeakMemory() as memory:
+                plan = solve(
+                    problem, solver=solver, time_limit=limit, relative_gap=gap, explain=False
+                )
         except Infeasible as exc:
             rows.append({"fleet": label, "plan": name, "status": str(exc)})
             continue
@@ -81,11 +82,12 @@ def run_fleet(label: str, problem: Problem, size: str, solver: str, caps: list[s
                 "gap": round(plan.gap or 0.0, 5),
                 "cost_gap": None if plan.cost_gap is None else round(plan.cost_gap, 5),
                 "placed_jobs": len(problem.jobs) - len(plan.unplaced),
-                "lp_placed": None if plan.lp_placed is None else round(plan.lp_placed, 2),
+                "placed_weight": plan.placed_weight,
+                "most_placeable": plan.most_placeable,
                 "lp_bound": round(bound, 2),
                 "clock_stop": plan.clock_stop,
                 "cg_rounds": int(plan.timings.get("cg_rounds", 0)),
-                "peak_rss_mib": round(peak_rss_mib(), 1),
+                "peak_memory_mib": round(memory.mib, 1),
                 "status": plan.status,
             }
         )
@@ -105,6 +107,7 @@ def run_fleet(label: str, problem: Problem, size: str, solver: str, caps: list[s
         took = time.perf_counter() - t0
         rows.append(row(name, problem, base, bound, took, took))
         rows[-1]["placed_jobs"] = len(problem.jobs) - len(base.unplaced)
+        rows[-1]["placed_weight"] = problem.placed_weight(base)
     for r in rows:
         r["fleet"] = label
     return rows
@@ -116,7 +119,8 @@ def print_table(rows: list[dict]) -> None:
         "plan",
         "cost",
         "placed_jobs",
-        "lp_placed",
+        "placed_weight",
+        "most_placeable",
         "cost_gap",
         "gap",
         "violations",
@@ -126,6 +130,7 @@ def print_table(rows: list[dict]) -> None:
         "seconds",
         "clock_stop",
         "cg_rounds",
+        "peak_memory_mib",
     ]
     widths = {c: max(len(c), *(len(str(r.get(c, "-"))) for r in rows)) for c in cols}
     print("  ".join(c.ljust(widths[c]) for c in cols))

@@ -79,12 +79,13 @@ def plan(
         f"{report.solver} {report.solve_seconds:.2f} s  validated: "
         f"{'yes' if report.validated else 'no'}"
     )
-    if report.lp_placed is not None:
+    if report.most_placeable is not None:
         placed = len({a["job"] for a in report.allocations})
         cost_gap = "-" if report.cost_gap is None else f"{report.cost_gap:.3%}"
         typer.echo(
-            f"placed {placed} jobs, the LP {report.lp_placed:g} (priorities first)  "
-            f"cost gap over them {cost_gap}"
+            f"placed {placed} of {placed + len(report.unplaced)} jobs, weight "
+            f"{report.placed_weight} of at most {report.most_placeable} (a job weighs "
+            f"1 + its priority)  cost gap over them {cost_gap}"
         )
     if report.clock_stop:
         typer.echo(

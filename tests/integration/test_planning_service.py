@@ -129,6 +129,7 @@ def test_team_budget_is_a_hard_cap(database, settings) -> None:
     assert report.allocations == []
     assert report.unplaced[0]["job"] == job
     assert report.unplaced[0]["reason"].startswith("budget of team poor has $1.00 left")
+    assert report.placed_weight == report.most_placeable == 0  # no plan can place it
 
 
 def test_bad_solver_is_a_user_error(database, settings) -> None:
@@ -163,6 +164,7 @@ def test_cli_plan_json_over_the_examples(home: Path) -> None:
     assert data["validated"] is True
     assert data["lp_bound"] is not None and 0 <= data["gap"] < 0.05
     assert data["objective"] >= data["lp_bound"]
+    assert 0 < data["placed_weight"] <= data["most_placeable"]
     placed = {a["job"] for a in data["allocations"]}
     assert placed and placed | {u["job"] for u in data["unplaced"]} == set(range(1, len(specs) + 1))
     for alloc in data["allocations"]:

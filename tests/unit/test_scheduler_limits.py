@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import time
@@ -9,7 +10,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from bench.scheduler.generate import Config, synthetic
@@ -17,7 +18,7 @@ from broker.errors import Infeasible
 from scheduler.baselines import first_come, units_to_plan
 from scheduler.bound import relaxed_bound
 from scheduler.model import Duals, PoolIndex, build_classes, reduced_costs
-from scheduler.problem import Candidates, Job, Pool, Problem
+from scheduler.problem import Assignment, Candidates, Job, Plan, Pool, Problem
 from scheduler.solve import (
     WorkLimits,
     _column_generation,
@@ -204,9 +205,72 @@ def test_placement_and_cost_gap_are_reported_apart() -> None:
         pools, [("a", 0, [(0, 1, 1.0)]), ("a", 0, [(0, 1, 2.0)]), ("a", 0, [(0, 1, 3.0)])]
     )
     plan = solve(problem, time_limit=5)
-    assert len(plan.unplaced) == 1 and plan.lp_placed == pytest.approx(2.0)
+    assert len(plan.unplaced) == 1 and plan.placed_weight == plan.most_placeable == 2
     assert plan.cost == 30.0 and plan.cost_gap == pytest.approx(0.0, abs=1e-9)
     assert plan.gap is not None and plan.gap < 1e-6
+
+
+def test_the_most_placeable_is_what_a_plan_can_place_not_what_the_lp_places() -> None:
+    """Twelve one-node jobs fill a cheap pool; a twelve-node gang fits only there. Placing
+    it moves the twelve to a pool at 120 times the price, which costs more than the gang's
+    penalty (ten times the dearest single placement), so the plan, and the LP with costs,
+    leave it out. The figure is the most any plan can place: all 13 jobs, as a plan that
+    values the gang above that cost shows."""
+    pools = [_pool(0, "aws", 12, 1.0), _pool(1, "aws", 12, 12.0)]
+    small = ("a", 0, [(0, 1, 0.1), (1, 1, 1.0)])
+
+    def fleet(gang_priority: int) -> Problem:
+        return _problem(pools, [("a", gang_priority, [(0, 12, 1.0)]), *[small] * 12])
+
+    plan = solve(fleet(0), time_limit=10, relative_gap=1e-9)
+    assert list(plan.unplaced) == [1]
+    assert plan.placed_weight == 12 and plan.most_placeable == 13
+    everything = solve(fleet(100), time_limit=10, relative_gap=1e-9)
+    assert check(fleet(0), everything) == [] and not everything.unplaced
+
+
+def _most_weight_brute_force(problem: Problem) -> int:
+    """The most priority weight of any valid plan, by enumeration."""
+    c = problem.candidates
+    options = [[None, *c.of_shape(job.shape)] for job in problem.jobs]
+    best = 0
+    for combo in itertools.product(*options):
+        pairs = list(zip(problem.jobs, combo, strict=True))
+        assignments = [Assignment(job.id, cand) for job, cand in pairs if cand is not None]
+        unplaced = {job.id: "x" for job, cand in pairs if cand is None}
+        cost = sum(float(c.cost[a.candidate]) for a in assignments)
+        objective = cost + sum(problem.penalty(j) for j in problem.jobs if j.id in unplaced)
+        plan = Plan(assignments, unplaced, objective, cost)
+        if not check(problem, plan):
+            best = max(best, problem.placed_weight(plan))
+    return best
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(small_problems())
+def test_the_most_placeable_holds_and_is_exact_on_small_models(problem: Problem) -> None:
+    """Against enumeration: no valid plan places more weight than the figure, from the LP
+    alone or proven in integers, and the integer step finds it exactly."""
+    hosts = {problem.pools[int(p)].provider for p in problem.candidates.pool}
+    assume(problem.share_cap is None or not hosts or problem.share_cap >= 1 / len(hosts))
+    most = _most_weight_brute_force(problem)
+    plan = solve(problem, time_limit=10)
+    assert plan.placed_weight <= most
+    assert plan.most_placeable == most
+    lp = solve(problem, time_limit=10, work=NO_FULL_SPACE)
+    assert lp.most_placeable is not None and lp.most_placeable >= most
+
+
+def test_small_models_prove_the_most_placeable_in_integers() -> None:
+    """S synthetic leaves out one job: the LP with costs out allows weight 75, whole gangs
+    and nodes allow 74, which the plan places; the integer model over every candidate
+    proves it. Without that step the figure is the LP's."""
+    problem = synthetic(Config(jobs=50, offers=500, seed=7))
+    plan = solve(problem, time_limit=30, relative_gap=0.001, explain=False)
+    assert check(problem, plan) == [] and len(plan.unplaced) == 1
+    assert plan.placed_weight == plan.most_placeable == 74
+    looser = solve(problem, time_limit=30, relative_gap=0.001, explain=False, work=NO_FULL_SPACE)
+    assert looser.placed_weight == 74 and looser.most_placeable == 75
 
 
 def test_the_cost_yardstick_is_the_least_cost_of_placing_the_plans_jobs() -> None:
@@ -220,7 +284,8 @@ def test_the_cost_yardstick_is_the_least_cost_of_placing_the_plans_jobs() -> Non
     plan = solve(problem, time_limit=5)
     assert check(problem, plan) == []
     assert list(plan.unplaced) == [2] and plan.cost == pytest.approx(12.0)
-    assert plan.lp_placed == pytest.approx(1.3)
+    # the weight LP places the priority job and 0.3 of the other: 2.3, so at most 2
+    assert plan.placed_weight == plan.most_placeable == 2
     assert plan.cost_gap == pytest.approx(0.0, abs=1e-9)
     classes, pools_index = build_classes(problem), PoolIndex.of(problem)
     lp = _column_generation(
@@ -255,9 +320,7 @@ def test_the_cost_polish_runs_where_the_lp_places_more_and_the_cost_is_unsettled
         explain=False,
         work=replace(held, polish_solutions=0),
     )
-    assert check(problem, polished) == []
-    assert polished.lp_placed is not None
-    assert polished.lp_placed > len(problem.jobs) - len(polished.unplaced)
+    assert check(problem, polished) == [] and polished.unplaced
     assert "cost_polish" in polished.timings and "root_bound" not in polished.timings
     assert "cost_polish" not in plain.timings
     classes = build_classes(problem)

@@ -41,9 +41,10 @@ class PlanReport:
     solver: str = "highs"
     status: str = ""
     explain: dict[int, dict[str, Any]] = field(default_factory=dict)
-    # jobs the LP places (fractions counted); it weighs each by 1 + its priority, so with
-    # mixed priorities a plan can place more jobs, of lower priority, at a worse objective
-    lp_placed: float | None = None
+    # placement in priority weight (a job weighs 1 + its priority): what the plan places,
+    # and the most any plan can place (an LP bound)
+    placed_weight: int = 0
+    most_placeable: int | None = None
     cost_gap: float | None = None  # the cost gap over the jobs the plan places
     clock_stop: bool = False  # the wall-clock safety stop cut a step short (load-dependent)
 
@@ -58,7 +59,8 @@ class PlanReport:
             "validated": self.validated,
             "solver": self.solver,
             "status": self.status,
-            "lp_placed": self.lp_placed,
+            "placed_weight": self.placed_weight,
+            "most_placeable": self.most_placeable,
             "cost_gap": self.cost_gap,
             "clock_stop": self.clock_stop,
             "explain": {str(k): v for k, v in sorted(self.explain.items())},
@@ -195,7 +197,8 @@ def plan_report(problem: Any, plan: Any, solver: str) -> PlanReport:
         solver=solver,
         status=plan.status,
         explain=plan.explain,
-        lp_placed=None if plan.lp_placed is None else round(plan.lp_placed, 4),
+        placed_weight=plan.placed_weight,
+        most_placeable=plan.most_placeable,
         cost_gap=None if plan.cost_gap is None else round(plan.cost_gap, 6),
         clock_stop=plan.clock_stop,
     )

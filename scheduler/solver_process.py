@@ -1,0 +1,147 @@
+"""Native integer solves in a child process of their own.
+
+Two things the MIP solver does that the planner cannot allow in its own process:
+
+- **It does not always stop at its time limit.** HiGHS checks the clock between steps, and
+  some steps of its presolve and root cuts run long: with the full-space step let loose
+  on M synthetic's candidates under a 35 % spend cap, a plan asked for in 30 s came after
+  253 s (see bench/RESULTS.md). A plan's wall-clock limit is a promise, so the solve runs
+  in a forked child that is killed a little past the stop; the caller then has no result
+  from it and says so.
+- **It writes to standard output.** HiGHS prints a debug line
+  ("HighsMipSolverData::transformNewIntegerFeasibleSolution tmpSolver.run();") to file
+  descriptor 1 whatever its log options say: 51 lines in one solve of the L synthetic bench
+  fleet, which would break a plan printed as JSON. The child points descriptor 1 at
+  standard error, and the parent's own descriptors are left as they are.
+
+The child is a fork: it has the model already built, and only the (small) result crosses
+back, pickled through a pipe. Linux only, as is the rest of the broker's runtime.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import os
+import pickle
+import select
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
+
+from broker.errors import SolverCrashed
+
+T = TypeVar("T")
+
+_PR_SET_PDEATHSIG = 1
+_READ_CHUNK = 1 << 20
+_WAIT_STEP = 60.0  # seconds per select(); a limit may be far off or infinite
+
+
+def run_in_child(work: Callable[[], T], *, seconds: float) -> T | None:
+    """``work()`` run in a forked child; its return value, or None where the child has not
+    answered within ``seconds`` (it is then killed, and nothing of it is left running). An
+    exception raised by ``work`` is raised here; a child that dies without an answer (the
+    kernel's out-of-memory killer) raises :class:`SolverCrashed`."""
+    _flush_streams()
+    read_end, write_end = os.pipe()
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        _child(work, write_end, parent)
+    os.close(write_end)
+    answered = False
+    try:
+        payload = _read_until(read_end, time.monotonic() + max(seconds, 0.0))
+        if payload is None:
+            return None
+        answered = True
+    finally:
+        os.close(read_end)
+        if not answered:
+            _kill(pid)
+    _, status = os.waitpid(pid, 0)
+    if not payload:
+        raise SolverCrashed(_ended(status))
+    ok, value = pickle.loads(payload)
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]
+
+
+def _child(work: Callable[[], object], out: int, parent: int) -> NoReturn:
+    """The child's whole life: solve, send the answer, exit without running the parent's
+    exit handlers or flushing its buffers a second time."""
+    code = 0
+    try:
+        # a collection would write to every tracked object's header, copying the parent's
+        # heap page by page into the child; the child is short-lived, so it does without
+        gc.disable()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before prctl took hold
+            os._exit(1)
+        os.dup2(2, 1)
+        try:
+            answer = pickle.dumps((True, work()), protocol=pickle.HIGHEST_PROTOCOL)
+        except BaseException as exc:
+            answer = _pickled_error(exc)
+        _flush_streams()
+        view = memoryview(answer)
+        while view:
+            view = view[os.write(out, view) :]
+    except BaseException:
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def _pickled_error(exc: BaseException) -> bytes:
+    try:
+        return pickle.dumps((False, exc), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        error = RuntimeError(f"{type(exc).__name__}: {exc}")
+        return pickle.dumps((False, error), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _read_until(fd: int, deadline: float) -> bytes | None:
+    """Everything written to ``fd`` until its writer closes it; None at the deadline."""
+    chunks: list[bytes] = []
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        ready, _, _ = select.select([fd], [], [], min(left, _WAIT_STEP))
+        if not ready:
+            continue
+        chunk = os.read(fd, _READ_CHUNK)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _kill(pid: int) -> None:
+    """The child is not reaped before this, so the pid is still its own."""
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+
+
+def _ended(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        name = signal.Signals(os.WTERMSIG(status)).name
+        hint = " (out of memory?)" if os.WTERMSIG(status) == signal.SIGKILL else ""
+        return f"the solver process was killed by {name} before it answered{hint}"
+    return f"the solver process exited with code {os.WEXITSTATUS(status)} before it answered"
+
+
+def _flush_streams() -> None:
+    """Python's and C stdio's buffers written out before a fork, so that the child does not
+    write them a second time (C stdio flushes at its exit)."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
+    ctypes.CDLL(None).fflush(None)
