@@ -49,11 +49,13 @@ def solve_full_space(
     deadline: float,
     relative_gap: float,
     seed: int,
+    cost_weight: float = 1.0,
 ) -> FullSpace:
     """HiGHS on the integer model over every candidate, with ``lp_model``'s cuts, limited
     to ``nodes`` branch-and-bound nodes; nothing when ``mode`` is None. A priced mode
     prices the share rows with ``lp_model``'s duals (zero where it has none: the cap
-    simply left out)."""
+    simply left out). ``cost_weight``: the candidates' cost in the objective
+    (``Master.cost_weight``)."""
     if mode is None:
         return FullSpace()
     if deadline - time.perf_counter() <= 0.5:
@@ -65,7 +67,15 @@ def solve_full_space(
         if prices is None:
             return FullSpace()  # the Lagrangian is unbounded below at these duals
 
-    full = Master(problem, classes, pools, integer=True, capped=not priced, dense_share=dense_share)
+    full = Master(
+        problem,
+        classes,
+        pools,
+        integer=True,
+        capped=not priced,
+        dense_share=dense_share,
+        cost_weight=cost_weight,
+    )
     full.copy_cuts_from(lp_model)
     write_every_column(
         full,

@@ -81,12 +81,7 @@ from broker.errors import ConfigError, Infeasible
 from scheduler.baselines import Units, first_come, greedy_regret, units_to_plan
 from scheduler.bound import SERVING_NODES, lagrangian_bound, relaxed_bound
 from scheduler.explain import explain_plan
-from scheduler.full_space import (
-    PRICED_MODES,
-    ROOT_MODES,
-    solve_full_space,
-    write_every_column,
-)
+from scheduler.full_space import PRICED_MODES, ROOT_MODES, solve_full_space
 from scheduler.model import (
     Duals,
     JobClass,
@@ -770,17 +765,31 @@ def _placement_lp(
     penalties off and the "unplaced" values fixed (they hold no candidate, so pricing is
     unchanged). Its ``lp_objective`` bounds that cost where it converged within
     ``rounds``."""
-    master = Master(problem, classes, pools, integer=False)
-    master.copy_cuts_from(lp_model)
+    master = _from_lp_model(problem, classes, pools, lp_model)
     master.fix_unplaced(left_out)
-    for cls in classes:
-        mine = lp_model.by_class.get(cls.index)
-        if mine:
-            master.add_columns(cls, np.asarray(mine, dtype=np.int64))
     _add_units(master, classes, units)
     return _column_generation(
         problem, classes, pools, {}, rounds=rounds, deadline=deadline, master=master
     )
+
+
+def _from_lp_model(
+    problem: Problem,
+    classes: list[JobClass],
+    pools: PoolIndex,
+    lp_model: Master,
+    *,
+    cost_weight: float = 1.0,
+) -> Master:
+    """A fresh LP over ``classes`` that starts from ``lp_model``'s cuts and columns, for a
+    column generation of another objective over the same rows."""
+    master = Master(problem, classes, pools, integer=False, cost_weight=cost_weight)
+    master.copy_cuts_from(lp_model)
+    for cls in classes:
+        mine = lp_model.by_class.get(cls.index)
+        if mine:
+            master.add_columns(cls, np.asarray(mine, dtype=np.int64))
+    return master
 
 
 def _left_out_by_class(classes: list[JobClass], plan: Plan) -> list[int]:
@@ -822,40 +831,29 @@ def _most_placeable(
     placement, not above the cost of the whole fleet, so a plan may place more weight than
     it does, at a higher cost."""
     weighed = [replace(cls, penalty=float(placement_weight(cls.priority))) for cls in classes]
-    master = Master(problem, weighed, pools, integer=False, cost_weight=0.0)
-    master.copy_cuts_from(lp_model)
-    for cls in weighed:
-        mine = lp_model.by_class.get(cls.index)
-        if mine:
-            master.add_columns(cls, np.asarray(mine, dtype=np.int64))
+    master = _from_lp_model(problem, weighed, pools, lp_model, cost_weight=0.0)
     cg = _column_generation(
         problem, weighed, pools, {}, rounds=work.placement_rounds, deadline=deadline, master=master
     )
     left_out, clock_stop = cg.bound, cg.clock_stop
     if exact and not clock_stop and deadline - time.perf_counter() > 0.5:
-        ranges = [problem.candidates.of_shape(cls.shape) for cls in weighed]
-        columns = sum(len(rows) for rows in ranges)
-        full = Master(
+        columns = sum(len(problem.candidates.of_shape(cls.shape)) for cls in weighed)
+        full = solve_full_space(
             problem,
             weighed,
             pools,
-            integer=True,
-            cost_weight=0.0,
+            lp_model,
+            "root",
             dense_share=_dense_share(problem, "highs", columns),
-        )
-        full.copy_cuts_from(lp_model)
-        write_every_column(full, ranges)
-        result = full.solve_mip(
-            "highs",
-            time_limit=deadline - time.perf_counter(),
+            nodes=1,
+            deadline=deadline,
             relative_gap=0.0,
             seed=seed,
-            nodes=1,
-            root_bound=True,
+            cost_weight=0.0,
         )
-        clock_stop = result.clock_stop
-        if result.bound is not None:
-            left_out = max(left_out, result.bound)
+        clock_stop = full.clock_stop
+        if full.bound is not None:
+            left_out = max(left_out, full.bound)
     total = sum(cls.penalty * cls.count for cls in weighed)
     return _Placeable(math.floor(total - left_out + WEIGHT_TOL), clock_stop)
 

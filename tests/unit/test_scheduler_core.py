@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -64,10 +65,10 @@ def _problem(pools, jobs_spec, budgets=None, share=None) -> Problem:
     )
 
 
-def _brute_force(problem: Problem) -> float:
+def _valid_plans(problem: Problem) -> Iterator[Plan]:
+    """Every plan of one candidate or none per job that the checker accepts."""
     c = problem.candidates
     options = [[None, *c.of_shape(job.shape)] for job in problem.jobs]
-    best = float("inf")
     for combo in itertools.product(*options):
         assignments = [
             Assignment(job.id, cand)
@@ -81,8 +82,11 @@ def _brute_force(problem: Problem) -> float:
         objective = cost + sum(problem.penalty(j) for j in problem.jobs if j.id in unplaced)
         plan = Plan(assignments, unplaced, objective, cost)
         if not check(problem, plan):
-            best = min(best, objective)
-    return best
+            yield plan
+
+
+def _brute_force(problem: Problem) -> float:
+    return min((plan.objective for plan in _valid_plans(problem)), default=float("inf"))
 
 
 @st.composite

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from broker.errors import Infeasible
 from scheduler.baselines import first_come, units_to_plan
 from scheduler.bound import relaxed_bound
 from scheduler.model import Duals, PoolIndex, build_classes, reduced_costs
-from scheduler.problem import Assignment, Candidates, Job, Plan, Pool, Problem
+from scheduler.problem import Candidates, Job, Pool, Problem
 from scheduler.solve import (
     WorkLimits,
     _column_generation,
@@ -28,7 +27,13 @@ from scheduler.solve import (
     solve,
 )
 from scheduler.validate import check
-from tests.unit.test_scheduler_core import _brute_force, _pool, _problem, small_problems
+from tests.unit.test_scheduler_core import (
+    _brute_force,
+    _pool,
+    _problem,
+    _valid_plans,
+    small_problems,
+)
 
 NO_FULL_SPACE = WorkLimits(full_space_columns=0, full_space_capped_columns=0, root_bound_columns=0)
 
@@ -231,19 +236,7 @@ def test_the_most_placeable_is_what_a_plan_can_place_not_what_the_lp_places() ->
 
 def _most_weight_brute_force(problem: Problem) -> int:
     """The most priority weight of any valid plan, by enumeration."""
-    c = problem.candidates
-    options = [[None, *c.of_shape(job.shape)] for job in problem.jobs]
-    best = 0
-    for combo in itertools.product(*options):
-        pairs = list(zip(problem.jobs, combo, strict=True))
-        assignments = [Assignment(job.id, cand) for job, cand in pairs if cand is not None]
-        unplaced = {job.id: "x" for job, cand in pairs if cand is None}
-        cost = sum(float(c.cost[a.candidate]) for a in assignments)
-        objective = cost + sum(problem.penalty(j) for j in problem.jobs if j.id in unplaced)
-        plan = Plan(assignments, unplaced, objective, cost)
-        if not check(problem, plan):
-            best = max(best, problem.placed_weight(plan))
-    return best
+    return max(problem.placed_weight(plan) for plan in _valid_plans(problem))
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
