@@ -1,7 +1,7 @@
 """Lagrangian lower bounds: valid for every integer plan, never below zero.
 
 Relax the rows shared between job classes (pool capacity, quotas, team budgets, the share
-rows and the gang cuts) with LP duals mu <= 0 and keep each class's own rows. What is left
+rows and the rounding cuts) with LP duals mu <= 0 and keep each class's own rows. What is left
 splits by class:
 
 - a training class keeps its row "each job one gang or unplaced": it takes, unit by unit,
@@ -128,6 +128,8 @@ def _linking_constant(problem: Problem, pools: PoolIndex, duals: Duals) -> float
     value += sum(mu * problem.budgets[team] for team, mu in duals.budget.items())
     for p, cuts in duals.cuts.items():
         value += sum(mu * (int(pools.capacity[p]) // d) for d, mu in cuts)
+    for q, cuts in duals.quota_cuts.items():
+        value += sum(mu * (problem.quotas[q].limit // d) for d, mu in cuts)
     return value
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from scheduler.baselines import Units
 from scheduler.bound import share_prices
-from scheduler.model import Duals, JobClass, Master, PoolIndex, unit_bounds
+from scheduler.model import Duals, JobClass, Master, PoolIndex, rounding_coefficients, unit_bounds
 from scheduler.problem import INFERENCE, Problem
 
 ROOT_MODES = ("root", "priced root")  # full-space steps that run for their bound alone
@@ -187,6 +187,7 @@ def write_every_column(
         master._budget_rows,
         master._provider_rows,
         master._cover_cut_rows,
+        master._quota_cut_rows,
     ]
     for rows_of in row_maps:
         for key, row in rows_of.items():
@@ -224,11 +225,14 @@ def _column_entries(
         pool_ids[p] = row.id
     yield pool_ids[pool], nodes.astype(np.float64)
     for (p, d), row in sorted(master._cut_rows.items()):
-        yield row.id, np.where(pool == p, nodes // d, 0).astype(np.float64)
+        cap = float(master.pools.capacity[p])
+        yield row.id, np.where(pool == p, rounding_coefficients(nodes, d, cap), 0.0)
     for q, row in sorted(master._quota_rows.items()):
-        mine = np.zeros(len(master.pools.capacity), dtype=bool)
-        mine[[p for p, qs in enumerate(master.pools.quotas_of) if q in qs]] = True
-        yield row.id, np.where(mine[pool], gpus, 0.0)
+        yield row.id, np.where(master.pools.in_quota[q][pool], gpus, 0.0)
+    for (q, d), row in sorted(master._quota_cut_rows.items()):
+        limit = float(master.problem.quotas[q].limit)
+        cut = rounding_coefficients(gpus, d, limit)
+        yield row.id, np.where(master.pools.in_quota[q][pool], cut, 0.0)
     if cls.team in master.problem.budgets:
         yield master._budget_rows[cls.team].id, cost
     share = master.problem.share_cap if master.capped else None

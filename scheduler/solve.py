@@ -2,7 +2,7 @@
 
 1. Jobs are grouped into classes; the better of the greedy-by-regret and first-come
    plans is the first feasible plan.
-2. Column generation (with valid rounding cuts for gang packing and serving units) over
+2. Column generation (with valid rounding cuts of pool, quota and serving rows) over
    the *full* candidate space: the LP over the columns found so
    far gives duals; every candidate of every class is priced with them (vectorised) and
    the most negative ones join. When none prices out, the LP optimum is the full-space LP
@@ -227,7 +227,12 @@ def solve(
     )
     mip_gap = relative_gap * MIP_GAP_SHARE * max(cost_share, MIN_COST_SHARE)
 
-    mip = _integer_master(problem, classes, pools, columns, solver=solver, cuts_from=lp_model)
+    # without the LP's pool and quota roundings: HiGHS derives its own from those rows, and
+    # with them copied in it settled placement worse (M catalog, 35 % spend cap: 444,752
+    # against 439,858 after the polish; L catalog: 945 jobs placed against 946)
+    mip = _integer_master(
+        problem, classes, pools, columns, solver=solver, cuts_from=lp_model, roundings=False
+    )
     serving = sum(1 for cls in classes if cls.kind == "inference")
     full_columns = sum(len(problem.candidates.of_shape(cls.shape)) for cls in classes)
     full_mode = _full_space_mode(problem, full_columns, work)
@@ -520,8 +525,10 @@ def _integer_master(
     *,
     solver: str,
     cuts_from: Master,
+    roundings: bool = True,
 ) -> Master:
-    """The integer model over ``columns`` (per class), with ``cuts_from``'s cuts."""
+    """The integer model over ``columns`` (per class), with ``cuts_from``'s cuts (its
+    serving cover cuts only, without ``roundings``)."""
     n_columns = sum(len(cols) for cols in columns.values())
     mip = Master(
         problem,
@@ -531,7 +538,7 @@ def _integer_master(
         dense_share=_dense_share(problem, solver, n_columns),
         integral_total=solver == "cpsat",
     )
-    mip.copy_cuts_from(cuts_from)
+    mip.copy_cuts_from(cuts_from, roundings=roundings)
     for cls in classes:
         mine = columns.get(cls.index)
         if mine is not None and len(mine):
@@ -742,7 +749,7 @@ def _column_generation(
             fresh = negative[~np.isin(negative, present)]
             best_new = fresh[np.argsort(rc[fresh], kind="stable")[:COLUMNS_PER_ROUND]]
             added += master.add_columns(cls, best_new + start)
-        if added == 0 and (not cuts or master.add_gang_cuts() + master.add_cover_cuts() == 0):
+        if added == 0 and (not cuts or master.add_rounding_cuts() + master.add_cover_cuts() == 0):
             return _ColumnGeneration(
                 max(best, objective), rcs, master, done, converged=True, lp_objective=objective
             )

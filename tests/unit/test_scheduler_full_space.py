@@ -36,7 +36,7 @@ def _two_ways(problem: Problem, *, integer: bool, dense: bool) -> tuple[Master, 
     for cls, rows in zip(classes, ranges, strict=True):
         lp.add_columns(cls, np.arange(rows.start, rows.stop))
     lp.solve_lp()
-    while lp.add_gang_cuts() + lp.add_cover_cuts():
+    while lp.add_rounding_cuts() + lp.add_cover_cuts():
         lp.solve_lp()
     one, bulk = (
         Master(problem, classes, pools, integer=integer, dense_share=dense) for _ in range(2)
