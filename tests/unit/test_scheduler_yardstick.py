@@ -1,0 +1,105 @@
+"""The cost gap's yardstick where a plan leaves jobs out: the least cost of placing what
+the plan places, as an LP and, with serving jobs whole, as a Lagrangian bound."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from scheduler.model import PoolIndex, build_classes
+from scheduler.problem import INFERENCE, Assignment, Candidates, Job, Plan, Pool, Problem
+from scheduler.solve import _column_generation, _placement_lp
+from scheduler.validate import check
+from tests.unit.test_scheduler_core import serving_problems
+
+
+def _cheapest_with(problem: Problem, left_out: set[int]) -> float:
+    """The least cost of a valid plan that leaves out exactly the jobs ``left_out``, by
+    enumeration (inf where none)."""
+    c = problem.candidates
+    per_job = []
+    for job in problem.jobs:
+        if job.id in left_out:
+            per_job.append([()])
+            continue
+        rows = list(c.of_shape(job.shape))
+        ranges = [range(problem.pools[int(c.pool[i])].capacity + 1) for i in rows]
+        per_job.append(
+            [tuple(zip(rows, n, strict=True)) for n in itertools.product(*ranges) if any(n)]
+        )
+    best = float("inf")
+    for combo in itertools.product(*per_job):
+        assignments = [
+            Assignment(job.id, i, n)
+            for job, pick in zip(problem.jobs, combo, strict=True)
+            for i, n in pick
+            if n
+        ]
+        cost = sum(float(c.cost[a.candidate]) * a.count for a in assignments)
+        penalties = sum(problem.penalty(job) for job in problem.jobs if job.id in left_out)
+        plan = Plan(assignments, {j: "x" for j in left_out}, cost + penalties, cost)
+        if not check(problem, plan):
+            best = min(best, cost)
+    return best
+
+
+def _yardstick(problem: Problem, left: list[int]) -> tuple[float, float]:
+    """(LP, integer bound) of placing all but ``left[k]`` of class k's jobs."""
+    classes, pools = build_classes(problem), PoolIndex.of(problem)
+    cg = _column_generation(problem, classes, pools, {}, rounds=10_000, deadline=1e18)
+    placement = _placement_lp(
+        problem,
+        classes,
+        pools,
+        cg.master,
+        left,
+        {},
+        rounds=10_000,
+        deadline=1e18,
+        serving_nodes=2_000,
+    )
+    assert placement.converged
+    return placement.lp_objective, placement.integer_bound
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(serving_problems(), st.data())
+def test_the_yardstick_never_exceeds_the_cheapest_plan_with_that_placement(
+    problem: Problem, data: st.DataObject
+) -> None:
+    # one serving job a class; leaving every job out is always a placement some plan has
+    costs = {
+        left: _cheapest_with(
+            problem, {job.id for job, n in zip(problem.jobs, left, strict=True) if n}
+        )
+        for left in itertools.product((0, 1), repeat=len(problem.jobs))
+    }
+    left = data.draw(st.sampled_from(sorted(k for k, cost in costs.items() if cost < math.inf)))
+    exact = costs[left]
+    lp, whole = _yardstick(problem, list(left))
+    tolerance = 1e-6 * max(1.0, exact)
+    assert lp <= exact + tolerance and whole <= exact + tolerance
+
+
+def test_whole_serving_nodes_raise_the_yardstick_above_the_lp() -> None:
+    """A demand of 3 and three one-node pools: two serve 2 at 24 a day, one serves 5 at
+    36. The LP, cover cuts and all, buys half of the big node and half a small one (30);
+    a plan buys the big node (36), and the Lagrangian bound, which solves the serving
+    job's covering problem in whole nodes, proves it."""
+    pools = [
+        Pool(provider, "r", f"z{i}", f"t{i}", "on_demand", "L4", 1, price, 1)
+        for i, (provider, price) in enumerate((("aws", 1.0), ("gcp", 1.5), ("aws", 1.0)))
+    ]
+    rows = [
+        (0, p, 1, 24.0, pools[p].price_per_hour * 24.0, 1, 0, rate, 1, 0.0)
+        for p, rate in ((0, 2.0), (2, 2.0), (1, 5.0))
+    ]
+    job = Job(id=1, name="s", team="a", priority=0, shape=0, kind=INFERENCE, demand=(("a0", 3.0),))
+    problem = Problem(jobs=[job], pools=pools, candidates=Candidates.from_rows(rows, 1), n_shapes=1)
+    lp, whole = _yardstick(problem, [0])
+    assert lp == pytest.approx(30.0)
+    assert whole == pytest.approx(36.0) and _cheapest_with(problem, set()) == 36.0
