@@ -864,13 +864,14 @@ def _most_placeable(
     """The most priority weight any plan can place: the least weight any LP solution
     leaves out, with costs out of the objective (budget rows keep them) and each class's
     penalty its jobs' weight, by column generation from ``lp_model``'s columns and cuts
-    (``work.placement_rounds``; any round's Lagrangian bound holds). Where the model over
-    every candidate is small enough for the full-space integer step (``exact``), the
-    same in integers, for the bound of its root cuts, which closes what whole gangs and
-    nodes leave open (S synthetic: the LP allows 75, the root cuts prove 74 in 0.2-0.6 s
-    with or without a share cap, where branch and bound took 5 s under a cap). A plan's
-    weight is a whole number, so the figure is rounded down, less a tolerance for the
-    solvers' arithmetic.
+    (``work.placement_rounds``; any round's Lagrangian bound holds, and with serving jobs
+    so does the one at its last duals with their covering problems in whole nodes). Where
+    the model over every candidate is small enough for the full-space integer step
+    (``exact``), the same in integers, for the bound of its root cuts, which closes what
+    whole gangs and nodes leave open (S synthetic: the LP allows 75, the root cuts prove
+    74 in 0.2-0.6 s with or without a share cap, where branch and bound took 5 s under a
+    cap). A plan's weight is a whole number, so the figure is rounded down, less a
+    tolerance for the solvers' arithmetic.
 
     The main LP cannot give this figure: its penalties are ten times the dearest single
     placement, not above the cost of the whole fleet, so a plan may place more weight than
@@ -881,6 +882,22 @@ def _most_placeable(
         problem, weighed, pools, {}, rounds=work.placement_rounds, deadline=deadline, master=master
     )
     left_out, clock_stop = cg.bound, cg.clock_stop
+    serving = sum(1 for cls in weighed if cls.kind == INFERENCE)
+    if not clock_stop and master.duals is not None and 0 < serving <= LAGRANGIAN_MAX_SERVING:
+        # serving jobs in whole nodes (L catalog with a 35 % GPU cap: at most 1527 -> 1519)
+        whole = lagrangian_bound(
+            problem,
+            weighed,
+            pools,
+            master.duals,
+            deadline=deadline,
+            serving_nodes=work.serving_nodes,
+            cost_weight=0.0,
+        )
+        if whole is not None:
+            left_out = max(left_out, whole)
+        elif time.perf_counter() > deadline:
+            clock_stop = True
     if exact and not clock_stop and deadline - time.perf_counter() > 0.5:
         columns = sum(len(problem.candidates.of_shape(cls.shape)) for cls in weighed)
         full = solve_full_space(

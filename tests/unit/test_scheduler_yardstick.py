@@ -1,5 +1,6 @@
-"""The cost gap's yardstick where a plan leaves jobs out: the least cost of placing what
-the plan places, as an LP and, with serving jobs whole, as a Lagrangian bound."""
+"""Serving jobs in whole nodes in the plan's figures: the cost gap's yardstick where a plan
+leaves jobs out (the least cost of placing what the plan places, as an LP and as a
+Lagrangian bound), and the most weight any plan can place."""
 
 from __future__ import annotations
 
@@ -11,8 +12,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scheduler.model import PoolIndex, build_classes
-from scheduler.problem import INFERENCE, Assignment, Candidates, Job, Plan, Pool, Problem
-from scheduler.solve import _column_generation, _placement_lp
+from scheduler.problem import (
+    INFERENCE,
+    Assignment,
+    Candidates,
+    Job,
+    Plan,
+    Pool,
+    Problem,
+    placement_weight,
+)
+from scheduler.solve import WorkLimits, _column_generation, _most_placeable, _placement_lp
 from scheduler.validate import check
 from tests.unit.test_scheduler_core import serving_problems
 
@@ -103,3 +113,59 @@ def test_whole_serving_nodes_raise_the_yardstick_above_the_lp() -> None:
     lp, whole = _yardstick(problem, [0])
     assert lp == pytest.approx(30.0)
     assert whole == pytest.approx(36.0) and _cheapest_with(problem, set()) == 36.0
+
+
+def _most(problem: Problem) -> int:
+    classes, pools = build_classes(problem), PoolIndex.of(problem)
+    lp = _column_generation(problem, classes, pools, {}, rounds=10_000, deadline=1e18).master
+    found = _most_placeable(
+        problem, classes, pools, lp, work=WorkLimits(), exact=False, deadline=1e18, seed=0
+    )
+    assert not found.clock_stop
+    return found.weight
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(serving_problems())
+def test_the_most_placeable_is_never_below_what_a_plan_places(problem: Problem) -> None:
+    placeable = [
+        sum(
+            placement_weight(job.priority)
+            for job, n in zip(problem.jobs, left, strict=True)
+            if not n
+        )
+        for left in itertools.product((0, 1), repeat=len(problem.jobs))
+        if _cheapest_with(problem, {job.id for job, n in zip(problem.jobs, left, strict=True) if n})
+        < math.inf
+    ]
+    assert _most(problem) >= max(placeable)
+
+
+def test_serving_jobs_no_pool_mix_can_cover_are_not_counted_placeable() -> None:
+    """Two serving jobs of 8 each and two one-node pools: each pool serves 5 of one job
+    and 2 of the other, so neither job can be covered even with both. The weight LP, with
+    each job half covered by its better node, still reads "at most 1"; with the serving
+    jobs in whole nodes the bound proves 0."""
+    pools = [
+        Pool(provider, "r", f"z{i}", f"t{i}", "on_demand", "L4", 1, 1.0, 1)
+        for i, provider in enumerate(("aws", "gcp"))
+    ]
+    rows = [
+        (shape, p, 1, 24.0, 24.0, 1, 0, rate, 1, 0.0)
+        for shape, p, rate in ((0, 0, 5.0), (0, 1, 2.0), (1, 0, 2.0), (1, 1, 5.0))
+    ]
+    jobs = [
+        Job(
+            id=k + 1,
+            name=f"s{k}",
+            team="a",
+            priority=0,
+            shape=k,
+            kind=INFERENCE,
+            demand=(("a0", 8.0),),
+        )
+        for k in range(2)
+    ]
+    problem = Problem(jobs=jobs, pools=pools, candidates=Candidates.from_rows(rows, 2), n_shapes=2)
+    assert _cheapest_with(problem, {2}) == _cheapest_with(problem, {1}) == math.inf
+    assert _most(problem) == 0
