@@ -269,18 +269,7 @@ def serving_problems(draw):
                 )
             )
         demand = tuple((f"a{a}", draw(st.sampled_from([3.0, 8.0, 12.0]))) for a in range(areas))
-        jobs.append(
-            Job(
-                id=shape + 1,
-                name=f"s{shape}",
-                team="a",
-                priority=0,
-                shape=shape,
-                kind=INFERENCE,
-                demand=demand,
-                min_replicas=draw(st.integers(0, 3)),
-            )
-        )
+        jobs.append(serving_job(shape + 1, shape, demand, draw(st.integers(0, 3))))
     return Problem(
         jobs=jobs, pools=pools, candidates=Candidates.from_rows(rows, len(jobs)), n_shapes=len(jobs)
     )
@@ -350,19 +339,25 @@ def _serving_fleet(alike_shape: int) -> Problem:
             rows.append((shape, p, 1, 24.0, pool.price_per_hour * 24.0, 1, p, rate, 1, 0.0))
     demand = (("a0", 8.0), ("a1", 8.0))
     jobs = [
-        Job(
-            id=i + 1,
-            name=f"s{i}",
-            team="a",
-            priority=0,
-            shape=shape,
-            kind=INFERENCE,
-            demand=demand,
-            min_replicas=1,
-        )
+        serving_job(i + 1, shape, demand, min_replicas=1)
         for i, shape in enumerate((0, alike_shape, 1))
     ]
     return Problem(jobs=jobs, pools=pools, candidates=Candidates.from_rows(rows, 3), n_shapes=3)
+
+
+def serving_job(
+    job_id: int, shape: int, demand: tuple[tuple[str, float], ...], min_replicas: int = 0
+) -> Job:
+    return Job(
+        id=job_id,
+        name=f"s{job_id - 1}",
+        team="a",
+        priority=0,
+        shape=shape,
+        kind=INFERENCE,
+        demand=demand,
+        min_replicas=min_replicas,
+    )
 
 
 def test_alike_serving_jobs_share_one_covering_problem(monkeypatch) -> None:  # type: ignore[no-untyped-def]

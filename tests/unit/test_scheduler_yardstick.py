@@ -13,10 +13,8 @@ from hypothesis import strategies as st
 
 from scheduler.model import PoolIndex, build_classes
 from scheduler.problem import (
-    INFERENCE,
     Assignment,
     Candidates,
-    Job,
     Plan,
     Pool,
     Problem,
@@ -24,7 +22,7 @@ from scheduler.problem import (
 )
 from scheduler.solve import WorkLimits, _column_generation, _most_placeable, _placement_lp
 from scheduler.validate import check
-from tests.unit.test_scheduler_core import serving_problems
+from tests.unit.test_scheduler_core import serving_job, serving_problems
 
 
 def _cheapest_with(problem: Problem, left_out: set[int]) -> float:
@@ -108,7 +106,7 @@ def test_whole_serving_nodes_raise_the_yardstick_above_the_lp() -> None:
         (0, p, 1, 24.0, pools[p].price_per_hour * 24.0, 1, 0, rate, 1, 0.0)
         for p, rate in ((0, 2.0), (2, 2.0), (1, 5.0))
     ]
-    job = Job(id=1, name="s", team="a", priority=0, shape=0, kind=INFERENCE, demand=(("a0", 3.0),))
+    job = serving_job(1, 0, (("a0", 3.0),))
     problem = Problem(jobs=[job], pools=pools, candidates=Candidates.from_rows(rows, 1), n_shapes=1)
     lp, whole = _yardstick(problem, [0])
     assert lp == pytest.approx(30.0)
@@ -154,18 +152,7 @@ def test_serving_jobs_no_pool_mix_can_cover_are_not_counted_placeable() -> None:
         (shape, p, 1, 24.0, 24.0, 1, 0, rate, 1, 0.0)
         for shape, p, rate in ((0, 0, 5.0), (0, 1, 2.0), (1, 0, 2.0), (1, 1, 5.0))
     ]
-    jobs = [
-        Job(
-            id=k + 1,
-            name=f"s{k}",
-            team="a",
-            priority=0,
-            shape=k,
-            kind=INFERENCE,
-            demand=(("a0", 8.0),),
-        )
-        for k in range(2)
-    ]
+    jobs = [serving_job(k + 1, k, (("a0", 8.0),)) for k in range(2)]
     problem = Problem(jobs=jobs, pools=pools, candidates=Candidates.from_rows(rows, 2), n_shapes=2)
     assert _cheapest_with(problem, {2}) == _cheapest_with(problem, {1}) == math.inf
     assert _most(problem) == 0
