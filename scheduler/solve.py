@@ -233,19 +233,14 @@ def solve(
     mip = _integer_master(
         problem, classes, pools, columns, solver=solver, cuts_from=lp_model, roundings=False
     )
-    serving = sum(1 for cls in classes if cls.kind == "inference")
     full_columns = sum(len(problem.candidates.of_shape(cls.shape)) for cls in classes)
     full_mode = _full_space_mode(problem, full_columns, work)
-    if (
-        lp_model.duals is not None
-        and 0 < serving <= LAGRANGIAN_MAX_SERVING
-        and full_mode not in ("mip", "root")
-    ):
+    if full_mode not in ("mip", "root"):
         # Serving units are whole nodes: the Lagrangian bound closes much of that LP gap.
         # It runs before the integer solve, whose time is the safety stop's remainder.
         # The full-space step's cuts close more of it (M synthetic: the Lagrangian bound
         # 0.19 % below the plan, the root cuts 0.04 %), so it is left out there.
-        stronger = lagrangian_bound(
+        stronger, stopped = _serving_whole_bound(
             problem,
             classes,
             pools,
@@ -253,10 +248,9 @@ def solve(
             deadline=start + SERVING_SAFETY_SHARE * time_limit,
             serving_nodes=work.serving_nodes,
         )
-        if stronger is None and time.perf_counter() > start + SERVING_SAFETY_SHARE * time_limit:
+        if stopped:
             clock_stops.append("serving bound")
-        if stronger is not None and stronger > lp_bound:
-            lp_bound = stronger
+        lp_bound = max(lp_bound, stronger)
     # a plan within this gap of a valid bound is solved: the full-space steps, which only
     # raise the bound or find a plan a little cheaper, are then skipped
     target_gap = mip_gap / MIP_GAP_SHARE * TARGET_GAP_SHARE
@@ -786,9 +780,8 @@ def _placement_lp(
     placement = _column_generation(
         problem, classes, pools, {}, rounds=rounds, deadline=deadline, master=master
     )
-    serving = sum(1 for cls in classes if cls.kind == INFERENCE)
-    if placement.converged and master.duals is not None and 0 < serving <= LAGRANGIAN_MAX_SERVING:
-        whole = lagrangian_bound(
+    if placement.converged:
+        placement.integer_bound, placement.clock_stop = _serving_whole_bound(
             problem,
             _with_placement_fixed(classes, left_out),
             pools,
@@ -796,11 +789,39 @@ def _placement_lp(
             deadline=deadline,
             serving_nodes=serving_nodes,
         )
-        if whole is not None:
-            placement.integer_bound = whole
-        elif time.perf_counter() > deadline:
-            placement.clock_stop = True
     return placement
+
+
+def _serving_whole_bound(
+    problem: Problem,
+    classes: list[JobClass],
+    pools: PoolIndex,
+    duals: Duals | None,
+    *,
+    deadline: float,
+    serving_nodes: int,
+    cost_weight: float = 1.0,
+) -> tuple[float, bool]:
+    """The Lagrangian bound at ``duals`` with each serving job's covering problem in whole
+    nodes (``bound.lagrangian_bound``), and whether the safety stop ``deadline`` cut it
+    short. It runs only where the LP returned duals and there are serving jobs, at most
+    ``LAGRANGIAN_MAX_SERVING``; 0 (a bound, since costs and weights are never negative)
+    where it does not run, is unbounded, or was cut short."""
+    serving = sum(1 for cls in classes if cls.kind == INFERENCE)
+    if duals is None or not 0 < serving <= LAGRANGIAN_MAX_SERVING:
+        return 0.0, False
+    whole = lagrangian_bound(
+        problem,
+        classes,
+        pools,
+        duals,
+        deadline=deadline,
+        serving_nodes=serving_nodes,
+        cost_weight=cost_weight,
+    )
+    if whole is None:
+        return 0.0, time.perf_counter() > deadline
+    return whole, False
 
 
 def _with_placement_fixed(classes: list[JobClass], left_out: list[int]) -> list[JobClass]:
@@ -882,10 +903,9 @@ def _most_placeable(
         problem, weighed, pools, {}, rounds=work.placement_rounds, deadline=deadline, master=master
     )
     left_out, clock_stop = cg.bound, cg.clock_stop
-    serving = sum(1 for cls in weighed if cls.kind == INFERENCE)
-    if not clock_stop and master.duals is not None and 0 < serving <= LAGRANGIAN_MAX_SERVING:
+    if not clock_stop:
         # serving jobs in whole nodes (L catalog with a 35 % GPU cap: at most 1527 -> 1519)
-        whole = lagrangian_bound(
+        whole, clock_stop = _serving_whole_bound(
             problem,
             weighed,
             pools,
@@ -894,10 +914,7 @@ def _most_placeable(
             serving_nodes=work.serving_nodes,
             cost_weight=0.0,
         )
-        if whole is not None:
-            left_out = max(left_out, whole)
-        elif time.perf_counter() > deadline:
-            clock_stop = True
+        left_out = max(left_out, whole)
     if exact and not clock_stop and deadline - time.perf_counter() > 0.5:
         columns = sum(len(problem.candidates.of_shape(cls.shape)) for cls in weighed)
         full = solve_full_space(
