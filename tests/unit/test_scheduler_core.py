@@ -275,7 +275,9 @@ def serving_problems(draw):
     )
 
 
-def _brute_force_serving(problem: Problem) -> float:
+def _serving_plans(problem: Problem) -> Iterator[Plan]:
+    """Every plan of whole units per candidate (up to its pool's capacity), or none, per
+    serving job that the checker accepts."""
     c = problem.candidates
     per_job = []
     for job in problem.jobs:
@@ -289,7 +291,6 @@ def _brute_force_serving(problem: Problem) -> float:
                 if any(counts)
             ]
         )
-    best = float("inf")
     for combo in itertools.product(*per_job):
         assignments = [
             Assignment(job.id, i, n)
@@ -301,9 +302,13 @@ def _brute_force_serving(problem: Problem) -> float:
         unplaced = {job.id: "x" for job, pick in zip(problem.jobs, combo, strict=True) if not pick}
         cost = sum(float(c.cost[a.candidate]) * a.count for a in assignments)
         objective = cost + sum(problem.penalty(j) for j in problem.jobs if j.id in unplaced)
-        if not check(problem, Plan(assignments, unplaced, objective, cost)):
-            best = min(best, objective)
-    return best
+        plan = Plan(assignments, unplaced, objective, cost)
+        if not check(problem, plan):
+            yield plan
+
+
+def _brute_force_serving(problem: Problem) -> float:
+    return min((plan.objective for plan in _serving_plans(problem)), default=float("inf"))
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -13,46 +13,22 @@ from hypothesis import strategies as st
 
 from scheduler.model import PoolIndex, build_classes
 from scheduler.problem import (
-    Assignment,
     Candidates,
-    Plan,
     Pool,
     Problem,
     placement_weight,
 )
 from scheduler.solve import WorkLimits, _column_generation, _most_placeable, _placement_lp
-from scheduler.validate import check
-from tests.unit.test_scheduler_core import serving_job, serving_problems
+from tests.unit.test_scheduler_core import _serving_plans, serving_job, serving_problems
 
 
 def _cheapest_with(problem: Problem, left_out: set[int]) -> float:
     """The least cost of a valid plan that leaves out exactly the jobs ``left_out``, by
     enumeration (inf where none)."""
-    c = problem.candidates
-    per_job = []
-    for job in problem.jobs:
-        if job.id in left_out:
-            per_job.append([()])
-            continue
-        rows = list(c.of_shape(job.shape))
-        ranges = [range(problem.pools[int(c.pool[i])].capacity + 1) for i in rows]
-        per_job.append(
-            [tuple(zip(rows, n, strict=True)) for n in itertools.product(*ranges) if any(n)]
-        )
-    best = float("inf")
-    for combo in itertools.product(*per_job):
-        assignments = [
-            Assignment(job.id, i, n)
-            for job, pick in zip(problem.jobs, combo, strict=True)
-            for i, n in pick
-            if n
-        ]
-        cost = sum(float(c.cost[a.candidate]) * a.count for a in assignments)
-        penalties = sum(problem.penalty(job) for job in problem.jobs if job.id in left_out)
-        plan = Plan(assignments, {j: "x" for j in left_out}, cost + penalties, cost)
-        if not check(problem, plan):
-            best = min(best, cost)
-    return best
+    return min(
+        (plan.cost for plan in _serving_plans(problem) if set(plan.unplaced) == left_out),
+        default=math.inf,
+    )
 
 
 def _yardstick(problem: Problem, left: list[int]) -> tuple[float, float]:
