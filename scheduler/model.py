@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -199,6 +199,9 @@ class Master:
     # the columns' cost in the objective: 1, or 0 where only placement counts (the most
     # any plan can place: ``solve._most_placeable``); budget rows keep the full cost
     cost_weight: float = 1.0
+    # the share rows moved into the objective (with ``capped`` False): what each candidate
+    # pays on top of its cost (``bound.SharePrices.of``)
+    prices: Callable[[np.ndarray], np.ndarray] | None = None
     model: Any = None
     columns: dict[tuple[int, int], Any] = field(default_factory=dict)
     unplaced: list[Any] = field(default_factory=list)
@@ -318,7 +321,8 @@ class Master:
             self.by_class.setdefault(cls.index, []).append(cand)
             added += 1
             cost = float(c.cost[cand])
-            self.model.objective.set_linear_coefficient(var, cost * self.cost_weight)
+            price = 0.0 if self.prices is None else float(self.prices(np.asarray([cand]))[0])
+            self.model.objective.set_linear_coefficient(var, cost * self.cost_weight + price)
             if cls.kind == INFERENCE:
                 area, rate = int(c.area[cand]), float(c.rate[cand])
                 self._cover_rows[(cls.index, area)].set_coefficient(var, rate)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from bench.scheduler.generate import Config, synthetic
 from broker.errors import Infeasible
 from scheduler.baselines import first_come, units_to_plan
-from scheduler.bound import relaxed_bound
+from scheduler.bound import relaxed_bound, share_prices
 from scheduler.model import Duals, PoolIndex, build_classes, reduced_costs
 from scheduler.problem import Candidates, Job, Pool, Problem
 from scheduler.solve import (
@@ -357,6 +357,45 @@ def test_the_cost_polish_buys_the_same_placement_for_less() -> None:
     assert check(problem, plan) == []
     assert _left_out_by_class(classes, plan) == left_out
     assert placement.lp_objective - 1e-6 <= plan.cost < start.cost - 1.0
+
+
+@pytest.mark.parametrize("share_on", ["gpus", "spend"])
+def test_the_cost_polish_under_a_share_cap_keeps_the_cap(share_on: str) -> None:
+    """Under a 35 % cap the polish goes by way of the cap priced at the placement LP's
+    duals, then the capped model over that plan's columns and the start's: what it returns
+    keeps the cap and the placement, and buys it for less than the first-come plan."""
+    problem = synthetic(Config(jobs=60, offers=600, seed=1, capacity_scale=0.6))
+    problem.max_provider_share, problem.share_on = 0.35, share_on
+    classes, pools = build_classes(problem), PoolIndex.of(problem)
+    deadline = time.perf_counter() + 30
+    lp = _column_generation(problem, classes, pools, {}, rounds=60, deadline=deadline)
+    units = first_come(problem, classes)
+    start = units_to_plan(problem, classes, units, solver="first-come")
+    assert check(problem, start) == []
+    left_out = _left_out_by_class(classes, start)
+    placement = _placement_lp(
+        problem, classes, pools, lp.master, left_out, units, rounds=60, deadline=deadline
+    )
+    assert placement.converged and placement.master.duals is not None
+    prices = share_prices(problem, pools, placement.master.duals)
+    assert prices is not None and np.any(prices.rate != 0)  # the cap binds: priced
+    polished = _cost_polish(
+        problem,
+        classes,
+        pools,
+        placement,
+        left_out,
+        units,
+        start.cost,
+        work=WorkLimits(),
+        time_limit=30,
+        seed=problem.seed,
+    )
+    assert polished.units is not None and not polished.clock_stop
+    plan = units_to_plan(problem, classes, polished.units, solver="polish")
+    assert check(problem, plan) == []  # the checker holds the plan to the cap
+    assert _left_out_by_class(classes, plan) == left_out
+    assert placement.lp_objective - 1e-6 <= plan.cost < 0.95 * start.cost
 
 
 def test_node_limits_shrink_as_the_model_grows() -> None:
