@@ -300,10 +300,10 @@ class Plan:
     # Placement and cost apart. Placement in priority weight (``placement_weight``): what
     # the plan places, and the most any plan can place (an LP bound; None where not
     # computed, as for the baselines' plans). The cost gap over the jobs the plan
-    # places (None when pricing did not converge): against the bound less the penalties of
-    # the jobs it leaves out, or, where larger, the LP's cost of its own placement
-    # (objective less its fractional penalties) or, where the LP places more, the LP's
-    # least cost of placing what the plan places.
+    # places: against the bound less the penalties of the jobs it leaves out, or, where
+    # pricing converged and it is larger, the LP's cost of its own placement (objective
+    # less its fractional penalties) or, where the LP places more, the LP's least cost of
+    # placing what the plan places.
     placed_weight: int = 0
     most_placeable: int | None = None
     cost_gap: float | None = None

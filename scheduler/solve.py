@@ -400,11 +400,12 @@ def solve(
     plan.solver = solver
     plan.lp_bound = min(max(lp_bound, 0.0), plan.objective)
     plan.gap = _gap(plan.objective, plan.lp_bound)
-    if cg.converged:
-        yardstick = _cost_yardstick(
-            problem, plan, plan.lp_bound, placement, lp_cost=cg.lp_objective - lp_penalties
-        )
-        plan.cost_gap = _gap(plan.cost, max(yardstick, 0.0))
+    # the LP's cost of its own placement is a yardstick only where pricing converged; the
+    # bound less the plan's penalties is one either way (XL, which ends pricing at its
+    # round limit, places every job: its cost gap is then its gap)
+    lp_cost = cg.lp_objective - lp_penalties if cg.converged else 0.0
+    yardstick = _cost_yardstick(problem, plan, plan.lp_bound, placement, lp_cost=lp_cost)
+    plan.cost_gap = _gap(plan.cost, max(yardstick, 0.0))
     status = restricted.status
     plan.status = status if plan is not greedy_plan else f"{status} (greedy plan kept)"
     if rejected:

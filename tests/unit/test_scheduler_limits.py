@@ -113,6 +113,10 @@ def test_an_unfinished_column_generation_keeps_a_bound_between_zero_and_the_plan
     assert 0.0 < stopped.lp_bound <= full.objective + 1e-6
     assert stopped.lp_bound > 0.5 * full.objective  # one gang per job keeps it close
     assert full.lp_bound <= full.objective + 1e-6
+    # every job placed: the bound is a yardstick of cost, though pricing did not converge
+    assert not stopped.unplaced and not full.unplaced
+    assert stopped.cost_gap == pytest.approx(stopped.gap)
+    assert stopped.cost * (1.0 - stopped.cost_gap) <= full.cost + 1e-6
 
 
 def test_the_per_round_bound_is_never_negative_even_at_poor_multipliers() -> None:
