@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
@@ -17,10 +17,11 @@ from broker.errors import Infeasible
 from scheduler.baselines import first_come, units_to_plan
 from scheduler.bound import relaxed_bound, share_prices
 from scheduler.model import Duals, PoolIndex, build_classes, reduced_costs
-from scheduler.problem import Candidates, Job, Pool, Problem
+from scheduler.problem import Candidates, Job, Plan, Pool, Problem
 from scheduler.solve import (
     WorkLimits,
     _column_generation,
+    _ColumnGeneration,
     _cost_polish,
     _left_out_by_class,
     _placement_lp,
@@ -329,11 +330,18 @@ def test_the_cost_polish_runs_where_the_lp_places_more_and_the_cost_is_unsettled
     assert "placement_cost_bound" in settled.timings and "cost_polish" not in settled.timings
 
 
-def test_the_cost_polish_buys_the_same_placement_for_less() -> None:
-    """From the first-come plan on a fleet with room for fewer jobs than asked, the solve
-    with the placement fixed, over the columns the placement LP ranks best, finds a plan
-    below the cut-off that places as many jobs of each class."""
-    problem = synthetic(Config(jobs=60, offers=600, seed=4, capacity_scale=0.6))
+@dataclass
+class _Polished:
+    """The first-come plan of a fleet, its jobs left out per class, the LP of placing
+    them, and the cost polish's plan from it."""
+
+    start: Plan
+    left_out: list[int]
+    placement: _ColumnGeneration
+    plan: Plan
+
+
+def _polish_first_come(problem: Problem) -> _Polished:
     classes, pools = build_classes(problem), PoolIndex.of(problem)
     deadline = time.perf_counter() + 30
     lp = _column_generation(problem, classes, pools, {}, rounds=60, deadline=deadline)
@@ -343,7 +351,7 @@ def test_the_cost_polish_buys_the_same_placement_for_less() -> None:
     placement = _placement_lp(
         problem, classes, pools, lp.master, left_out, units, rounds=60, deadline=deadline
     )
-    assert placement.converged and placement.lp_objective < start.cost
+    assert placement.converged
     polished = _cost_polish(
         problem,
         classes,
@@ -358,9 +366,19 @@ def test_the_cost_polish_buys_the_same_placement_for_less() -> None:
     )
     assert polished.units is not None and not polished.clock_stop
     plan = units_to_plan(problem, classes, polished.units, solver="polish")
+    return _Polished(start, left_out, placement, plan)
+
+
+def test_the_cost_polish_buys_the_same_placement_for_less() -> None:
+    """From the first-come plan on a fleet with room for fewer jobs than asked, the solve
+    with the placement fixed, over the columns the placement LP ranks best, finds a plan
+    below the cut-off that places as many jobs of each class."""
+    problem = synthetic(Config(jobs=60, offers=600, seed=4, capacity_scale=0.6))
+    polished = _polish_first_come(problem)
+    plan, floor = polished.plan, polished.placement.lp_objective
     assert check(problem, plan) == []
-    assert _left_out_by_class(classes, plan) == left_out
-    assert placement.lp_objective - 1e-6 <= plan.cost < start.cost - 1.0
+    assert _left_out_by_class(build_classes(problem), plan) == polished.left_out
+    assert floor - 1e-6 <= plan.cost < polished.start.cost - 1.0
 
 
 @pytest.mark.parametrize("share_on", ["gpus", "spend"])
@@ -370,36 +388,15 @@ def test_the_cost_polish_under_a_share_cap_keeps_the_cap(share_on: str) -> None:
     keeps the cap and the placement, and buys it for less than the first-come plan."""
     problem = synthetic(Config(jobs=60, offers=600, seed=1, capacity_scale=0.6))
     problem.max_provider_share, problem.share_on = 0.35, share_on
-    classes, pools = build_classes(problem), PoolIndex.of(problem)
-    deadline = time.perf_counter() + 30
-    lp = _column_generation(problem, classes, pools, {}, rounds=60, deadline=deadline)
-    units = first_come(problem, classes)
-    start = units_to_plan(problem, classes, units, solver="first-come")
-    assert check(problem, start) == []
-    left_out = _left_out_by_class(classes, start)
-    placement = _placement_lp(
-        problem, classes, pools, lp.master, left_out, units, rounds=60, deadline=deadline
-    )
-    assert placement.converged and placement.master.duals is not None
-    prices = share_prices(problem, pools, placement.master.duals)
+    polished = _polish_first_come(problem)
+    duals = polished.placement.master.duals
+    assert duals is not None
+    prices = share_prices(problem, PoolIndex.of(problem), duals)
     assert prices is not None and np.any(prices.rate != 0)  # the cap binds: priced
-    polished = _cost_polish(
-        problem,
-        classes,
-        pools,
-        placement,
-        left_out,
-        units,
-        start.cost,
-        work=WorkLimits(),
-        time_limit=30,
-        seed=problem.seed,
-    )
-    assert polished.units is not None and not polished.clock_stop
-    plan = units_to_plan(problem, classes, polished.units, solver="polish")
-    assert check(problem, plan) == []  # the checker holds the plan to the cap
-    assert _left_out_by_class(classes, plan) == left_out
-    assert placement.lp_objective - 1e-6 <= plan.cost < 0.95 * start.cost
+    plan, floor = polished.plan, polished.placement.lp_objective
+    assert check(problem, polished.start) == [] and check(problem, plan) == []  # the cap held
+    assert _left_out_by_class(build_classes(problem), plan) == polished.left_out
+    assert floor - 1e-6 <= plan.cost < 0.95 * polished.start.cost
 
 
 def test_node_limits_shrink_as_the_model_grows() -> None:
