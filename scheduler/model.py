@@ -309,7 +309,9 @@ class Master:
         c = self.problem.candidates
         share = self.problem.share_cap if self.capped else None
         added = 0
-        for cand in (int(x) for x in cands):
+        cands = np.asarray(cands, dtype=np.int64)
+        prices = np.zeros(len(cands)) if self.prices is None else self.prices(cands)
+        for cand, price in zip(cands.tolist(), prices.tolist(), strict=True):
             key = (cls.index, cand)
             if key in self.columns:
                 continue
@@ -321,7 +323,6 @@ class Master:
             self.by_class.setdefault(cls.index, []).append(cand)
             added += 1
             cost = float(c.cost[cand])
-            price = 0.0 if self.prices is None else float(self.prices(np.asarray([cand]))[0])
             self.model.objective.set_linear_coefficient(var, cost * self.cost_weight + price)
             if cls.kind == INFERENCE:
                 area, rate = int(c.area[cand]), float(c.rate[cand])

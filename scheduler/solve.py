@@ -581,14 +581,11 @@ def _priced_polish(
     )
     if near.units is None or near.clock_stop:
         return near
-    both: dict[int, set[int]] = {}
-    for k, cand in [*units, *near.units]:
-        both.setdefault(k, set()).add(cand)
     merged = _integer_master(
         problem,
         classes,
         pools,
-        {k: np.asarray(sorted(cands), dtype=np.int64) for k, cands in both.items()},
+        _columns_of({**units, **near.units}),
         solver="highs",
         cuts_from=placement.master,
     )
@@ -637,13 +634,17 @@ def _integer_master(
 
 def _add_units(master: Master, classes: list[JobClass], units: Units) -> int:
     """The columns of ``units`` not yet in ``master``, added; how many were new."""
-    by_class: dict[int, list[int]] = {}
-    for k, cand in units:
-        by_class.setdefault(k, []).append(cand)
     return sum(
-        master.add_columns(classes[k], np.asarray(sorted(cands), dtype=np.int64))
-        for k, cands in sorted(by_class.items())
+        master.add_columns(classes[k], cands) for k, cands in sorted(_columns_of(units).items())
     )
+
+
+def _columns_of(units: Units) -> dict[int, np.ndarray]:
+    """The columns ``units`` use, per class, in ascending order."""
+    by_class: dict[int, set[int]] = {}
+    for k, cand in units:
+        by_class.setdefault(k, set()).add(cand)
+    return {k: np.asarray(sorted(cands), dtype=np.int64) for k, cands in by_class.items()}
 
 
 def _lp_placement(classes: list[JobClass], master: Master) -> tuple[float, float]:
