@@ -277,6 +277,13 @@ class Master:
             self.model.objective.set_linear_coefficient(u, 0.0)
             u.lower_bound = u.upper_bound = float(count)
 
+    def fix_columns(self, kind: str, units: dict[tuple[int, int], int]) -> None:
+        """Every column of a ``kind`` class held at its ``units`` (0 where absent): the
+        model then re-buys only the other classes, around what those hold."""
+        for key, var in self.columns.items():
+            if self.classes[key[0]].kind == kind:
+                var.lower_bound = var.upper_bound = float(units.get(key, 0))
+
     # --- rows created on first use --------------------------------------------------
 
     def _pool_row(self, p: int) -> Any:

@@ -25,6 +25,7 @@ from scheduler.solve import (
     _cost_polish,
     _left_out_by_class,
     _placement_lp,
+    _training_resolve,
     solve,
 )
 from scheduler.validate import check
@@ -397,6 +398,50 @@ def test_the_cost_polish_under_a_share_cap_keeps_the_cap(share_on: str) -> None:
     assert check(problem, polished.start) == [] and check(problem, plan) == []  # the cap held
     assert _left_out_by_class(build_classes(problem), plan) == polished.left_out
     assert floor - 1e-6 <= plan.cost < 0.95 * polished.start.cost
+
+
+def test_the_training_resolve_rebuys_the_gangs_around_the_serving_units() -> None:
+    """From the first-come plan of a fleet with serving and training jobs, with one
+    serving unit more than it needs, the gangs' model with every serving column held
+    where the plan has it buys the training jobs for less: the serving units (the spare
+    one too) and each class's placement stay as they were."""
+    problem = synthetic(Config(jobs=60, offers=600, seed=1))
+    classes, pools = build_classes(problem), PoolIndex.of(problem)
+    assert {cls.kind for cls in classes} == {"training", "inference"}
+    lp = _column_generation(
+        problem, classes, pools, {}, rounds=60, deadline=time.perf_counter() + 30
+    )
+    plain = first_come(problem, classes)
+    units = next(
+        {**plain, key: n + 1}
+        for key, n in sorted(plain.items())
+        if classes[key[0]].kind == "inference"
+        and check(problem, units_to_plan(problem, classes, {**plain, key: n + 1})) == []
+    )
+    start = units_to_plan(problem, classes, units, solver="first-come")
+    left_out = _left_out_by_class(classes, start)
+    resolved = _training_resolve(
+        problem,
+        classes,
+        pools,
+        lp,
+        units,
+        left_out,
+        start.cost,
+        work=WorkLimits(),
+        time_limit=30,
+        seed=problem.seed,
+    )
+    assert resolved.units is not None and not resolved.clock_stop
+    plan = units_to_plan(problem, classes, resolved.units, solver="re-solve")
+    assert check(problem, plan) == []
+    assert _left_out_by_class(classes, plan) == left_out
+
+    def serving(found: dict[tuple[int, int], int]) -> dict[tuple[int, int], int]:
+        return {key: n for key, n in found.items() if n and classes[key[0]].kind == "inference"}
+
+    assert serving(resolved.units) == serving(units)
+    assert plan.cost < start.cost - 1.0
 
 
 def test_node_limits_shrink_as_the_model_grows() -> None:
