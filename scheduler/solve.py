@@ -60,7 +60,7 @@
    Last, where the fleet has training and serving jobs and pricing converged, the
    training gangs are bought again with every serving unit and each class's placement
    held as the plan has them (``_training_resolve``): that model is small enough to
-   solve near its optimum (L catalog: 900,210 -> 893,784 after the polish).
+   solve near its optimum (L catalog: 900,210 -> 890,063 after the polish).
 8. Placement is its own figure, in priority weight (``problem.placement_weight``): where
    the plan leaves jobs out, column generation with costs out of the objective bounds the
    most weight any plan can place (``_most_placeable``), which the plan's weight is read
@@ -133,6 +133,11 @@ SERVING_SAFETY_SHARE = 0.75
 RELAXED_SAFETY_SHARE = 0.8  # root cuts and the priced relaxation leave time for the cost yardstick
 LAGRANGIAN_MAX_SERVING = 100  # one small integer solve per serving job: skip beyond
 RESOLVE_GAP = 1e-4  # the training re-solve's gap: near its optimum, which is cheap to prove
+# ... and its columns: a training class's best until their pools hold this many times its
+# jobs (2 in the other models). L catalog: 2 -> 893,784 in 1.3 s, 4 -> 891,029 in 1.3 s,
+# 8 -> 890,063 in 2.0 s, 16 -> 890,048 in 2.9 s, every training candidate (46,135)
+# 891,415 in 33 s (its node limit ends it)
+RESOLVE_HOLD = 8.0
 WEIGHT_TOL = 1e-3  # LP arithmetic below a whole job's weight (``_most_placeable``)
 
 
@@ -645,14 +650,16 @@ def _training_resolve(
     seed: int,
 ) -> MipResult:
     """The training gangs bought again around the serving units of ``units``: HiGHS
-    over the training classes' columns that ``lp`` ranks best, with every serving column
-    and each class's jobs left out (``left_out``) held as ``units`` has them, cut off at
-    ``cost``. Serving jobs make up most of the integer model's columns (their units are
-    small and mixed: L catalog, 9,802 of 11,001), where the gangs, which hold most of the
-    cost, are fought over; alone, the gangs' model is small enough to solve (L catalog
-    after the cost polish: 900,210 -> 893,784 in 1.4 s, within 0.01 % of the best for
-    those serving units, where the whole model found 893,470 only after 36 s)."""
-    columns = _enrich(problem, classes, pools, lp.rcs, units)
+    over the training classes' columns that ``lp`` ranks best (``RESOLVE_HOLD``, four
+    times as many as the other models keep), with every serving column and each class's
+    jobs left out (``left_out``) held as ``units`` has them, cut off at ``cost``. Serving
+    jobs make up most of the integer model's columns (their units are small and mixed:
+    L catalog, 9,802 of 11,001), where the gangs, which hold most of the cost, are fought
+    over; alone, the gangs' model is small enough to solve near its optimum with more
+    columns than the whole model could take (L catalog after the cost polish: 900,210 ->
+    890,063 in 2.0 s over 2,631 training columns, where the whole model found 893,470
+    only after 36 s)."""
+    columns = _enrich(problem, classes, pools, lp.rcs, units, hold=RESOLVE_HOLD)
     training = {k: cols for k, cols in columns.items() if classes[k].kind == TRAINING}
     mip = _integer_master(problem, classes, pools, training, solver="highs", cuts_from=lp.master)
     mip.fix_unplaced(left_out)
@@ -1121,8 +1128,11 @@ def _enrich(
     pools: PoolIndex,
     rcs: dict[int, np.ndarray],
     greedy: Units,
+    *,
+    hold: float = 2.0,
 ) -> dict[int, np.ndarray]:
-    """Columns for the integer model: best by reduced cost until pools hold 2x the class."""
+    """Columns for the integer model: best by reduced cost until pools hold ``hold``
+    times a training class's jobs."""
     c = problem.candidates
     out: dict[int, np.ndarray] = {}
     for cls in classes:
@@ -1146,7 +1156,7 @@ def _enrich(
                 picked.append(mine_a[: int(np.searchsorted(served, 3.0 * rate)) + 4])
             kept = np.concatenate(picked)
         else:
-            need = 2.0 * cls.count
+            need = hold * cls.count
             # a pool counts once per class, whatever node counts it offers
             first = _first_of_pool(c.pool[cands])
             supply = np.cumsum(np.where(first, np.minimum(fit, cls.count), 0))

@@ -216,7 +216,13 @@ def test_the_priced_plans_columns_join_the_capped_integer_solve(
     that let it (its own plan breaks the cap)."""
 
     def greedy_only(
-        problem: Problem, classes: list[JobClass], pools: PoolIndex, rcs: object, greedy: Units
+        problem: Problem,
+        classes: list[JobClass],
+        pools: PoolIndex,
+        rcs: object,
+        greedy: Units,
+        *,
+        hold: float = 2.0,
     ) -> dict[int, np.ndarray]:
         return {
             cls.index: np.asarray(sorted({c for k, c in greedy if k == cls.index}), dtype=np.int64)
