@@ -650,15 +650,15 @@ def _training_resolve(
     seed: int,
 ) -> MipResult:
     """The training gangs bought again around the serving units of ``units``: HiGHS
-    over the training classes' columns that ``lp`` ranks best (``RESOLVE_HOLD``, four
-    times as many as the other models keep), with every serving column and each class's
-    jobs left out (``left_out``) held as ``units`` has them, cut off at ``cost``. Serving
-    jobs make up most of the integer model's columns (their units are small and mixed:
-    L catalog, 9,802 of 11,001), where the gangs, which hold most of the cost, are fought
-    over; alone, the gangs' model is small enough to solve near its optimum with more
-    columns than the whole model could take (L catalog after the cost polish: 900,210 ->
-    890,063 in 2.0 s over 2,631 training columns, where the whole model found 893,470
-    only after 36 s)."""
+    over the training classes' columns that ``lp`` ranks best (until their pools hold
+    ``RESOLVE_HOLD`` times a class's jobs, where the other models stop at twice), with
+    every serving column and each class's jobs left out (``left_out``) held as ``units``
+    has them, cut off at ``cost``. Serving jobs make up most of the integer model's
+    columns (their units are small and mixed: L catalog, 9,802 of 11,001), where the
+    gangs, which hold most of the cost, are fought over; alone, the gangs' model is small
+    enough to solve near its optimum with more columns than the whole model could take
+    (L catalog after the cost polish: 900,210 -> 890,063 in 2.0 s over 2,631 training
+    columns, where the whole model found 893,470 only after 36 s)."""
     columns = _enrich(problem, classes, pools, lp.rcs, units, hold=RESOLVE_HOLD)
     training = {k: cols for k, cols in columns.items() if classes[k].kind == TRAINING}
     mip = _integer_master(problem, classes, pools, training, solver="highs", cuts_from=lp.master)
