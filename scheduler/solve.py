@@ -162,8 +162,11 @@ class WorkLimits:
     # over the kept columns again, once the priced full-space plan's columns join them
     priced_columns_nodes: int = 200
     # the integer solve with the placement fixed (step 7), which stops at this many
-    # solutions cheaper than the plan (0: no such solve)
-    polish_nodes: int = 2_000
+    # solutions cheaper than the plan (0: no such solve). Its plans on L catalog (seeds
+    # 1, 3, 7, 11; with and without a cap) and M catalog were found within 40 nodes; the
+    # nodes after them found nothing and took up to 7 s (L catalog, seed 1: 163 nodes,
+    # 13.2 s), which the training re-solve after it needs
+    polish_nodes: int = 40
     polish_solutions: int = 2
     # under a share cap, the capped solve over the columns of the plan and of the polish's
     # plan with the cap priced (``_priced_polish``)
