@@ -163,7 +163,7 @@ class WorkLimits:
     priced_columns_nodes: int = 200
     # the integer solve with the placement fixed (step 7), which stops at this many
     # solutions cheaper than the plan (0: no such solve). Its plans on L catalog (seeds
-    # 1, 3, 7, 11; with and without a cap) and M catalog were found within 40 nodes; the
+    # 1, 3, 7 and 11; seed 7 under caps too) and M catalog were found within 40 nodes; the
     # nodes after them found nothing and took up to 7 s (L catalog, seed 1: 163 nodes,
     # 13.2 s), which the training re-solve after it needs
     polish_nodes: int = 40
