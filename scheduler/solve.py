@@ -354,6 +354,15 @@ def solve(
     # where the LP places more jobs than the plan, the least cost of placing the plan's jobs
     # (step 7): the cost gap's yardstick, and the columns of the cost polish
     placement: _ColumnGeneration | None = None
+
+    def settle(found: MipResult, step: str) -> None:
+        """A late step's plan joins the incumbent unless the safety stop cut the step
+        short: what it found before the stop would depend on the machine's speed."""
+        if found.clock_stop:
+            clock_stops.append(step)
+        else:
+            best.offer(found.units, rejected)
+
     if cg.converged and lp_placed > _placed(problem, best.plan):
         left_out = _left_out_by_class(classes, best.plan)
         placement = _placement_lp(
@@ -389,11 +398,7 @@ def solve(
                 seed=seed,
             )
             timings["cost_polish"] = time.perf_counter() - start
-            if polished.clock_stop:
-                # what it found before the stop would depend on the machine's speed
-                clock_stops.append("cost polish")
-            else:
-                best.offer(polished.units, rejected)
+            settle(polished, "cost polish")
     # the re-solve's columns are ranked by a converged LP's reduced costs: where pricing
     # stopped at its round limit (XL), they are not final, and the re-solve took 34 s
     # there for $28 of 6.18 M
@@ -415,10 +420,7 @@ def solve(
             seed=seed,
         )
         timings["training_resolve"] = time.perf_counter() - start
-        if resolved.clock_stop:
-            clock_stops.append("training re-solve")
-        else:
-            best.offer(resolved.units, rejected)
+        settle(resolved, "training re-solve")
     plan = best.plan
     plan.placed_weight = problem.placed_weight(plan)
     plan.most_placeable = plan.placed_weight
@@ -662,8 +664,8 @@ def _training_resolve(
     enough to solve near its optimum with more columns than the whole model could take
     (L catalog after the cost polish: 900,210 -> 890,063 in 2.0 s over 2,631 training
     columns, where the whole model found 893,470 only after 36 s)."""
-    columns = _enrich(problem, classes, pools, lp.rcs, units, hold=RESOLVE_HOLD)
-    training = {k: cols for k, cols in columns.items() if classes[k].kind == TRAINING}
+    gangs = [cls for cls in classes if cls.kind == TRAINING]
+    training = _enrich(problem, gangs, pools, lp.rcs, units, hold=RESOLVE_HOLD)
     mip = _integer_master(problem, classes, pools, training, solver="highs", cuts_from=lp.master)
     mip.fix_unplaced(left_out)
     _add_units(mip, classes, units)
