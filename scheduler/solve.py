@@ -20,6 +20,10 @@
    better of it and greedy wins. Gaps handed to the solvers are over cost: where
    penalties of jobs no plan can place fill the objective, a gap over the whole would
    say nothing about cost. The plan is checked by ``validate`` before it is returned.
+   Under a cap on GPUs, past ``capped_kept_columns`` kept columns, that solve goes by way
+   of the cap priced at the LP's duals, then the capped model over that plan's columns and
+   greedy's (``_capped_by_prices``): the dense share rows made the capped model's root
+   alone take most of the time there.
 5. When serving jobs are in the problem, a Lagrangian bound (``scheduler.bound``) solves
    each serving job's covering problem in integers (before step 4, node-limited); the
    reported bound is the larger of it and the LP bound. Where pricing converged, the
@@ -78,6 +82,7 @@ refused as ``Infeasible`` naming the smallest cap that can hold.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -173,6 +178,10 @@ class WorkLimits:
     merge_nodes: int = 200
     # the training gangs bought again around the plan's serving units (``_training_resolve``)
     resolve_nodes: int = 2_000
+    # under a cap on GPUs, past this many kept columns the integer solve over them goes by
+    # way of the cap priced (``_capped_by_prices``): L catalog's 11,104 took 19.8 s capped;
+    # the other bench fleets keep at most 5,276
+    capped_kept_columns: int = 8_000
     # pricing rounds of the bound on placement (step 8): any round's Lagrangian bound holds,
     # and on L catalog the first one's is already the converged LP's (15 rounds, 7 s)
     placement_rounds: int = 5
@@ -257,9 +266,14 @@ def solve(
     # without the LP's pool and quota roundings: HiGHS derives its own from those rows, and
     # with them copied in it settled placement worse (M catalog, 35 % spend cap: 444,752
     # against 439,858 after the polish; L catalog: 945 jobs placed against 946)
-    mip = _integer_master(
-        problem, classes, pools, columns, solver=solver, cuts_from=lp_model, roundings=False
-    )
+    @functools.cache
+    def kept_model() -> Master:
+        """The integer model over the kept columns, built on first use: a large capped
+        model goes by way of the cap priced instead (``_capped_by_prices``)."""
+        return _integer_master(
+            problem, classes, pools, columns, solver=solver, cuts_from=lp_model, roundings=False
+        )
+
     full_columns = sum(len(problem.candidates.of_shape(cls.shape)) for cls in classes)
     full_mode = _full_space_mode(problem, full_columns, work)
     if full_mode not in ("mip", "root"):
@@ -285,6 +299,7 @@ def solve(
     def over_kept_columns(bound: float, nodes: int) -> MipResult:
         """The integer solve over the kept columns, stopping (HiGHS) at its first plan
         within the target gap of ``bound``."""
+        mip = kept_model()
         return mip.solve_mip(
             solver,
             time_limit=time_limit - (time.perf_counter() - start),
@@ -295,7 +310,30 @@ def solve(
             target=bound / (1.0 - target_gap) if solver == "highs" and bound > 0 else None,
         )
 
-    restricted = over_kept_columns(lp_bound, work.mip_nodes)
+    kept = sum(len(cols) for cols in columns.values())
+    prices = None if lp_model.duals is None else share_prices(problem, pools, lp_model.duals)
+    near: MipResult | None = None
+    if (
+        solver == "highs"
+        and prices is not None
+        and problem.share_on == "gpus"
+        and kept > work.capped_kept_columns
+    ):
+        near, restricted = _capped_by_prices(
+            problem,
+            classes,
+            pools,
+            columns,
+            prices,
+            greedy,
+            cuts_from=lp_model,
+            relative_gap=mip_gap,
+            work=work,
+            time_limit=time_limit - (time.perf_counter() - start),
+            seed=seed,
+        )
+    else:
+        restricted = over_kept_columns(lp_bound, work.mip_nodes)
     timings["integer"] = time.perf_counter() - start
     if restricted.clock_stop:
         clock_stops.append("integer solve")
@@ -308,6 +346,8 @@ def solve(
         timings["cheapest_excluded_rc"] = excluded
     rejected: list[str] = []
     best = _Incumbent(problem, classes, solver, greedy_plan, greedy)
+    if near is not None:
+        best.offer(near.units, None)  # a plan only where it happens to keep the cap
     best.offer(restricted.units, rejected)
     if full_mode is not None and _gap(best.plan.objective, lp_bound) <= target_gap:
         full_mode = None
@@ -341,7 +381,7 @@ def solve(
         lp_bound = full.bound
     # a priced step's solution is a plan only where it happens to keep the cap
     best.offer(full.units, None if full_mode in PRICED_MODES else rejected)
-    if full_mode in PRICED_MODES and full.units and _add_units(mip, classes, full.units):
+    if full_mode in PRICED_MODES and full.units and _add_units(kept_model(), classes, full.units):
         # the priced plan's columns, found over every candidate, give the capped integer
         # solve over the kept columns better ones (M catalog, 35 % cap on GPUs: 6 new
         # columns, 394,070 -> 393,684 in 1 s, cheaper than the capped model over every
@@ -599,43 +639,137 @@ def _priced_polish(
     time_limit: float,
     seed: int,
 ) -> MipResult:
-    """The cost polish under a share cap, in two solves. HiGHS over ``columns`` with the
-    share rows moved into the objective at the placement LP's duals (``prices``): a model
-    without the dense share rows, whose plans sit near the cap. Then the capped model over
-    only the columns of that plan and of ``units``: it holds both, so it finds what of the
-    relaxed plan can be kept under the cap. L catalog with a 35 % GPU cap: the capped
-    solve over every column found nothing in 88 nodes (15 s), where the relaxed one found
-    166,617 at 35.3 % on one provider and the merge kept 172,806 of it against a plan of
-    177,403. The merge has no cut-off (the caller keeps what is cheaper): with the plan's
-    cost as one, HiGHS found nothing there in 500 nodes."""
-    start = time.perf_counter()
+    """The cost polish under a share cap, by way of the cap priced (``_through_prices``),
+    with each class's jobs left out fixed at ``left_out`` in both solves. L catalog with a
+    35 % GPU cap: the capped solve over every column found nothing in 88 nodes (15 s),
+    where the relaxed one found 166,617 at 35.3 % on one provider and the merge kept
+    172,806 of it against a plan of 177,403. The merge has no cut-off (the caller keeps
+    what is cheaper): with the plan's cost as one, HiGHS found nothing there in 500 nodes."""
     relaxed = _integer_master(
         problem, classes, pools, columns, solver="highs", cuts_from=placement.master, prices=prices
     )
     relaxed.fix_unplaced(left_out)
     _add_units(relaxed, classes, units)
+    near, merged = _through_prices(
+        problem,
+        classes,
+        pools,
+        relaxed,
+        units,
+        cuts_from=placement.master,
+        left_out=left_out,
+        nodes=work.polish_nodes,
+        relative_gap=0.0,
+        work=work,
+        time_limit=time_limit,
+        seed=seed,
+    )
+    return merged or near
+
+
+def _capped_by_prices(
+    problem: Problem,
+    classes: list[JobClass],
+    pools: PoolIndex,
+    columns: dict[int, np.ndarray],
+    prices: SharePrices,
+    greedy: Units,
+    *,
+    cuts_from: Master,
+    relative_gap: float,
+    work: WorkLimits,
+    time_limit: float,
+    seed: int,
+) -> tuple[MipResult | None, MipResult]:
+    """The integer solve over the kept ``columns`` of a large model under a GPU cap, by
+    way of the cap priced at the LP's duals (``_through_prices``, merged with the greedy
+    plan's columns). L catalog with a 35 % GPU cap: the capped model over its 11,104
+    columns took 19.8 s for 177,403 (its root holds the time: its dense share rows), the
+    priced one 5.8 s and the merge 3.6 s for 177,332; after the polish and the re-solve
+    170,109 where it had been 172,303. Under a spend cap it did not pay: 14.9 s and 7.6 s
+    against 17.8 s, and 717,113 after the polish against 712,611. The relaxed solve's
+    result, and the merge's with the relaxed solve's bound: plus the prices' constant, that
+    bounds the capped model over ``columns`` (a Lagrangian relaxation of it)."""
+    relaxed = _integer_master(
+        problem,
+        classes,
+        pools,
+        columns,
+        solver="highs",
+        cuts_from=cuts_from,
+        roundings=False,
+        prices=prices,
+    )
+    near, merged = _through_prices(
+        problem,
+        classes,
+        pools,
+        relaxed,
+        greedy,
+        cuts_from=cuts_from,
+        left_out=None,
+        nodes=work.mip_nodes,
+        relative_gap=relative_gap,
+        work=work,
+        time_limit=time_limit,
+        seed=seed,
+        roundings=False,
+    )
+    bound = None if near.bound is None else near.bound + prices.constant
+    if merged is None:
+        return None, replace(near, units=None, bound=bound)
+    return near, replace(merged, bound=bound, clock_stop=near.clock_stop or merged.clock_stop)
+
+
+def _through_prices(
+    problem: Problem,
+    classes: list[JobClass],
+    pools: PoolIndex,
+    relaxed: Master,
+    units: Units,
+    *,
+    cuts_from: Master,
+    left_out: list[int] | None,
+    nodes: int,
+    relative_gap: float,
+    work: WorkLimits,
+    time_limit: float,
+    seed: int,
+    roundings: bool = True,
+) -> tuple[MipResult, MipResult | None]:
+    """A capped integer solve in two steps. HiGHS over ``relaxed``, the model with the
+    share rows moved into the objective (``bound.share_prices``): without the dense share
+    rows it solves in a fraction of the time, and its plans sit near the cap. Then the
+    capped model over only the columns of that plan and of ``units`` (a plan that keeps
+    the cap): it holds both, so it finds what of the relaxed plan can be kept under the
+    cap. Each class's jobs left out are fixed at ``left_out`` in the merge where given
+    (the caller fixed them in ``relaxed``). The relaxed solve's result, and the merge's
+    (None where the relaxed solve found nothing or the safety stop cut it short)."""
+    start = time.perf_counter()
     near = relaxed.solve_mip(
         "highs",
         time_limit=time_limit,
-        relative_gap=0.0,
+        relative_gap=relative_gap,
         seed=seed,
-        nodes=work.nodes(work.polish_nodes, sum(len(c) for c in relaxed.by_class.values())),
+        nodes=work.nodes(nodes, sum(len(c) for c in relaxed.by_class.values())),
     )
     if near.units is None or near.clock_stop:
-        return near
+        return near, None
     merged = _integer_master(
         problem,
         classes,
         pools,
         _columns_of({**units, **near.units}),
         solver="highs",
-        cuts_from=placement.master,
+        cuts_from=cuts_from,
+        roundings=roundings,
     )
-    merged.fix_unplaced(left_out)
-    return merged.solve_mip(
+    if left_out is not None:
+        merged.fix_unplaced(left_out)
+    return near, merged.solve_mip(
         "highs",
         time_limit=time_limit - (time.perf_counter() - start),
-        relative_gap=0.0,
+        relative_gap=relative_gap,
         seed=seed,
         nodes=work.nodes(work.merge_nodes, sum(len(c) for c in merged.by_class.values())),
     )

@@ -14,15 +14,18 @@ from hypothesis import strategies as st
 
 from bench.scheduler.generate import Config, synthetic
 from broker.errors import Infeasible
-from scheduler.baselines import first_come, units_to_plan
+from scheduler.baselines import first_come, greedy_regret, units_to_plan
 from scheduler.bound import relaxed_bound, share_prices
 from scheduler.model import Duals, PoolIndex, build_classes, reduced_costs
 from scheduler.problem import Candidates, Job, Plan, Pool, Problem
 from scheduler.solve import (
     WorkLimits,
+    _capped_by_prices,
     _column_generation,
     _ColumnGeneration,
     _cost_polish,
+    _enrich,
+    _integer_master,
     _left_out_by_class,
     _placement_lp,
     _training_resolve,
@@ -442,6 +445,52 @@ def test_the_training_resolve_rebuys_the_gangs_around_the_serving_units() -> Non
 
     assert serving(resolved.units) == serving(units)
     assert plan.cost < start.cost - 1.0
+
+
+def test_a_large_capped_model_goes_by_way_of_the_cap_priced() -> None:
+    """The integer solve over the kept columns by way of the cap priced: the relaxed plan
+    breaks the cap, the merge with the greedy plan's columns keeps it, close to the capped
+    model's own optimum over those columns, and the bound it reports (the priced model's,
+    plus the prices' constant) does not pass that optimum."""
+    problem = synthetic(Config(jobs=60, offers=600, seed=1, capacity_scale=0.6))
+    problem.max_provider_share = 0.35
+    classes, pools = build_classes(problem), PoolIndex.of(problem)
+    greedy = greedy_regret(problem, classes)
+    lp = _column_generation(
+        problem, classes, pools, greedy, rounds=60, deadline=time.perf_counter() + 30
+    )
+    assert lp.master.duals is not None
+    prices = share_prices(problem, pools, lp.master.duals)
+    assert prices is not None and np.any(prices.rate != 0)
+    columns = _enrich(problem, classes, pools, lp.rcs, greedy)
+    near, found = _capped_by_prices(
+        problem,
+        classes,
+        pools,
+        columns,
+        prices,
+        greedy,
+        cuts_from=lp.master,
+        relative_gap=0.0,
+        work=WorkLimits(),
+        time_limit=30,
+        seed=problem.seed,
+    )
+    assert near is not None and near.units is not None and found.units is not None
+    assert any(
+        "above cap" in p for p in check(problem, units_to_plan(problem, classes, near.units))
+    )
+    plan = units_to_plan(problem, classes, found.units)
+    assert check(problem, plan) == []
+    capped = _integer_master(
+        problem, classes, pools, columns, solver="highs", cuts_from=lp.master, roundings=False
+    )
+    exact = capped.solve_mip(
+        "highs", time_limit=60, relative_gap=0.0, seed=problem.seed, nodes=100_000
+    )
+    assert exact.status == "optimal" and exact.bound is not None and found.bound is not None
+    assert found.bound <= exact.bound + 1e-6 <= plan.objective + 2e-6
+    assert plan.objective <= exact.bound * 1.0001
 
 
 def test_node_limits_shrink_as_the_model_grows() -> None:
