@@ -16,6 +16,9 @@ Two things the MIP solver does that the planner cannot allow in its own process:
 
 The child is a fork: it has the model already built, and only the (small) result crosses
 back, pickled through a pipe. Linux only, as is the rest of the broker's runtime.
+
+A step whose input is already known can also start in a child now and be answered later
+(``Child``), so that the planner goes on with the next step on the other core.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ import select
 import signal
 import sys
 import time
+import weakref
 from collections.abc import Callable
-from typing import NoReturn, TypeVar
+from typing import Generic, NoReturn, TypeVar
 
 from broker.errors import SolverCrashed
 
@@ -45,31 +49,58 @@ def run_in_child(work: Callable[[], T], *, seconds: float) -> T | None:
     answered within ``seconds`` (it is then killed, and nothing of it is left running). An
     exception raised by ``work`` is raised here; a child that dies without an answer (the
     kernel's out-of-memory killer) raises :class:`SolverCrashed`."""
-    _flush_streams()
-    read_end, write_end = os.pipe()
-    parent = os.getpid()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read_end)
-        _child(work, write_end, parent)
-    os.close(write_end)
-    answered = False
-    try:
-        payload = _read_until(read_end, time.monotonic() + max(seconds, 0.0))
-        if payload is None:
+    return Child(work).result(seconds=seconds)
+
+
+class Child(Generic[T]):
+    """``work()`` started now in a forked child and answered later (``result``), so that
+    the caller can go on meanwhile: two steps that depend on the same input run on two
+    cores. A child whose handle is dropped or cancelled before it answered is killed."""
+
+    def __init__(self, work: Callable[[], T]) -> None:
+        _flush_streams()
+        read_end, write_end = os.pipe()
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_end)
+            _child(work, write_end, parent)
+        os.close(write_end)
+        self._pid, self._fd = pid, read_end
+        self._end = weakref.finalize(self, _end_child, pid, read_end)
+
+    def result(self, *, seconds: float) -> T | None:
+        """The child's return value, or None where it has not answered within ``seconds``
+        (it is then killed, and so is a cancelled child); as :func:`run_in_child` for
+        errors. One answer per child: None after it."""
+        if not self._end.alive:
             return None
-        answered = True
-    finally:
-        os.close(read_end)
-        if not answered:
-            _kill(pid)
-    _, status = os.waitpid(pid, 0)
-    if not payload:
-        raise SolverCrashed(_ended(status))
-    ok, value = pickle.loads(payload)
-    if not ok:
-        raise value
-    return value  # type: ignore[no-any-return]
+        try:
+            payload = _read_until(self._fd, time.monotonic() + max(seconds, 0.0))
+        except BaseException:
+            self._end()
+            raise
+        if payload is None:
+            self._end()
+            return None
+        self._end.detach()
+        os.close(self._fd)
+        _, status = os.waitpid(self._pid, 0)
+        if not payload:
+            raise SolverCrashed(_ended(status))
+        ok, value = pickle.loads(payload)
+        if not ok:
+            raise value
+        return value  # type: ignore[no-any-return]
+
+    def cancel(self) -> None:
+        """Kill the child if it has not answered yet; nothing of it is left running."""
+        self._end()
+
+
+def _end_child(pid: int, fd: int) -> None:
+    os.close(fd)
+    _kill(pid)
 
 
 def _child(work: Callable[[], object], out: int, parent: int) -> NoReturn:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from broker.errors import SolverCrashed
-from scheduler.solver_process import run_in_child
+from scheduler.solver_process import Child, run_in_child
 
 
 def _alive(pid: int) -> bool:
@@ -114,3 +114,46 @@ def test_the_child_does_not_outlive_its_parent(tmp_path: Path) -> None:
     finally:
         planner.kill()
         planner.wait()
+
+
+def test_a_child_started_now_answers_later_while_the_caller_goes_on(tmp_path: Path) -> None:
+    """The caller works while the child does; the answer waits for it in the pipe."""
+    marker = tmp_path / "child-done"
+
+    def work() -> int:
+        marker.write_text("done")
+        return os.getpid()
+
+    child = Child(work)
+    deadline = time.monotonic() + 30
+    while not marker.exists():  # the caller goes on: here, it waits for the child's side effect
+        assert time.monotonic() < deadline, "the child never ran"
+        time.sleep(0.01)
+    assert child.result(seconds=30) not in (None, os.getpid())
+
+
+@pytest.mark.parametrize("drop", ["cancel", "drop"])
+def test_a_child_cancelled_or_dropped_before_it_answers_is_killed(
+    tmp_path: Path, drop: str
+) -> None:
+    pid_file = tmp_path / "pid"
+
+    def work() -> int:
+        pid_file.write_text(str(os.getpid()))
+        time.sleep(60)
+        return 1
+
+    child: Child[int] | None = Child(work)
+    deadline = time.monotonic() + 30
+    while not (pid_file.exists() and pid_file.read_text()):
+        assert time.monotonic() < deadline, "the child never started"
+        time.sleep(0.01)
+    pid = int(pid_file.read_text())
+    assert _alive(pid)
+    if drop == "cancel":
+        assert child is not None
+        child.cancel()
+    else:
+        child = None  # the handle's last reference goes: the child goes with it
+    assert not _alive(pid)
+    assert child is None or child.result(seconds=0.1) is None
