@@ -68,7 +68,8 @@
 8. Placement is its own figure, in priority weight (``problem.placement_weight``): where
    the plan leaves jobs out, column generation with costs out of the objective bounds the
    most weight any plan can place (``_most_placeable``), which the plan's weight is read
-   against.
+   against. It needs only the LP of step 2: where that LP leaves jobs out, it runs in a
+   child process from then on, beside steps 4-7 (``solver_process.Child``).
 Every step is limited by work (``WorkLimits``: rounds, candidates priced, nodes, columns),
 never by the clock, and the solvers run single-threaded with a fixed seed, so the same
 input gives the same plan on any machine and under any load. ``time_limit`` is a safety
@@ -282,7 +283,7 @@ def solve(
     full_columns = sum(len(problem.candidates.of_shape(cls.shape)) for cls in classes)
     full_mode = _full_space_mode(problem, full_columns, work)
     # The most weight any plan can place depends on the LP alone: where the LP leaves jobs
-    # out (a plan will then too), it is worked out beside the integer steps, on the other
+    # out (so will a plan), it is worked out beside the integer steps, on the other
     # core (L catalog: 2.2 s of 28.6)
     placeable = (
         Child(
