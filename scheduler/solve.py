@@ -285,23 +285,18 @@ def solve(
     # The most weight any plan can place depends on the LP alone: where the LP leaves jobs
     # out (so will a plan), it is worked out beside the integer steps, on the other
     # core (L catalog: 2.2 s of 28.6)
-    placeable = (
-        Child(
-            functools.partial(
-                _most_placeable,
-                problem,
-                classes,
-                pools,
-                lp_model,
-                work=work,
-                exact=full_mode == "mip",
-                deadline=stop,
-                seed=seed,
-            )
-        )
-        if lp_placed < len(problem.jobs) - WEIGHT_TOL
-        else None
+    most_placeable = functools.partial(
+        _most_placeable,
+        problem,
+        classes,
+        pools,
+        lp_model,
+        work=work,
+        exact=full_mode == "mip",
+        deadline=stop,
+        seed=seed,
     )
+    placeable = Child(most_placeable) if lp_placed < len(problem.jobs) - WEIGHT_TOL else None
     if full_mode not in ("mip", "root"):
         # Serving units are whole nodes: the Lagrangian bound closes much of that LP gap.
         # It runs before the integer solve, whose time is the safety stop's remainder.
@@ -494,16 +489,7 @@ def solve(
     plan.most_placeable = plan.placed_weight
     if plan.unplaced:
         if placeable is None:
-            most = _most_placeable(
-                problem,
-                classes,
-                pools,
-                lp_model,
-                work=work,
-                exact=_full_space_mode(problem, full_columns, work) == "mip",
-                deadline=stop,
-                seed=seed,
-            )
+            most = most_placeable()
         else:
             left = max(stop - time.perf_counter(), 0.0)
             # a child past the stop is killed: every job's weight still bounds the figure

@@ -18,6 +18,15 @@ from broker.errors import SolverCrashed
 from scheduler.solver_process import Child, run_in_child
 
 
+def _written_pid(pid_file: Path) -> int:
+    """The pid a child writes to ``pid_file`` once it runs (waited for, at most 30 s)."""
+    deadline = time.monotonic() + 30
+    while not (pid_file.exists() and pid_file.read_text()):
+        assert time.monotonic() < deadline, "the child never started"
+        time.sleep(0.01)
+    return int(pid_file.read_text())
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -99,11 +108,7 @@ def test_the_child_does_not_outlive_its_parent(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[2]
     planner = subprocess.Popen([sys.executable, "-c", script], cwd=root)
     try:
-        deadline = time.monotonic() + 30
-        while not (pid_file.exists() and pid_file.read_text()):
-            assert time.monotonic() < deadline, "the solve never started"
-            time.sleep(0.05)
-        child = int(pid_file.read_text())
+        child = _written_pid(pid_file)
         assert _alive(child)
         planner.kill()
         planner.wait()
@@ -118,18 +123,16 @@ def test_the_child_does_not_outlive_its_parent(tmp_path: Path) -> None:
 
 def test_a_child_started_now_answers_later_while_the_caller_goes_on(tmp_path: Path) -> None:
     """The caller works while the child does; the answer waits for it in the pipe."""
-    marker = tmp_path / "child-done"
+    pid_file = tmp_path / "pid"
 
     def work() -> int:
-        marker.write_text("done")
+        pid_file.write_text(str(os.getpid()))
         return os.getpid()
 
     child = Child(work)
-    deadline = time.monotonic() + 30
-    while not marker.exists():  # the caller goes on: here, it waits for the child's side effect
-        assert time.monotonic() < deadline, "the child never ran"
-        time.sleep(0.01)
-    assert child.result(seconds=30) not in (None, os.getpid())
+    pid = _written_pid(pid_file)  # the caller goes on: here, it sees the child's side effect
+    assert pid != os.getpid()
+    assert child.result(seconds=30) == pid
 
 
 @pytest.mark.parametrize("drop", ["cancel", "drop"])
@@ -144,11 +147,7 @@ def test_a_child_cancelled_or_dropped_before_it_answers_is_killed(
         return 1
 
     child: Child[int] | None = Child(work)
-    deadline = time.monotonic() + 30
-    while not (pid_file.exists() and pid_file.read_text()):
-        assert time.monotonic() < deadline, "the child never started"
-        time.sleep(0.01)
-    pid = int(pid_file.read_text())
+    pid = _written_pid(pid_file)
     assert _alive(pid)
     if drop == "cancel":
         assert child is not None
