@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from scheduler.lp_solution import ById, solve_lp
 from scheduler.problem import INFERENCE, Job, Problem
 from scheduler.solver_process import run_in_child
 
@@ -169,6 +170,20 @@ class Duals:
     quota_cuts: dict[int, list[tuple[int, float]]] = field(default_factory=dict)  # quota -> ...
     # inference class -> (demand index, unit t, dual) of cover rounding cuts
     cover_cuts: dict[int, list[tuple[int, float, float]]] = field(default_factory=dict)
+    _pool_cuts: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+
+    def pool_cuts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``cuts`` flattened, by pool and then in each pool's order: pool, divisor, dual.
+        Made once (pricing reads it for every class), so ``cuts`` is complete by then."""
+        if self._pool_cuts is None:
+            flat = [(p, d, v) for p in sorted(self.cuts) for d, v in self.cuts[p]]
+            pool, d, value = zip(*flat, strict=True) if flat else ((), (), ())
+            self._pool_cuts = (
+                np.asarray(pool, dtype=np.int64),
+                np.asarray(d, dtype=np.int64),
+                np.asarray(value, dtype=np.float64),
+            )
+        return self._pool_cuts
 
     @classmethod
     def zero(cls, problem: Problem, pools: PoolIndex) -> Duals:
@@ -240,7 +255,7 @@ class Master:
         self._cut_rows: dict[tuple[int, int], Any] = {}
         self._cuts_of: dict[int, list[int]] = {}
         self._columns_of_pool: dict[int, list[tuple[int, Any]]] = {}
-        self.values: dict[Any, float] = {}
+        self.values = ById([], [])
         self.duals: Duals | None = None
         self._cover_cut_rows: dict[tuple[int, int, float], Any] = {}
         self._quota_cut_rows: dict[tuple[int, int], Any] = {}
@@ -469,16 +484,12 @@ class Master:
     def solve_lp(self) -> tuple[float, Duals | None]:
         """The LP optimum and its duals; duals are None when the solver returns none (an
         empty model, with no rows, has nothing to price against)."""
-        from ortools.math_opt.python import mathopt
-
-        result = mathopt.solve(self.model, mathopt.SolverType.HIGHS, params=quiet_parameters())
-        if result.termination.reason != mathopt.TerminationReason.OPTIMAL:
-            raise RuntimeError(f"LP relaxation ended {result.termination.reason.name}")
-        self.values = result.variable_values()
-        if not result.has_dual_feasible_solution():
+        solved = solve_lp(self.model, quiet_parameters())
+        self.values = solved.values
+        if solved.duals is None:
             self.duals = None
-            return float(result.objective_value()), None
-        dual = result.dual_values()
+            return solved.objective, None
+        dual = solved.duals
         n_pools = len(self.problem.pools)
         pool = np.zeros(n_pools)
         for p, row in self._pool_rows.items():
@@ -508,7 +519,7 @@ class Master:
         for (k, a, t), row in sorted(self._cover_cut_rows.items()):
             duals.cover_cuts.setdefault(k, []).append((a, t, dual[row]))
         self.duals = duals
-        return float(result.objective_value()), duals
+        return solved.objective, duals
 
     def solve_mip(
         self,
@@ -691,11 +702,14 @@ def reduced_costs(
     else:
         rc = rc - duals.cls_row.get(cls.index, 0.0)
     if duals.cuts:
-        cut_pools = np.fromiter(duals.cuts, dtype=np.int64)
-        for i in np.flatnonzero(np.isin(pool, cut_pools)):
-            p = int(pool[i])
-            for d, value in duals.cuts[p]:
-                rc[i] -= value * float(rounding_coefficients(nodes[i], d, pools.capacity[p]))
+        # every (candidate, cut of its pool) pair at once, each candidate's cuts in order
+        cut_pool, cut_d, cut_value = duals.pool_cuts()
+        first = np.searchsorted(cut_pool, pool, side="left")
+        count = np.searchsorted(cut_pool, pool, side="right") - first
+        at = np.repeat(np.arange(len(pool)), count)
+        k = np.repeat(first - np.cumsum(count) + count, count) + np.arange(len(at))
+        coefficient = rounding_coefficients(nodes[at], cut_d[k], pools.capacity[cut_pool[k]])
+        np.subtract.at(rc, at, cut_value[k] * coefficient)
     for q, quota_cuts in duals.quota_cuts.items():
         mine = pools.in_quota[q][pool]
         limit = float(problem.quotas[q].limit)
@@ -708,13 +722,14 @@ def reduced_costs(
     return np.where(fits, rc, math.inf)
 
 
-def rounding_coefficients(a: Any, d: int, rhs: float) -> Any:
+def rounding_coefficients(a: Any, d: Any, rhs: Any) -> Any:
     """Coefficients of the mixed-integer rounding of a row sum a_i y_i <= rhs over integers
     y >= 0 with divisor d: sum (floor(a_i/d) + max(0, r_i - r) / (d - r)) y_i <= floor(rhs/d),
     where r_i and r are the remainders of a_i and rhs modulo d. It holds for every integer
     plan, and is at least as strong as the plain rounding floor(a_i/d): a pool of 4 nodes
     takes one 3-node gang, or two 2-node ones, so (1/2) y_2 + y_3 <= 1. On L catalog these
-    cuts of pool and quota rows raise the LP of placing the plan's jobs by 3.2 %."""
+    cuts of pool and quota rows raise the LP of placing the plan's jobs by 3.2 %. ``d`` and
+    ``rhs`` may be arrays of ``a``'s shape: one cut for each entry."""
     a = np.asarray(a, dtype=np.float64)
     r = rhs % d
     return a // d + np.maximum(a % d - r, 0.0) / (d - r)
