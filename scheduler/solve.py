@@ -263,10 +263,10 @@ def solve(
         clock_stops.append("column generation")
     timings["lp_bound"] = time.perf_counter() - start
     timings["cg_rounds"] = float(cg.rounds)
+    best = _Incumbent(problem, classes, solver, greedy_plan, greedy)
     # the LP rounded: where the safety stop cuts the integer solve short, what stands
-    rounded = lp_rounding(
-        problem, classes, {key: lp_model.values[var] for key, var in lp_model.columns.items()}
-    )
+    values = {key: lp_model.values[var] for key, var in lp_model.columns.items()}
+    best.offer(lp_rounding(problem, classes, values), None, source="LP rounding")
     columns = _enrich(problem, classes, pools, duals_columns, greedy)
     # The solvers measure gaps over cost and penalties together; where penalties of jobs no
     # plan can place (those the LP leaves out) make up most of the objective, the gap asked
@@ -374,8 +374,6 @@ def solve(
         lp_bound = max(lp_bound, min(restricted.bound, cg.lp_objective + excluded))
         timings["cheapest_excluded_rc"] = excluded
     rejected: list[str] = []
-    best = _Incumbent(problem, classes, solver, greedy_plan, greedy)
-    best.offer(rounded, None, source="LP rounding")
     if near is not None:
         best.offer(near.units, None)  # a plan only where it happens to keep the cap
     best.offer(restricted.units, rejected)
