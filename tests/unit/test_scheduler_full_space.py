@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -9,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 import scheduler.solve as solve_module
 from bench.scheduler.generate import Config, adversarial, synthetic
 from scheduler.baselines import Units
-from scheduler.full_space import write_every_column
+from scheduler.full_space import FullSpace, write_every_column
 from scheduler.model import JobClass, Master, PoolIndex, build_classes
 from scheduler.problem import Problem
 from scheduler.solve import WorkLimits, lp_bound, solve
@@ -91,6 +95,65 @@ def test_a_gang_packing_gap_the_integer_solve_settles_skips_the_full_space_step(
     assert plan.objective == 70.0 and plan.lp_bound == 70.0
     assert "root_bound" not in plan.timings and plan.timings["full_space_skipped"] == 1.0
     assert not plan.clock_stop
+
+
+def _children() -> set[int]:
+    """The processes whose parent is this one."""
+    me, found = str(os.getpid()), set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == me:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def test_a_full_space_step_not_wanted_is_killed_not_waited_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The full-space step starts beside the integer solve over the kept columns; where
+    that solve settles the plan, the step's process is killed: the plan does not wait
+    for it, and nothing of it is left running."""
+
+    def slow_step(*args: object, **kwargs: object) -> FullSpace:
+        time.sleep(60)
+        return FullSpace()
+
+    monkeypatch.setattr(solve_module, "solve_full_space", slow_step)
+    pools = [_pool(0, "aws", 4, 10.0), _pool(1, "gcp", 8, 20.0)]
+    jobs = [("a", 0, [(0, 3, 1.0), (1, 3, 1.0)]), ("a", 0, [(0, 2, 1.0), (1, 2, 1.0)])]
+    before = _children()
+    began = time.monotonic()
+    plan = solve(_problem(pools, jobs), time_limit=120, work=ROOT_ONLY)
+    assert time.monotonic() - began < 30
+    assert plan.objective == 70.0 and plan.timings["full_space_skipped"] == 1.0
+    assert _children() <= before
+
+
+def test_a_full_space_step_wanted_is_answered_from_its_own_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where the integer solve over the kept columns does not settle the plan, the
+    full-space step's answer, worked out in a process of its own, raises the bound."""
+    problem = _fleet("adversarial", 6, None)
+    work = WorkLimits(full_space_columns=0, full_space_capped_columns=0, mip_nodes=1)
+    parent = os.getpid()
+    real = solve_module.solve_full_space
+
+    def elsewhere(*args: object, **kwargs: object) -> FullSpace:
+        found = real(*args, **kwargs)  # type: ignore[arg-type]
+        assert os.getpid() != parent
+        return found
+
+    monkeypatch.setattr(solve_module, "solve_full_space", elsewhere)
+    with_step = solve(problem, time_limit=30, relative_gap=1e-9, explain=False, work=work)
+    monkeypatch.setattr(solve_module, "solve_full_space", lambda *a, **k: FullSpace())
+    without = solve(problem, time_limit=30, relative_gap=1e-9, explain=False, work=work)
+    assert "root_bound" in with_step.timings
+    assert with_step.lp_bound is not None and without.lp_bound is not None
+    assert with_step.lp_bound > without.lp_bound
 
 
 def test_root_cuts_run_where_the_integer_solve_has_not_settled_the_plan() -> None:
