@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from bench.scheduler.generate import Config, synthetic
 from broker.errors import Infeasible
 from scheduler.baselines import first_come, greedy_regret, units_to_plan
-from scheduler.bound import relaxed_bound, share_prices
-from scheduler.model import Duals, PoolIndex, build_classes, reduced_costs
+from scheduler.bound import _training, relaxed_bound, share_prices
+from scheduler.model import Duals, PoolIndex, build_classes, reduced_costs, unit_bounds
 from scheduler.problem import Candidates, Job, Plan, Pool, Problem
 from scheduler.solve import (
     WorkLimits,
@@ -138,6 +138,37 @@ def test_the_per_round_bound_is_never_negative_even_at_poor_multipliers() -> Non
         for j in problem.jobs
     )
     assert relaxed_bound(problem, classes, pools, zero, rcs) == pytest.approx(cheapest)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 5), st.floats(0.0, 1.0))
+def test_a_training_class_in_the_per_round_bound_fills_its_cheapest_units(
+    seed: int, copies: int, unfit: float
+) -> None:
+    """The class's part of the per-round bound is the least cost of ``count`` units: each
+    candidate offers as many as it can hold at its reduced cost, "unplaced" any number at
+    the penalty. Reduced costs are drawn at random, finite also on candidates that hold
+    no unit (share ``unfit``), so the cheapest ones are not always usable."""
+    problem = _fleet(4, 6, seed=seed)
+    problem.jobs = [
+        replace(job, id=job.id * 10 + i, name=f"{job.name}-{i}")
+        for job in problem.jobs
+        for i in range(copies)
+    ]
+    classes, pools = build_classes(problem), PoolIndex.of(problem)
+    rng = np.random.default_rng(seed)
+    for cls in classes:
+        rows = problem.candidates.of_shape(cls.shape)
+        bounds = unit_bounds(problem, pools, cls, np.arange(rows.start, rows.stop))
+        rc = rng.uniform(-50.0, 1.5 * cls.penalty, len(rows))
+        rc[(bounds > 0) & (rng.random(len(rows)) < 0.2)] = np.inf
+        rc[(bounds == 0) & (rng.random(len(rows)) >= unfit)] = np.inf
+        units = sorted(
+            [float(r) for r, b in zip(rc, bounds, strict=True) if r < cls.penalty for _ in range(b)]
+            + [cls.penalty] * cls.count
+        )
+        expected = sum(units[: cls.count])
+        assert _training(problem, pools, cls, rc) == pytest.approx(expected, rel=1e-12, abs=1e-9)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
