@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import scheduler.solve as solve_module
 from broker.errors import Infeasible
-from scheduler.baselines import first_come, greedy_regret, per_job_cheapest, units_to_plan
-from scheduler.model import build_classes
+from scheduler.baselines import (
+    Units,
+    first_come,
+    greedy_regret,
+    per_job_cheapest,
+    units_to_plan,
+)
+from scheduler.model import JobClass, build_classes
 from scheduler.problem import INFERENCE, Assignment, Candidates, Job, Plan, Pool, Problem
 from scheduler.solve import WorkLimits, lp_bound, solve
 from scheduler.validate import capacity_violations, check
@@ -159,6 +167,26 @@ def test_identical_input_and_seed_give_identical_plan() -> None:
     again = solve(_problem(pools, jobs), time_limit=5)
     assert first.assignments == again.assignments
     assert first.objective == again.objective
+
+
+def test_a_large_fleets_first_come_start_is_worked_out_beside_greedy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a large fleet first-come failover runs in a child process while greedy by regret
+    runs here; the plan is the one worked out all in one process."""
+    pools = [_pool(i, ["aws", "gcp"][i % 2], 2, 10.0 + i) for i in range(4)]
+    jobs = [("a", i % 2, [(p, 1, 1.0 + (i + p) % 3) for p in range(4)]) for i in range(6)]
+    here = solve(_problem(pools, jobs), time_limit=5)
+    parent, real = os.getpid(), solve_module.first_come
+
+    def elsewhere(problem: Problem, classes: list[JobClass] | None = None) -> Units:
+        assert os.getpid() != parent
+        return real(problem, classes)
+
+    monkeypatch.setattr(solve_module, "first_come", elsewhere)
+    monkeypatch.setattr(solve_module, "WARM_START_CHILD_CANDIDATES", 0)
+    beside = solve(_problem(pools, jobs), time_limit=5)
+    assert beside.assignments == here.assignments and beside.objective == here.objective
 
 
 def test_team_budget_and_pool_full_are_named() -> None:
