@@ -28,7 +28,8 @@ def _pss_kib(pid: int) -> int:
     return 0
 
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
+    """The processes ``pid`` (its main thread) has started and not yet reaped."""
     try:
         text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
     except OSError:
@@ -38,7 +39,7 @@ def _children(pid: int) -> list[int]:
 
 def held_kib(pid: int) -> int:
     """PSS of ``pid`` and its direct children, in KiB."""
-    return _pss_kib(pid) + sum(_pss_kib(child) for child in _children(pid))
+    return _pss_kib(pid) + sum(_pss_kib(child) for child in children(pid))
 
 
 class PeakMemory:

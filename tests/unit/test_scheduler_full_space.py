@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 
 import scheduler.solve as solve_module
 from bench.scheduler.generate import Config, adversarial, synthetic
+from bench.scheduler.memory import children
 from scheduler.baselines import Units
 from scheduler.full_space import FullSpace, write_every_column
 from scheduler.model import JobClass, Master, PoolIndex, build_classes
@@ -97,19 +97,6 @@ def test_a_gang_packing_gap_the_integer_solve_settles_skips_the_full_space_step(
     assert not plan.clock_stop
 
 
-def _children() -> set[int]:
-    """The processes whose parent is this one."""
-    me, found = str(os.getpid()), set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[1] == me:
-            found.add(int(stat.parent.name))
-    return found
-
-
 def test_a_full_space_step_not_wanted_is_killed_not_waited_for(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -124,12 +111,12 @@ def test_a_full_space_step_not_wanted_is_killed_not_waited_for(
     monkeypatch.setattr(solve_module, "solve_full_space", slow_step)
     pools = [_pool(0, "aws", 4, 10.0), _pool(1, "gcp", 8, 20.0)]
     jobs = [("a", 0, [(0, 3, 1.0), (1, 3, 1.0)]), ("a", 0, [(0, 2, 1.0), (1, 2, 1.0)])]
-    before = _children()
+    before = set(children(os.getpid()))
     began = time.monotonic()
     plan = solve(_problem(pools, jobs), time_limit=120, work=ROOT_ONLY)
     assert time.monotonic() - began < 30
     assert plan.objective == 70.0 and plan.timings["full_space_skipped"] == 1.0
-    assert _children() <= before
+    assert set(children(os.getpid())) <= before
 
 
 def test_a_full_space_step_wanted_is_answered_from_its_own_process(
