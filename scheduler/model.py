@@ -25,7 +25,6 @@ ortools is imported inside functions so importing this module stays cheap.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +33,7 @@ import numpy as np
 
 from scheduler.lp_solution import ById, solve_lp
 from scheduler.problem import INFERENCE, Job, Problem
-from scheduler.solver_process import run_in_child
+from scheduler.solver_process import run_in_child, solver_log
 
 
 @dataclass
@@ -668,11 +667,11 @@ def hard_stop_grace(time_limit: float) -> float:
 
 
 def quiet_parameters(**settings: Any) -> Any:
-    """MathOpt parameters with the solver's own log off (on with GPUBROKER_SOLVER_LOG set):
+    """MathOpt parameters with the solver's own log off (on where ``solver_log()``):
     a native solver printing on standard output would break a JSON document there."""
     from ortools.math_opt.python import mathopt
 
-    log = bool(os.environ.get("GPUBROKER_SOLVER_LOG"))
+    log = solver_log()
     params = mathopt.SolveParameters(enable_output=log, **settings)
     params.highs.bool_options["output_flag"] = log
     params.highs.bool_options["log_to_console"] = log

@@ -11,8 +11,10 @@ Two things the MIP solver does that the planner cannot allow in its own process:
 - **It writes to standard output.** HiGHS prints a debug line
   ("HighsMipSolverData::transformNewIntegerFeasibleSolution tmpSolver.run();") to file
   descriptor 1 whatever its log options say: 51 lines in one solve of the L synthetic bench
-  fleet, which would break a plan printed as JSON. The child points descriptor 1 at
-  standard error, and the parent's own descriptors are left as they are.
+  fleet, which would break a plan printed as JSON and reads as an error on a terminal.
+  The child points descriptor 1 at the null device, or at standard error where the
+  solver's log is asked for (``GPUBROKER_SOLVER_LOG``: HiGHS writes its log there too);
+  the parent's own descriptors are left as they are.
 
 The child is a fork: it has the model already built, and only the (small) result crosses
 back, pickled through a pipe. Linux only, as is the rest of the broker's runtime.
@@ -38,6 +40,14 @@ from typing import Generic, NoReturn, TypeVar
 from broker.errors import SolverCrashed
 
 T = TypeVar("T")
+
+SOLVER_LOG_ENV = "GPUBROKER_SOLVER_LOG"  # set: the solvers' own logs on standard error
+
+
+def solver_log() -> bool:
+    """Whether the solvers' own logs are asked for."""
+    return bool(os.environ.get(SOLVER_LOG_ENV))
+
 
 _PR_SET_PDEATHSIG = 1
 _READ_CHUNK = 1 << 20
@@ -116,7 +126,12 @@ def _child(work: Callable[[], object], out: int, parent: int) -> NoReturn:
         ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != parent:  # the parent died before prctl took hold
             os._exit(1)
-        os.dup2(2, 1)
+        if solver_log():
+            os.dup2(2, 1)
+        else:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 1)
+            os.close(null)
         try:
             answer = pickle.dumps((True, work()), protocol=pickle.HIGHEST_PROTOCOL)
         except BaseException as exc:

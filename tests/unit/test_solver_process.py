@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from broker.errors import SolverCrashed
-from scheduler.solver_process import Child, run_in_child
+from scheduler.solver_process import SOLVER_LOG_ENV, Child, run_in_child
 
 
 def _written_pid(pid_file: Path) -> int:
@@ -35,12 +35,17 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
 
 
-def test_the_answer_comes_back_and_native_prints_go_to_stderr(
-    capfd: pytest.CaptureFixture[str],
+@pytest.mark.parametrize("log", [False, True])
+def test_the_answer_comes_back_and_native_prints_stay_off_stdout(
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, log: bool
 ) -> None:
     """The child's return value reaches the caller; C stdio output (buffered, as a
-    solver's printf is) lands on standard error; the parent's standard output is
-    untouched, before and after."""
+    solver's printf is) is dropped, or lands on standard error where the solver's log is
+    asked for; the parent's standard output is untouched, before and after."""
+    if log:
+        monkeypatch.setenv(SOLVER_LOG_ENV, "1")
+    else:
+        monkeypatch.delenv(SOLVER_LOG_ENV, raising=False)
 
     def work() -> dict[tuple[int, int], int]:
         ctypes.CDLL(None).printf(b"native line\n")
@@ -54,7 +59,7 @@ def test_the_answer_comes_back_and_native_prints_go_to_stderr(
     assert answer[(4, 5)] != os.getpid()  # it ran in another process
     out, err = capfd.readouterr()
     assert out == "before\nafter\n"
-    assert err == "native line\n"
+    assert err == ("native line\n" if log else "")
 
 
 def test_an_exception_in_the_child_is_raised_in_the_caller() -> None:
