@@ -257,38 +257,53 @@ def test_the_priced_models_plan_is_taken_where_it_keeps_the_cap(
     assert "refused" not in plan.status
 
 
+def _greedy_only(
+    problem: Problem,
+    classes: list[JobClass],
+    pools: PoolIndex,
+    rcs: object,
+    greedy: Units,
+    *,
+    hold: float = 2.0,
+) -> dict[int, np.ndarray]:
+    """Kept columns (``solve._enrich``): only the greedy plan's."""
+    return {
+        cls.index: np.asarray(sorted({c for k, c in greedy if k == cls.index}), dtype=np.int64)
+        for cls in classes
+    }
+
+
 @pytest.mark.parametrize(("seed", "cap"), [(1, "gpus"), (4, "spend")])
-def test_the_priced_plans_columns_join_the_capped_integer_solve(
+def test_the_priced_plans_columns_join_the_capped_integer_solve_unless_the_bound_settles_it(
     monkeypatch: pytest.MonkeyPatch, seed: int, cap: str
 ) -> None:
     """With only the greedy plan's columns kept, the capped integer solve cannot do better
     than greedy; the priced model's plan, found over every candidate, brings the columns
-    that let it (its own plan breaks the cap)."""
-
-    def greedy_only(
-        problem: Problem,
-        classes: list[JobClass],
-        pools: PoolIndex,
-        rcs: object,
-        greedy: Units,
-        *,
-        hold: float = 2.0,
-    ) -> dict[int, np.ndarray]:
-        return {
-            cls.index: np.asarray(sorted({c for k, c in greedy if k == cls.index}), dtype=np.int64)
-            for cls in classes
-        }
-
-    monkeypatch.setattr(solve_module, "_enrich", greedy_only)
+    that let it (its own plan breaks the cap). Where the full-space step's bound already
+    settles the plan (here one reported at the plan's own cost), that solve is not run."""
+    monkeypatch.setattr(solve_module, "_enrich", _greedy_only)
     # nor the LP rounded, which comes within the gap asked for here and ends the solve
     monkeypatch.setattr(solve_module, "lp_rounding", lambda *args: {})
     problem = _fleet("synthetic", seed, cap)
     joined = solve(problem, time_limit=30, explain=False, work=PRICED_ONLY)
-    monkeypatch.setattr(solve_module, "_add_units", lambda *args: 0)
-    alone = solve(problem, time_limit=30, explain=False, work=PRICED_ONLY)
     assert check(problem, joined) == [] and "integer_priced_columns" in joined.timings
-    assert joined.objective < alone.objective - 1.0
     assert joined.lp_bound is not None and joined.lp_bound <= joined.objective
+
+    with monkeypatch.context() as fault:
+        fault.setattr(solve_module, "_add_units", lambda *args: 0)
+        alone = solve(problem, time_limit=30, explain=False, work=PRICED_ONLY)
+    assert joined.objective < alone.objective - 1.0
+
+    real_step = solve_module.solve_full_space
+
+    def settling(*args: object, **kwargs: object) -> FullSpace:
+        found = real_step(*args, **kwargs)  # type: ignore[arg-type]
+        return FullSpace(alone.objective, found.units, found.clock_stop)
+
+    monkeypatch.setattr(solve_module, "solve_full_space", settling)
+    settled = solve(problem, time_limit=30, explain=False, work=PRICED_ONLY)
+    assert "integer_priced_columns" not in settled.timings
+    assert settled.objective == pytest.approx(alone.objective)
 
 
 def test_a_solver_plan_the_checker_rejects_is_refused_not_returned(
