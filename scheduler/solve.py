@@ -452,7 +452,7 @@ def solve(
         # columns, 394,070 -> 393,684 in 1 s, cheaper than the capped model over every
         # column found in 400 s; with a spend cap 446,631 -> 446,108). Not where the
         # full-space bound already settles the plan: M synthetic with a 35 % spend cap,
-        # 0.073 % from its bound, took 14 s more there for $0.58 of 147,606.
+        # 0.073 % from its bound, took 11.5 s more there for $0.58 of 147,606.
         again = over_kept_columns(lp_bound, work.priced_columns_nodes)
         timings["integer_priced_columns"] = time.perf_counter() - start
         if again.clock_stop:
