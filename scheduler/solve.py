@@ -52,8 +52,9 @@
      problem and is at least the LP bound (M synthetic, 35 % cap on GPUs: 0.29 % -> 0.14 %
      below the plan; M catalog: 1.6 % -> 0.17 % of cost); a cap that does not bind is
      priced at zero and proven at once. Its solution is the plan where it keeps the cap
-     and costs less; either way its columns join the integer model over the kept
-     columns, which runs once more with a few nodes (M catalog, GPU cap: 0.17 % -> 0.07 %).
+     and costs less; either way, where the raised bound leaves the plan outside the
+     target gap, its columns join the integer model over the kept columns, which runs
+     once more with a few nodes (M catalog, GPU cap: 0.17 % -> 0.07 %).
 7. Where the LP places a fraction of a job more than the plan, the cost gap is read
    against the least LP cost of placing the jobs the plan places (column generation with
    penalties off and each class's jobs left out fixed at the plan's), since a bound that
